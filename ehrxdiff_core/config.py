@@ -1,0 +1,365 @@
+"""The whole run configuration as one pydantic model.
+
+The Snakefile validates `config` against `PipelineConfig` at load time, so a typo, a wrong type or a
+missing input path fails before any job runs, with the key's dotted path in the message. Each rule
+receives only the section it depends on (as `params`), so a changed setting reruns exactly the jobs
+that read it. Sections exist for every stage of the design.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class DuckDBSettings(Section):
+    """Resource limits for DuckDB; the Slurm profile asks for matching memory and threads."""
+
+    memory_limit: str = "4GB"
+    threads: int = Field(2, ge=1)
+    temp_dir: str | None = None  # spill folder; default: a temp folder next to the output
+
+
+class MimicSource(Section):
+    """PhysioNet layout on disk: the folders that hold `hosp/`, `icu/` and `files/` + the CSVs."""
+
+    mimiciv_root: str | None = None  # contains hosp/ and icu/
+    cxr_root: str | None = None  # contains files/ and mimic-cxr-2.0.0-*.csv.gz
+
+
+class MedsSource(Section):
+    """Generic input: MEDS data shards plus an image manifest (issue: generic input)."""
+
+    data_dir: str | None = None  # folder of MEDS parquet shards (searched recursively)
+    image_manifest: str | None = None  # CSV: subject_id, study_id, image_id, path, study_time, view, ...
+    image_root: str | None = None  # paths in the manifest are relative to this folder
+    encounters: str | None = None  # optional CSV: subject_id, hadm_id, start, end
+    max_gap_hours_without_encounters: float = Field(48.0, gt=0)
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "mimic", "meds"] = "synthetic"
+    mimic: MimicSource = MimicSource()
+    meds: MedsSource = MedsSource()
+    duckdb: DuckDBSettings = DuckDBSettings()
+
+
+class SyntheticConfig(Section):
+    """The MIMIC-shaped synthetic world (demo and tests)."""
+
+    patients: int = Field(60, ge=1)
+    seed: int = 0
+    image_px: int = Field(256, ge=32)  # side of the rendered JPGs
+    admissions_per_patient: tuple[int, int] = (1, 2)
+    studies_per_admission: tuple[int, int] = (2, 5)
+    effect_strength: float = Field(1.0, ge=0)  # how strongly treatments move the findings
+    label_noise: float = Field(0.05, ge=0, le=0.5)
+    chartevent_rate_per_hour: float = Field(4.0, ge=0)  # vitals density; scale up for benchmarks
+    lab_rate_per_hour: float = Field(0.5, ge=0)
+
+
+class SplitConfig(Section):
+    fractions: dict[str, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
+    seed: int = 42
+    key_file: str | None = None  # JSON {"train": [pair ids], "valid": [...], "test": [...]} (paper's dataset_split.json)
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> "SplitConfig":
+        if set(self.fractions) != {"train", "valid", "test"}:
+            raise ValueError("fractions must have exactly the keys train, valid, test")
+        if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {sum(self.fractions.values())}")
+        return self
+
+
+class CohortConfig(Section):
+    views: list[str] = ["AP", "PA"]
+    min_age: int = 18
+    max_gap_hours: float = Field(48.0, gt=0)  # strict: gap < max_gap_hours
+    pairing: Literal["all", "consecutive"] = "all"
+    split: SplitConfig = SplitConfig()
+
+
+class ImagesConfig(Section):
+    size: int = Field(64, ge=8)
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+
+
+class EventsConfig(Section):
+    max_events: int = Field(1024, ge=1)
+    tables: list[
+        Literal[
+            "labevents",
+            "prescriptions",
+            "inputevents",
+            "chartevents",
+            "outputevents",
+            "microbiologyevents",
+            "procedureevents",
+        ]
+    ] = [
+        "labevents",
+        "prescriptions",
+        "inputevents",
+        "chartevents",
+        "outputevents",
+        "microbiologyevents",
+        "procedureevents",
+    ]
+    paper_filters: bool = True  # the original's table filters (reference/ehrxdiff.md §2.4)
+    prescription_whitelist: str | None = None  # JSON {antibiotic: [...], cardiac_lung: [...]}; default: shipped copy
+    round_decimals: int = 4
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+class EncoderConfig(Section):
+    name: Literal["minilm", "hf", "tiny-random"] = "minilm"
+    path: str | None = None  # local folder for `hf`
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(256, ge=8)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+    tiny_dim: int = Field(32, ge=4)  # width of the tiny-random encoder (tests)
+
+
+class RagIndexConfig(Section):
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    approximate_above: int = Field(50_000, ge=1)  # corpus size past which `auto` picks an approximate index
+    ivf_nlist: int = Field(256, ge=1)
+    ivf_nprobe: int = Field(16, ge=1)
+    hnsw_m: int = Field(32, ge=2)
+    use_gpu: Literal["auto", "never"] = "auto"
+
+
+class RagConfig(Section):
+    enabled: bool = True
+    top_k: int = Field(2, ge=0)
+    min_score: float = 0.3
+    template: str = "{event} | context: {snippets}{flag}"
+    abnormal_flag: bool = True
+    index: RagIndexConfig = RagIndexConfig()
+
+
+class RewriteConfig(Section):
+    enabled: bool = False
+    model_path: str | None = None  # local causal LM folder
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class TextConfig(Section):
+    encoder: EncoderConfig = EncoderConfig()
+    rag: RagConfig = RagConfig()
+    rewrite: RewriteConfig = RewriteConfig()
+    cache_dir: str = "results/embeddings/cache"  # persistent content-addressed cache (survives reruns)
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+class TrainLoop(Section):
+    """Settings shared by every training loop."""
+
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = None
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    bf16: bool = True  # autocast on CUDA only
+    channels_last: bool = False
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    num_workers: int = Field(0, ge=0)
+    gpus: int = Field(1, ge=1)  # >1: run under torchrun over the allocation's GPUs
+
+
+class VaeConfig(Section):
+    pretrained: str | None = None  # diffusers folder, or a Cheff/LDM autoencoder checkpoint file
+    latent_channels: int = 3
+    block_out_channels: list[int] = [32, 64, 64]
+    layers_per_block: int = 1
+    kl_weight: float = 1e-6
+    scaling_factor: float | None = None  # None: estimated from data when training
+    train: TrainLoop = TrainLoop(steps=300, batch_size=16, lr=4e-4)
+
+
+class ClipConfig(Section):
+    pretrained_vision: str | None = None  # local OpenAI CLIP folder (transformers layout)
+    image_size: int | None = None  # default: images.size
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    tab_layers: int = 2
+    tab_heads: int = 4
+    tab_ff: int = 128
+    embed_dim: int = 64
+    pooling: Literal["masked_mean", "paper"] = "masked_mean"
+    train: TrainLoop = TrainLoop(steps=200, batch_size=32, lr=5e-4, weight_decay=0.2)
+
+
+class AdapterConfig(Section):
+    mode: Literal["paper", "masked"] = "paper"
+    use_ehr: bool = True
+    use_vit: bool = True
+    use_vae: bool = True
+    context_tokens: int | None = None  # paper: 1024; default: events.max_events
+
+
+class LdmConfig(Section):
+    block_out_channels: list[int] = [32, 64, 64]
+    attention_levels: list[bool] = [False, True, True]
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 64
+    conditioning: Literal["crossattn", "hybrid"] = "crossattn"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0295
+    num_train_timesteps: int = 1000
+    null_augmentation: bool = False
+    cond_dropout: float = Field(0.0, ge=0, le=1)
+    adapter: AdapterConfig = AdapterConfig()
+    train: TrainLoop = TrainLoop(steps=400, batch_size=16, lr=2e-4, ema_decay=0.999)
+
+
+class SampleConfig(Section):
+    split: Literal["train", "valid", "test"] = "test"
+    sampler: Literal["ddim", "dpmsolver++"] = "ddim"
+    steps: int = Field(25, ge=1)
+    eta: float = 1.0
+    guidance_scale: float = 1.0
+    seed: int = 42
+    batch_size: int = Field(16, ge=1)
+    use_ema: bool = True
+    max_pairs: int | None = None
+
+
+# --------------------------------------------------------------------------------------- evaluation
+
+
+class EvaluatorConfig(Section):
+    arch: Literal["small_cnn", "densenet121"] = "small_cnn"
+    train: TrainLoop = TrainLoop(steps=300, batch_size=32, lr=1e-3)
+
+
+class EvaluateConfig(Section):
+    inception_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth (checked by hash)
+    xrv_weights: str | None = None  # torchxrayvision densenet121-res224-all weights file
+    seed: int = 123
+
+
+class ReportConfig(Section):
+    grid_pairs: int = Field(8, ge=1)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+class PipelineConfig(Section):
+    data: DataConfig = DataConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    cohort: CohortConfig = CohortConfig()
+    images: ImagesConfig = ImagesConfig()
+    events: EventsConfig = EventsConfig()
+    text: TextConfig = TextConfig()
+    vae: VaeConfig = VaeConfig()
+    clip: ClipConfig = ClipConfig()
+    ldm: LdmConfig = LdmConfig()
+    sample: SampleConfig = SampleConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+    compute: dict[str, Any] = Field(default_factory=lambda: {"device": "auto"})
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "PipelineConfig":
+        if self.data.source == "mimic":
+            for key in ("mimiciv_root", "cxr_root"):
+                if getattr(self.data.mimic, key) is None:
+                    raise ValueError(f"data.mimic.{key} must be set when data.source is 'mimic'")
+        if self.data.source == "meds":
+            for key in ("data_dir", "image_manifest"):
+                if getattr(self.data.meds, key) is None:
+                    raise ValueError(f"data.meds.{key} must be set when data.source is 'meds'")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config problem, reported with the dotted path of the offending key."""
+
+
+# Keys whose value is a path that must exist when set (dotted path -> what it is).
+_INPUT_PATHS = {
+    "data.mimic.mimiciv_root": "MIMIC-IV folder (holds hosp/ and icu/)",
+    "data.mimic.cxr_root": "MIMIC-CXR-JPG folder (holds files/ and the metadata CSVs)",
+    "data.meds.data_dir": "MEDS data folder",
+    "data.meds.image_manifest": "image manifest CSV",
+    "data.meds.image_root": "image folder",
+    "data.meds.encounters": "encounters CSV",
+    "cohort.split.key_file": "split key file (JSON)",
+    "events.prescription_whitelist": "prescription whitelist (JSON)",
+    "text.encoder.path": "text encoder folder",
+    "text.rewrite.model_path": "rewrite language model folder",
+    "vae.pretrained": "pretrained autoencoder",
+    "clip.pretrained_vision": "CLIP vision model folder",
+    "evaluate.inception_weights": "Inception weights file",
+    "evaluate.xrv_weights": "torchxrayvision weights file",
+}
+
+
+def _get_dotted(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown config key")
+        else:
+            lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(raw: dict[str, Any] | None, check_paths: bool = True, base_dir: str | Path = ".") -> PipelineConfig:
+    """Validate a raw config mapping; raise ConfigError naming every bad key by its dotted path."""
+    try:
+        cfg = PipelineConfig.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError("invalid configuration:\n" + _format_errors(err)) from None
+    if check_paths:
+        missing = []
+        for dotted, what in _INPUT_PATHS.items():
+            value = _get_dotted(cfg, dotted)
+            if value is not None and not (Path(base_dir) / value).exists():
+                missing.append(f"  {dotted}: {what} not found: {value}")
+        if missing:
+            raise ConfigError("invalid configuration:\n" + "\n".join(missing))
+    return cfg
+
+
+def section(cfg: PipelineConfig, dotted: str) -> dict[str, Any]:
+    """A plain-dict copy of one section, for a rule's `params` (compared by Snakemake on rerun)."""
+    return _get_dotted(cfg, dotted).model_dump(mode="json")
