@@ -142,6 +142,7 @@ class RagIndexConfig(Section):
     ivf_nlist: int = Field(256, ge=1)
     ivf_nprobe: int = Field(16, ge=1)
     hnsw_m: int = Field(32, ge=2)
+    hnsw_ef_search: int = Field(64, ge=1)  # HNSW search breadth (recall vs speed)
     use_gpu: Literal["auto", "never"] = "auto"
 
 
@@ -190,6 +191,10 @@ class TrainLoop(Section):
     compile: bool = False
     num_workers: int = Field(0, ge=0)
     gpus: int = Field(1, ge=1)  # >1: run under torchrun over the allocation's GPUs
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after linear warmup
+    cosine_cycle_steps: int | None = Field(None, ge=1)  # cosine restarts every N steps (paper CLIP: 500)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
 
 
 class VaeConfig(Section):
@@ -198,7 +203,7 @@ class VaeConfig(Section):
     block_out_channels: list[int] = [32, 64, 64]
     layers_per_block: int = 1
     kl_weight: float = 1e-6
-    scaling_factor: float | None = None  # None: estimated from data when training
+    scaling_factor: float | None = None  # None: estimated from data when training (Cheff import: 0.18215)
     train: TrainLoop = TrainLoop(steps=300, batch_size=16, lr=4e-4)
 
 
@@ -209,11 +214,14 @@ class ClipConfig(Section):
     vision_width: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
+    tab_width: int | None = 64  # Linear(event dim -> tab_width) before the transformer; None: none (paper)
     tab_layers: int = 2
     tab_heads: int = 4
     tab_ff: int = 128
-    embed_dim: int = 64
+    tab_dropout: float = Field(0.1, ge=0, lt=1)
+    embed_dim: int = 64  # width of the event tokens and of the contrastive embedding (paper 768)
     pooling: Literal["masked_mean", "paper"] = "masked_mean"
+    augment_crop_scale: float | None = Field(0.75, gt=0, le=1)  # RandomResizedCrop min scale; None: off
     train: TrainLoop = TrainLoop(steps=200, batch_size=32, lr=5e-4, weight_decay=0.2)
 
 
@@ -229,14 +237,17 @@ class LdmConfig(Section):
     block_out_channels: list[int] = [32, 64, 64]
     attention_levels: list[bool] = [False, True, True]
     layers_per_block: int = 1
-    attention_head_dim: int = 8
+    num_heads: int = 4  # attention heads per block (diffusers' `attention_head_dim`, which counts heads)
     cross_attention_dim: int = 64
     conditioning: Literal["crossattn", "hybrid"] = "crossattn"
+    hybrid_latent_scaled: bool = True  # hybrid concat uses scaled mode latent; False: unscaled (original code)
     beta_start: float = 0.0015
     beta_end: float = 0.0295
     num_train_timesteps: int = 1000
     null_augmentation: bool = False
+    target_affine: bool = False  # RandomAffine(±10°, scale 0.9–1.1) on targets (the original's w_null runs)
     cond_dropout: float = Field(0.0, ge=0, le=1)
+    train_clip: bool = True  # CLIP encoders trained jointly with the U-Net (paper); False: frozen
     adapter: AdapterConfig = AdapterConfig()
     train: TrainLoop = TrainLoop(steps=400, batch_size=16, lr=2e-4, ema_decay=0.999)
 

@@ -1,0 +1,169 @@
+"""Cohort and (previous, target) pairs per the paper (reference/ehrxdiff.md §2.3, §9), in DuckDB SQL.
+
+Frontal images strictly inside an adult hospital admission; all ordered pairs (or consecutive ones) of
+different studies in one admission with gap < max_gap_hours; patient-level split; demographics and
+CheXpert labels of both images. Counts per filter step are returned for the job log.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+
+from ehrxdiff_core.atomic import atomic_path
+from ehrxdiff_core.config import CohortConfig, DuckDBSettings
+from ehrxdiff_core.data.duck import connect, copy_to_parquet, sql_list, sql_str
+from ehrxdiff_core.data.errors import DataError
+from ehrxdiff_core.data.split import read_key_file, split_subjects
+from ehrxdiff_core.labels import LABEL_COLUMNS
+
+log = logging.getLogger(__name__)
+
+COHORT_INPUTS = ("patients", "admissions", "cxr_metadata", "cxr_chexpert")
+
+
+def _register(con, ehr_dir: Path, names) -> None:
+    for name in names:
+        path = Path(ehr_dir) / f"{name}.parquet"
+        if not path.exists():
+            raise DataError(f"table {name}: ingested file not found: {path} (run the ingest stage for {name})")
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{sql_str(str(path))}')")
+
+
+def _count(con, rel: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0])
+
+
+def _label_select(alias: str, prefix: str) -> str:
+    # CheXpert: 1 positive, 0 negative, -1 uncertain → NULL, blank → NULL
+    return ", ".join(
+        f"CASE WHEN {alias}.{c} IN (0, 1) THEN {alias}.{c} END AS {prefix}{c}" for c in LABEL_COLUMNS
+    )
+
+
+def build_cohort(
+    ehr_dir: Path, cfg: CohortConfig, duck: DuckDBSettings, out_images: Path, out_triplets: Path
+) -> dict:
+    """Write cohort/images.parquet and cohort/triplets.parquet; return the row count after each filter."""
+    con = connect(duck, spill_near=Path(out_triplets).parent)
+    counts: dict[str, int] = {}
+
+    def step(name: str, rel: str, why: str) -> None:
+        counts[name] = n = _count(con, rel)
+        log.info("cohort: %-28s %d", name, n)
+        if n == 0:
+            raise DataError(f"empty cohort: no image pairs left after {why}; counts so far: {counts}")
+
+    try:
+        _register(con, ehr_dir, COHORT_INPUTS)
+        views = [v.upper() for v in cfg.views]
+        con.execute("CREATE TEMP TABLE img_all AS SELECT * FROM cxr_metadata WHERE study_time IS NOT NULL")
+        step("images_with_time", "img_all", "reading cxr_metadata (no image has a StudyDate/StudyTime)")
+        con.execute(
+            f"CREATE TEMP TABLE img AS SELECT dicom_id, subject_id, study_id, study_time, "
+            f"upper(trim(viewposition)) AS view FROM img_all WHERE upper(trim(viewposition)) IN ({sql_list(views)})"
+        )
+        step("frontal_images", "img", f"views={cfg.views} (cohort.views)")
+        con.execute(
+            "CREATE TEMP TABLE adm AS SELECT a.subject_id, a.hadm_id, a.admittime, a.dischtime, a.race, p.gender, "
+            "year(a.admittime) - p.anchor_year + p.anchor_age AS age "
+            "FROM admissions a JOIN patients p USING (subject_id) WHERE a.admittime IS NOT NULL"
+        )
+        step("admissions", "adm", "joining admissions to patients (no admission has a patient row)")
+        con.execute(f"CREATE TEMP TABLE adult AS SELECT * FROM adm WHERE age >= {int(cfg.min_age)}")
+        step("adult_admissions", "adult", f"min_age={cfg.min_age} (cohort.min_age)")
+        # strictly inside the hospital stay: admittime < t <= dischtime; one admission per image
+        con.execute(
+            "CREATE TEMP TABLE inside AS SELECT i.*, a.hadm_id, a.age, a.gender, a.race FROM img i "
+            "JOIN adult a ON i.subject_id = a.subject_id AND i.study_time > a.admittime "
+            "AND i.study_time <= a.dischtime "
+            "QUALIFY row_number() OVER (PARTITION BY i.dicom_id ORDER BY a.admittime DESC, a.hadm_id) = 1"
+        )
+        step("images_in_admissions", "inside", "requiring admittime < study_time <= dischtime of an adult admission")
+        con.execute(
+            "CREATE TEMP TABLE ranked AS SELECT *, dense_rank() OVER (PARTITION BY hadm_id ORDER BY study_time) "
+            "AS study_order FROM inside"
+        )
+        con.execute(
+            "CREATE TEMP TABLE pairs0 AS SELECT p.subject_id, p.hadm_id, p.dicom_id AS prev_dicom_id, "
+            "t.dicom_id AS trg_dicom_id, p.study_id AS prev_study_id, t.study_id AS trg_study_id, "
+            "p.study_time AS prev_time, t.study_time AS trg_time, t.study_order - p.study_order AS order_diff, "
+            "(epoch_us(t.study_time) - epoch_us(p.study_time)) / 3600e6 AS gap_hours, "
+            "p.age, p.gender, p.race "
+            "FROM ranked p JOIN ranked t ON p.hadm_id = t.hadm_id AND p.study_time < t.study_time "
+            "AND p.study_id <> t.study_id"
+        )
+        step("pairs_different_studies", "pairs0", "pairing different studies of one admission (each admission has one study time)")
+        max_us = int(round(cfg.max_gap_hours * 3600e6))
+        con.execute(
+            f"CREATE TEMP TABLE pairs1 AS SELECT * FROM pairs0 "
+            f"WHERE epoch_us(trg_time) - epoch_us(prev_time) < {max_us}"
+        )
+        step("pairs_within_gap", "pairs1", f"max_gap_hours={cfg.max_gap_hours} (cohort.max_gap_hours)")
+        if cfg.pairing == "consecutive":
+            con.execute("CREATE TEMP TABLE pairs2 AS SELECT * FROM pairs1 WHERE order_diff = 1")
+            step("pairs_consecutive", "pairs2", "pairing=consecutive (cohort.pairing)")
+        else:
+            con.execute("CREATE TEMP VIEW pairs2 AS SELECT * FROM pairs1")
+        con.execute(
+            "CREATE TEMP TABLE pairs3 AS SELECT trg_dicom_id || '_' || prev_dicom_id AS pair_id, * FROM pairs2"
+        )
+        _assign_split(con, cfg, counts)
+        step("pairs_with_split", "pairs4", f"applying the split key file {cfg.split.key_file} (cohort.split.key_file)")
+
+        labels = "cxr_chexpert"
+        trip_query = (
+            "SELECT q.pair_id, q.subject_id, q.hadm_id, q.prev_dicom_id, q.trg_dicom_id, q.prev_study_id, "
+            "q.trg_study_id, q.prev_time, q.trg_time, q.gap_hours, q.split, CAST(q.age AS BIGINT) AS age, "
+            f"q.gender, q.race, {_label_select('lp', 'prev_')}, {_label_select('lt', 'trg_')} FROM pairs4 q "
+            f"LEFT JOIN (SELECT * FROM {labels} QUALIFY row_number() OVER (PARTITION BY study_id) = 1) lp "
+            "ON lp.study_id = q.prev_study_id "
+            f"LEFT JOIN (SELECT * FROM {labels} QUALIFY row_number() OVER (PARTITION BY study_id) = 1) lt "
+            "ON lt.study_id = q.trg_study_id ORDER BY q.pair_id"
+        )
+        img_query = (
+            "WITH used AS (SELECT prev_dicom_id AS dicom_id, split FROM pairs4 UNION "
+            "SELECT trg_dicom_id, split FROM pairs4) "
+            "SELECT i.dicom_id, i.subject_id, i.study_id, i.hadm_id, i.study_time, i.view, u.split, "
+            "CAST(i.age AS BIGINT) AS age, i.gender, i.race, "
+            "'files/p' || left(CAST(i.subject_id AS VARCHAR), 2) || '/p' || CAST(i.subject_id AS VARCHAR) || "
+            "'/s' || CAST(i.study_id AS VARCHAR) || '/' || i.dicom_id || '.jpg' AS path, "
+            f"{_label_select('l', '')} FROM inside i JOIN used u USING (dicom_id) "
+            f"LEFT JOIN (SELECT * FROM {labels} QUALIFY row_number() OVER (PARTITION BY study_id) = 1) l "
+            "ON l.study_id = i.study_id ORDER BY i.dicom_id"
+        )
+        with atomic_path(out_triplets) as tmp_t, atomic_path(out_images) as tmp_i:
+            counts["triplets"] = copy_to_parquet(con, trip_query, tmp_t)
+            counts["cohort_images"] = copy_to_parquet(con, img_query, tmp_i)
+        for s in ("train", "valid", "test"):
+            counts[f"pairs_{s}"] = int(con.execute(f"SELECT count(*) FROM pairs4 WHERE split = '{s}'").fetchone()[0])
+        counts["subjects"] = int(con.execute("SELECT count(DISTINCT subject_id) FROM pairs4").fetchone()[0])
+    finally:
+        con.close()
+    log.info("cohort: %s", counts)
+    return counts
+
+
+def _assign_split(con, cfg: CohortConfig, counts: dict) -> None:
+    """pairs3 → pairs4 with a `split` column (patient-level, or from the key file)."""
+    if cfg.split.key_file:
+        keys = read_key_file(cfg.split.key_file)
+        key_tab = pa.table({"pair_id": list(keys), "split": list(keys.values())})
+        con.register("split_keys", key_tab)
+        counts["pairs_not_in_key_file"] = int(
+            con.execute("SELECT count(*) FROM pairs3 WHERE pair_id NOT IN (SELECT pair_id FROM split_keys)").fetchone()[0]
+        )
+        counts["key_file_pairs_not_found"] = int(
+            con.execute("SELECT count(*) FROM split_keys WHERE pair_id NOT IN (SELECT pair_id FROM pairs3)").fetchone()[0]
+        )
+        con.execute("CREATE TEMP TABLE pairs4 AS SELECT p.*, k.split FROM pairs3 p JOIN split_keys k USING (pair_id)")
+        return
+    subj = con.execute(
+        "SELECT subject_id, count(*) AS n FROM pairs3 GROUP BY subject_id ORDER BY subject_id"
+    ).fetch_arrow_table()
+    sids = subj.column("subject_id").to_numpy()
+    splits = split_subjects(sids, subj.column("n").to_numpy(), cfg.split)
+    con.register("subject_split", pa.table({"subject_id": sids, "split": pa.array(list(splits), pa.string())}))
+    con.execute("CREATE TEMP TABLE pairs4 AS SELECT p.*, s.split FROM pairs3 p JOIN subject_split s USING (subject_id)")

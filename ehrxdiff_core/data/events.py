@@ -1,0 +1,162 @@
+"""Events between the two images of each pair: the paper's seven tables, filters and truncation, in DuckDB.
+
+Two streaming passes keep memory bounded by DuckDB's `memory_limit` (spilling to its temp folder):
+(1) each event table is scanned once, filtered, restricted to the admissions and time spans that have
+pairs, and serialized to a small Parquet part; (2) the parts are joined to the pairs by hadm_id and
+[prev_time, trg_time], ranked per pair, and the most recent `max_events` kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+
+from ehrxdiff_core.atomic import atomic_path
+from ehrxdiff_core.config import DuckDBSettings, EventsConfig
+from ehrxdiff_core.data.duck import connect, copy_to_parquet, sql_str
+from ehrxdiff_core.data.errors import DataError
+from ehrxdiff_core.data.event_filters import load_prescription_whitelist, table_filter
+from ehrxdiff_core.data.serialize import text_sql
+from ehrxdiff_core.data.tables import EVENT_TIME
+
+log = logging.getLogger(__name__)
+
+# which dictionary maps a table's itemid to a label
+DICTIONARY = {
+    "labevents": "d_labitems",
+    "chartevents": "d_items",
+    "inputevents": "d_items",
+    "outputevents": "d_items",
+    "procedureevents": "d_items",
+}
+
+
+def code_sql(table: str, alias: str) -> str:
+    """The event's `code`: itemid, drug name or organism (falling back to test, then specimen)."""
+    if table == "prescriptions":
+        return f"{alias}.drug"
+    if table == "microbiologyevents":
+        return f"coalesce({alias}.org_name, {alias}.test_name, {alias}.spec_type_desc)"
+    return f"CAST({alias}.itemid AS VARCHAR)"
+
+
+def table_events_sql(table: str, cfg: EventsConfig, drugs: list[str]) -> str:
+    """SELECT hadm_id, t, source, code, text of one table's rows inside some pair window (relation `win`)."""
+    time_col = EVENT_TIME[table]
+    dict_name = DICTIONARY.get(table)
+    join_dict, label = "", None
+    if dict_name:
+        join_dict = (
+            f"LEFT JOIN (SELECT itemid, any_value(label) AS label, any_value(category) AS category"
+            + (", any_value(linksto) AS linksto" if dict_name == "d_items" else "")
+            + f" FROM {dict_name} GROUP BY itemid) d ON d.itemid = e.itemid"
+        )
+        label = "d.label"
+    where = table_filter(table, "e", "d", drugs) if cfg.paper_filters else "TRUE"
+    return (
+        f"SELECT e.hadm_id, e.{time_col} AS t, '{table}' AS source, coalesce({code_sql(table, 'e')}, '') AS code, "
+        f"{text_sql(table, 'e', label, cfg.round_decimals)} AS text "
+        f"FROM {table} e {join_dict} JOIN win w ON e.hadm_id = w.hadm_id "
+        f"AND e.{time_col} >= w.lo AND e.{time_col} <= w.hi WHERE {where}"
+    )
+
+
+def _register_parquet(con, ehr_dir: Path, name: str) -> None:
+    path = Path(ehr_dir) / f"{name}.parquet"
+    if not path.exists():
+        raise DataError(f"table {name}: ingested file not found: {path} (needed by events.tables)")
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{sql_str(str(path))}')")
+
+
+def build_events(
+    ehr_dir: Path,
+    triplets: Path,
+    cfg: EventsConfig,
+    duck: DuckDBSettings,
+    out_events: Path,
+    out_triplets: Path,
+    image_store: Path | None = None,
+) -> dict:
+    """Write events/events.parquet and events/triplets.parquet (pairs with ≥1 event, + n_events).
+
+    `image_store` (optional, images/cxr_{size}.h5): pairs whose images are not in the store are dropped too.
+    """
+    out_events, out_triplets = Path(out_events), Path(out_triplets)
+    work = Path(tempfile.mkdtemp(prefix=".events_parts.", dir=_mkdir(out_events.parent)))
+    con = connect(duck, spill_near=out_events.parent)
+    counts: dict[str, int] = {}
+    try:
+        if not Path(triplets).exists():
+            raise DataError(f"triplets file not found: {triplets} (run the cohort stage)")
+        con.execute(f"CREATE TEMP TABLE trip AS SELECT * FROM read_parquet('{sql_str(str(triplets))}')")
+        counts["pairs_in"] = int(con.execute("SELECT count(*) FROM trip").fetchone()[0])
+        if image_store is not None:
+            from ehrxdiff_core.data.images import ImageStore
+
+            ids = ImageStore(image_store).dicom_ids
+            con.register("stored", pa.table({"dicom_id": ids}))
+            con.execute(
+                "DELETE FROM trip WHERE prev_dicom_id NOT IN (SELECT dicom_id FROM stored) "
+                "OR trg_dicom_id NOT IN (SELECT dicom_id FROM stored)"
+            )
+            counts["pairs_with_images"] = int(con.execute("SELECT count(*) FROM trip").fetchone()[0])
+        con.execute(
+            "CREATE TEMP TABLE win AS SELECT hadm_id, min(prev_time) AS lo, max(trg_time) AS hi "
+            "FROM trip GROUP BY hadm_id"
+        )
+        drugs = load_prescription_whitelist(cfg.prescription_whitelist) if "prescriptions" in cfg.tables else []
+        needed = set(cfg.tables) | {DICTIONARY[t] for t in cfg.tables if t in DICTIONARY}
+        for name in sorted(needed):
+            _register_parquet(con, ehr_dir, name)
+        parts = []
+        for table in cfg.tables:
+            part = work / f"{table}.parquet"
+            counts[f"events_in_windows_{table}"] = copy_to_parquet(con, table_events_sql(table, cfg, drugs), part)
+            log.info("events: %s → %d rows in pair windows", table, counts[f"events_in_windows_{table}"])
+            parts.append(f"'{sql_str(str(part))}'")
+        k = int(cfg.max_events)
+        ranked = (
+            "WITH j AS (SELECT q.pair_id, q.prev_time, e.t, e.source, e.code, e.text "
+            f"FROM read_parquet([{', '.join(parts)}]) e JOIN trip q ON e.hadm_id = q.hadm_id "
+            "AND e.t >= q.prev_time AND e.t <= q.trg_time), "
+            "r AS (SELECT *, row_number() OVER (PARTITION BY pair_id ORDER BY t DESC, source DESC, code DESC, "
+            "text DESC) AS rn, count(*) OVER (PARTITION BY pair_id) AS n FROM j) "
+            f"SELECT pair_id, CAST(least(n, {k}) - rn AS BIGINT) AS position, "
+            "(epoch_us(t) - epoch_us(prev_time)) / 60e6 AS minutes_from_prev, source, code, text "
+            f"FROM r WHERE rn <= {k} ORDER BY pair_id, position"
+        )
+        with atomic_path(out_triplets) as tmp_t, atomic_path(out_events) as tmp_e:
+            counts["events"] = copy_to_parquet(con, ranked, tmp_e)
+            con.execute(
+                "CREATE TEMP TABLE n_ev AS SELECT pair_id, count(*) AS n_events "
+                f"FROM read_parquet('{sql_str(str(tmp_e))}') GROUP BY pair_id"
+            )
+            counts["pairs_with_events"] = int(con.execute("SELECT count(*) FROM n_ev").fetchone()[0])
+            counts["pairs_without_events"] = int(con.execute("SELECT count(*) FROM trip").fetchone()[0]) - counts[
+                "pairs_with_events"
+            ]
+            if counts["pairs_with_events"] == 0:
+                raise DataError(
+                    f"no pair has any event in [prev_time, trg_time] with events.tables={cfg.tables} and "
+                    f"events.paper_filters={cfg.paper_filters}; counts: {counts}"
+                )
+            copy_to_parquet(
+                con,
+                "SELECT q.*, CAST(n.n_events AS BIGINT) AS n_events FROM trip q JOIN n_ev n USING (pair_id) "
+                "ORDER BY q.pair_id",
+                tmp_t,
+            )
+    finally:
+        con.close()
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("events: %s", counts)
+    return counts
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p

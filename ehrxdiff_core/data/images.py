@@ -1,0 +1,142 @@
+"""The cohort's chest X-rays, resized once into one HDF5 file that training reads fast.
+
+Resizing follows the paper (reference/ehrxdiff.md §2.2): grayscale, bicubic, aspect ratio not preserved.
+Missing or corrupt JPEGs are counted, logged and left out; too many of them fail the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from ehrxdiff_core.atomic import atomic_path
+from ehrxdiff_core.config import ImagesConfig
+from ehrxdiff_core.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def load_resized(path: Path, size: int) -> np.ndarray:
+    """One JPG → uint8 (size, size): grayscale, bicubic resize without keeping the aspect ratio."""
+    with Image.open(path) as img:
+        img.load()
+        gray = img.convert("L")
+    return np.asarray(gray.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def _try_load(path: Path, size: int):
+    try:
+        return load_resized(path, size), None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, truncated, not an image
+        return None, f"{type(err).__name__}: {err}"
+
+
+def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, out_h5: Path) -> dict:
+    """Write images/cxr_{size}.h5 (pixels uint8 (N, size, size), dicom_id, attrs size/n_bad)."""
+    table = pq.read_table(images_parquet, columns=["dicom_id", "path"])
+    # one entry per image even if the cohort lists it twice
+    seen: dict[str, str] = {}
+    for d, p in zip(table.column("dicom_id").to_pylist(), table.column("path").to_pylist()):
+        seen.setdefault(d, p)
+    dicom_ids = sorted(seen)
+    if not dicom_ids:
+        raise DataError(f"no images listed in {images_parquet} (run the cohort stage)")
+    size = int(cfg.size)
+    root = Path(cxr_root)
+    bad: list[tuple[str, str]] = []
+    workers = max(1, min(8, (os.cpu_count() or 2)))
+    with atomic_path(out_h5) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            pixels = h5.create_dataset(
+                "pixels", shape=(0, size, size), maxshape=(None, size, size), dtype=np.uint8, chunks=(1, size, size)
+            )
+            kept: list[str] = []
+            buf: list[np.ndarray] = []
+
+            def flush() -> None:
+                if buf:
+                    n0 = pixels.shape[0]
+                    pixels.resize(n0 + len(buf), axis=0)
+                    pixels[n0:] = np.stack(buf)
+                    buf.clear()
+
+            paths = [root / seen[d] for d in dicom_ids]
+            with ThreadPoolExecutor(workers) as pool:
+                results = pool.map(lambda p: _try_load(p, size), paths)
+                for d, p, (arr, err) in tqdm(
+                    zip(dicom_ids, paths, results), total=len(paths), desc=f"images {size}px", unit="img"
+                ):
+                    if arr is None:
+                        bad.append((str(p), err))
+                        log.warning("bad image %s (%s): %s", d, p, err)
+                        continue
+                    kept.append(d)
+                    buf.append(arr)
+                    if len(buf) >= 256:
+                        flush()
+            flush()
+            frac = len(bad) / len(dicom_ids)
+            if frac > cfg.max_bad_fraction:
+                examples = "; ".join(f"{p} ({e})" for p, e in bad[:3])
+                raise DataError(
+                    f"{len(bad)} of {len(dicom_ids)} images missing or corrupt ({frac:.1%}) under {root}, above "
+                    f"images.max_bad_fraction={cfg.max_bad_fraction}; e.g. {examples}"
+                )
+            h5.create_dataset("dicom_id", data=np.array(kept, dtype=object), dtype=h5py.string_dtype("utf-8"))
+            h5.attrs["size"] = size
+            h5.attrs["n_bad"] = len(bad)
+    counts = {"images": len(dicom_ids), "stored": len(kept), "n_bad": len(bad), "bad_fraction": round(frac, 6)}
+    log.info("images: %s", counts)
+    return counts
+
+
+class ImageStore:
+    """Reader of images/cxr_{size}.h5; reopens the file after a fork (DataLoader workers)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"image store not found: {self.path} (run the images stage)")
+        with h5py.File(self.path, "r") as h5:
+            self.dicom_ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in h5["dicom_id"][:]]
+            self.size = int(h5.attrs["size"])
+            self.n_bad = int(h5.attrs.get("n_bad", 0))
+        self._index = {d: i for i, d in enumerate(self.dicom_ids)}
+        self._h5 = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.dicom_ids)
+
+    def __contains__(self, dicom_id: object) -> bool:
+        return dicom_id in self._index
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def load(self, dicom_ids) -> np.ndarray:
+        """uint8 (B, size, size) in the order asked."""
+        try:
+            idx = np.array([self._index[d] for d in dicom_ids], dtype=np.int64)
+        except KeyError as err:
+            raise KeyError(f"dicom_id {err.args[0]} not in image store {self.path}") from None
+        if idx.size == 0:
+            return np.zeros((0, self.size, self.size), np.uint8)
+        uniq, inverse = np.unique(idx, return_inverse=True)  # h5py needs increasing indices
+        return self._file()["pixels"][uniq][inverse]
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None

@@ -1,0 +1,71 @@
+"""Entry points the workflow scripts call for the data stages (ingest, cohort, images, events).
+
+Also resolves where each source table lives for the synthetic world and for a PhysioNet download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ehrxdiff_core.config import DataConfig, DuckDBSettings
+from ehrxdiff_core.data.cohort import build_cohort
+from ehrxdiff_core.data.errors import DataError
+from ehrxdiff_core.data.events import build_events
+from ehrxdiff_core.data.images import ImageStore, build_image_store
+from ehrxdiff_core.data.ingest import ingest_table
+from ehrxdiff_core.data.tables import TABLE_NAMES, TABLES
+
+__all__ = [
+    "TABLE_NAMES",
+    "DataError",
+    "ImageStore",
+    "build_cohort",
+    "build_events",
+    "build_image_store",
+    "cxr_root",
+    "ingest",
+    "mimiciv_root",
+    "source_path",
+]
+
+
+def mimiciv_root(data_cfg: DataConfig, synthetic_root: Path) -> Path:
+    """Folder holding hosp/ and icu/."""
+    if data_cfg.source == "synthetic":
+        return Path(synthetic_root) / "mimiciv"
+    if data_cfg.source == "mimic":
+        if not data_cfg.mimic.mimiciv_root:
+            raise DataError("data.mimic.mimiciv_root must be set when data.source is 'mimic'")
+        return Path(data_cfg.mimic.mimiciv_root)
+    raise DataError(f"data.source={data_cfg.source!r} has no MIMIC CSV tables (use 'synthetic' or 'mimic')")
+
+
+def cxr_root(data_cfg: DataConfig, synthetic_root: Path) -> Path:
+    """Folder holding files/ and mimic-cxr-2.0.0-*.csv.gz."""
+    if data_cfg.source == "synthetic":
+        return Path(synthetic_root) / "mimic-cxr-jpg"
+    if data_cfg.source == "mimic":
+        if not data_cfg.mimic.cxr_root:
+            raise DataError("data.mimic.cxr_root must be set when data.source is 'mimic'")
+        return Path(data_cfg.mimic.cxr_root)
+    raise DataError(f"data.source={data_cfg.source!r} has no MIMIC-CXR-JPG folder (use 'synthetic' or 'mimic')")
+
+
+def source_path(table: str, data_cfg: DataConfig, synthetic_root: Path) -> Path:
+    """The CSV of `table` in the PhysioNet layout: `.csv.gz`, or `.csv` when only that exists."""
+    if table not in TABLES:
+        raise DataError(f"unknown table {table!r}; known tables: {', '.join(TABLE_NAMES)}")
+    t = TABLES[table]
+    if t.module == "cxr":
+        base = cxr_root(data_cfg, synthetic_root) / t.file
+    else:
+        base = mimiciv_root(data_cfg, synthetic_root) / t.module / t.file
+    gz, plain = base.with_name(base.name + ".csv.gz"), base.with_name(base.name + ".csv")
+    if not gz.exists() and plain.exists():
+        return plain
+    return gz
+
+
+def ingest(table: str, src: Path, out_parquet: Path, duck: DuckDBSettings) -> int:
+    """CSV/CSV.GZ → typed Parquet of the table's needed columns; returns the row count."""
+    return ingest_table(table, src, out_parquet, duck)

@@ -1,0 +1,96 @@
+"""Preservation metrics: AUROC per finding on All/Diff/Same subsets, sex AUROC, age Pearson r.
+
+A score that cannot be computed (one class only, too few points) is `None` with a reason, never a
+number, so a table can never show a made-up 0.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+SUBSETS = ("all", "diff", "same")
+
+
+def auroc(scores: np.ndarray, y: np.ndarray) -> dict:
+    """AUROC with its counts; undefined (value None + reason) when a class is absent."""
+    scores = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    out: dict = {"value": None, "n_pos": n_pos, "n_neg": n_neg}
+    if n_pos == 0 or n_neg == 0:
+        out["reason"] = f"only one class present ({n_pos} positive, {n_neg} negative)"
+        return out
+    out["value"] = float(roc_auc_score(y, scores))
+    return out
+
+
+def subset_masks(trg: np.ndarray, prev: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-label masks (N, L): target NULL excluded; previous NULL counts as 0, as in the paper."""
+    valid = ~np.isnan(trg)
+    prev0 = np.nan_to_num(prev, nan=0.0)
+    with np.errstate(invalid="ignore"):
+        diff = valid & (trg != prev0)
+        same = valid & (trg == prev0)
+    return {"all": valid, "diff": diff, "same": same}
+
+
+def finding_aurocs(probs: np.ndarray, trg: np.ndarray, prev: np.ndarray, labels: tuple[str, ...]) -> dict:
+    """AUROC of the evaluator's probabilities against the *target's* labels, per label and micro/macro."""
+    probs, trg, prev = (np.asarray(a, dtype=np.float64) for a in (probs, trg, prev))
+    if not (probs.shape == trg.shape == prev.shape == (probs.shape[0], len(labels))):
+        raise ValueError(f"shape mismatch: probs {probs.shape}, target {trg.shape}, previous {prev.shape}, {len(labels)} labels")
+    result = {}
+    for name, mask in subset_masks(trg, prev).items():
+        per_label = {l: auroc(probs[mask[:, j], j], trg[mask[:, j], j]) for j, l in enumerate(labels)}
+        micro = auroc(probs[mask], trg[mask])
+        defined = {l: r["value"] for l, r in per_label.items() if r["value"] is not None}
+        macro: dict = {"value": float(np.mean(list(defined.values()))) if defined else None, "n_labels": len(defined),
+                       "undefined_labels": [l for l in labels if l not in defined]}
+        if not defined:
+            macro["reason"] = "no label has both classes in this subset"
+        result[name] = {"per_label": per_label, "micro": micro, "macro": macro, "n_scored": int(mask.sum())}
+    return result
+
+
+def sex_auroc(p_male: np.ndarray, gender) -> dict:
+    """AUROC of P(male) against recorded gender ('M' = 1, 'F' = 0; anything else excluded)."""
+    g = np.asarray(gender, dtype=object)
+    y = np.where(g == "M", 1.0, np.where(g == "F", 0.0, np.nan))
+    keep = ~np.isnan(y)
+    out = auroc(np.asarray(p_male)[keep], y[keep])
+    out["n_excluded"] = int((~keep).sum())
+    return out
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> dict:
+    """Pearson r over finite pairs; undefined below 3 points or for a constant input."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out: dict = {"value": None, "n": int(keep.sum())}
+    if len(x) < 3:
+        out["reason"] = f"fewer than 3 points ({len(x)})"
+    elif np.ptp(x) == 0 or np.ptp(y) == 0:
+        out["reason"] = "constant input"
+    else:
+        res = stats.pearsonr(x, y)
+        out.update(value=float(res.statistic), p_value=float(res.pvalue))
+    return out
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> dict:
+    """Spearman rho over finite pairs, undefined like `pearson`."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out: dict = {"value": None, "n": int(keep.sum())}
+    if len(x) < 3:
+        out["reason"] = f"fewer than 3 points ({len(x)})"
+    elif np.ptp(x) == 0 or np.ptp(y) == 0:
+        out["reason"] = "constant input"
+    else:
+        res = stats.spearmanr(x, y)
+        out.update(value=float(res.statistic), p_value=float(res.pvalue))
+    return out

@@ -1,0 +1,230 @@
+"""Pairs, images and event embeddings as training batches, with a stateless step → batch schedule.
+
+Readers are reached through two tiny interfaces (`ImageSource`, `EventSource`) so the real
+`ImageStore` / `EmbeddingReader` are used when present and a contract-conformant h5 fallback
+otherwise (tests). Which rows form step `s` depends only on (seed, s), never on a loader's
+state, so a resumed run sees exactly the batches of the uninterrupted one (also under DDP:
+each rank takes its slice of the same global batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class ImageSource(Protocol):
+    dicom_ids: list[str]
+    size: int
+
+    def __contains__(self, dicom_id: str) -> bool: ...
+    def load(self, dicom_ids: list[str]) -> np.ndarray: ...
+
+
+class EventSource(Protocol):
+    dim: int
+
+    def __contains__(self, pair_id: str) -> bool: ...
+    def batch(self, pair_ids: list[str], max_events: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class H5ImageStore:
+    """Minimal reader of the `images/cxr_{size}.h5` contract (fallback when `data.images` is absent)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"image store not found: {self.path}")
+        with h5py.File(self.path, "r") as f:
+            for key in ("pixels", "dicom_id"):
+                if key not in f:
+                    raise ValueError(f"{self.path}: dataset '{key}' missing")
+            self.dicom_ids = [d.decode() if isinstance(d, bytes) else str(d) for d in f["dicom_id"][:]]
+            self.size = int(f["pixels"].shape[1])
+        self._row = {d: i for i, d in enumerate(self.dicom_ids)}
+        self._file = None
+
+    def __contains__(self, dicom_id: str) -> bool:
+        return dicom_id in self._row
+
+    def load(self, dicom_ids: list[str]) -> np.ndarray:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        rows = np.array([self._row[d] for d in dicom_ids], dtype=np.int64)
+        order = np.argsort(rows)
+        uniq, inverse = np.unique(rows[order], return_inverse=True)
+        block = self._file["pixels"][uniq.tolist()]
+        out = np.empty((len(rows), self.size, self.size), dtype=np.uint8)
+        out[order] = block[inverse]
+        return out
+
+
+class H5EmbeddingReader:
+    """Minimal reader of the `embeddings/events.h5` contract (fallback when `text.store` is absent)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"embedding store not found: {self.path}")
+        with h5py.File(self.path, "r") as f:
+            self._emb = torch.from_numpy(f["texts/embedding"][:].astype(np.float32))
+            self.pair_ids = [p.decode() if isinstance(p, bytes) else str(p) for p in f["pairs/pair_id"][:]]
+            self._offsets = f["pairs/offsets"][:]
+            self._rows = f["pairs/rows"][:]
+        self.dim = int(self._emb.shape[1])
+        self._index = {p: i for i, p in enumerate(self.pair_ids)}
+
+    def __contains__(self, pair_id: str) -> bool:
+        return pair_id in self._index
+
+    def batch(self, pair_ids: list[str], max_events: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.zeros(len(pair_ids), max_events, self.dim)
+        mask = torch.zeros(len(pair_ids), max_events, dtype=torch.bool)
+        for b, pid in enumerate(pair_ids):
+            i = self._index[pid]
+            rows = self._rows[self._offsets[i] : self._offsets[i + 1]][-max_events:]
+            x[b, : len(rows)] = self._emb[torch.from_numpy(rows)]
+            mask[b, : len(rows)] = True
+        return x, mask
+
+
+def open_image_store(path: str | Path) -> ImageSource:
+    """The project's `ImageStore` when installed, else the fallback reader."""
+    try:
+        from ehrxdiff_core.data.images import ImageStore
+    except ImportError:
+        return H5ImageStore(path)
+    return ImageStore(path)
+
+
+def open_embedding_reader(path: str | Path) -> EventSource:
+    """The project's `EmbeddingReader` when installed, else the fallback reader."""
+    try:
+        from ehrxdiff_core.text.store import EmbeddingReader
+    except ImportError:
+        return H5EmbeddingReader(path)
+    return EmbeddingReader(path)
+
+
+def load_pairs(
+    triplets: str | Path | pd.DataFrame,
+    split: str,
+    images: ImageSource,
+    events: EventSource | None = None,
+) -> pd.DataFrame:
+    """Pairs of one split whose images (and embeddings, when given) exist; drops are logged with counts."""
+    df = pd.read_parquet(triplets) if not isinstance(triplets, pd.DataFrame) else triplets
+    need = {"pair_id", "prev_dicom_id", "trg_dicom_id", "split"}
+    missing = need - set(df.columns)
+    if missing:
+        raise ValueError(f"{triplets}: columns missing from triplets: {sorted(missing)}")
+    df = df[df["split"] == split].reset_index(drop=True)
+    has_img = df["prev_dicom_id"].map(lambda d: d in images) & df["trg_dicom_id"].map(lambda d: d in images)
+    if (~has_img).any():
+        log.warning("dropped %d of %d %s pairs whose images are missing from the image store", (~has_img).sum(), len(df), split)
+    df = df[has_img]
+    if events is not None:
+        has_ev = df["pair_id"].map(lambda p: p in events)
+        if (~has_ev).any():
+            log.warning("dropped %d %s pairs without event embeddings", (~has_ev).sum(), split)
+        df = df[has_ev]
+    df = df[["pair_id", "prev_dicom_id", "trg_dicom_id"]].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"{triplets}: no usable '{split}' pairs (after dropping missing images/embeddings)")
+    return df
+
+
+def add_null_samples(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The paper's w_null augmentation: per unique target, one (prev → prev, no events) sample."""
+    pairs = pairs.assign(null=False)
+    nulls = pairs.drop_duplicates("trg_dicom_id").assign(trg_dicom_id=lambda d: d["prev_dicom_id"], null=True)
+    return pd.concat([pairs, nulls], ignore_index=True)
+
+
+def to_unit_range(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (B, S, S) → float (B, 1, S, S) in [-1, 1] (the contract's x/127.5 − 1)."""
+    return torch.from_numpy(pixels).float().div_(127.5).sub_(1.0).unsqueeze(1)
+
+
+def step_indices(n: int, global_batch: int, step: int, seed: int) -> np.ndarray:
+    """Row indices of optimizer step `step`: a stream of per-epoch permutations, cut into global batches."""
+    start = step * global_batch
+    pos = np.arange(start, start + global_batch)
+    epochs = pos // n
+    out = np.empty(global_batch, dtype=np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(e)]).permutation(n)
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def pair_seed(seed: int, pair_id: str) -> int:
+    """A per-pair seed independent of batch composition (seed + stable hash of the id)."""
+    h = int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:4], "little")
+    return (seed + h) % (2**31)
+
+
+class PairBatches:
+    """Builds batches (prev, trg, events, mask, null) for rows of a pair table; opens readers lazily."""
+
+    def __init__(self, pairs: pd.DataFrame, images_h5: str | Path, embeddings_h5: str | Path | None, max_events: int):
+        self.pairs = pairs.reset_index(drop=True)
+        if "null" not in self.pairs:
+            self.pairs["null"] = False
+        self.images_h5, self.embeddings_h5, self.max_events = images_h5, embeddings_h5, max_events
+        self._images: ImageSource | None = None
+        self._events: EventSource | None = None
+        self._cache: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def images(self) -> ImageSource:
+        if self._images is None:
+            self._images = open_image_store(self.images_h5)
+        return self._images
+
+    @property
+    def events(self) -> EventSource:
+        if self._events is None:
+            self._events = open_embedding_reader(self.embeddings_h5)
+        return self._events
+
+    def cache_images(self, max_bytes: int = 2**30) -> None:
+        """Keep the pixels of every needed image in memory when they fit (demo scale)."""
+        ids = sorted(set(self.pairs["prev_dicom_id"]) | set(self.pairs["trg_dicom_id"]))
+        if len(ids) * self.images.size**2 <= max_bytes:
+            self._cache = dict(zip(ids, self.images.load(ids)))
+
+    def _pixels(self, ids: list[str]) -> np.ndarray:
+        if self._cache is not None:
+            return np.stack([self._cache[i] for i in ids])
+        return self.images.load(ids)
+
+    def get(self, idx: np.ndarray, with_events: bool = True) -> dict:
+        rows = self.pairs.iloc[np.asarray(idx)]
+        out = {
+            "pair_id": rows["pair_id"].tolist(),
+            "prev": to_unit_range(self._pixels(rows["prev_dicom_id"].tolist())),
+            "trg": to_unit_range(self._pixels(rows["trg_dicom_id"].tolist())),
+            "null": torch.from_numpy(rows["null"].to_numpy(dtype=bool)),
+        }
+        if with_events and self.embeddings_h5 is not None:
+            ev, mask = self.events.batch(rows["pair_id"].tolist(), self.max_events)
+            ev, mask = ev.float(), mask.bool()
+            null = out["null"]
+            ev[null] = 0.0
+            mask[null] = False
+            out["events"], out["mask"] = ev, mask
+        return out

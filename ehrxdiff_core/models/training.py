@@ -1,0 +1,290 @@
+"""The one training loop (VAE, CLIP, LDM, evaluator): accumulation, autocast, clipping, EMA, warmup,
+checkpoints with full state, automatic resume, preemption-safe exit, DDP, metrics CSV + loss PNG.
+
+A model plugged in here is an `nn.Module` whose `forward(batch, generator)` returns
+`(loss, logs)`; `batch_fn(step, micro, rank, world)` returns the CPU batch for that slot. Every
+random draw of a step comes from a generator seeded by (seed, step, micro, rank) and the global
+RNG states are checkpointed, so resuming reproduces the uninterrupted loss trajectory.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ehrxdiff_core.atomic import atomic_path
+from ehrxdiff_core.config import TrainLoop
+from ehrxdiff_core.models.ddp import DistInfo, any_flag, barrier, wrap
+
+log = logging.getLogger(__name__)
+
+PREEMPT_EXIT_CODE = 143  # 128 + SIGTERM: the job was stopped, a retry resumes from checkpoint.pt
+
+
+class Preempted(SystemExit):
+    """Raised after a checkpoint was written because SIGTERM/SIGUSR1 arrived."""
+
+    def __init__(self) -> None:
+        super().__init__(PREEMPT_EXIT_CODE)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # unwrapped module with the live weights
+    ema: object | None  # diffusers EMAModel over the trainable parameters, or None
+    step: int
+    metrics: list[dict] = field(default_factory=list)
+    work_dir: Path | None = None
+
+    def ema_copy(self) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights (the live model when no EMA)."""
+        if self.ema is None:
+            return self.model
+        m = copy.deepcopy(self.model)
+        self.ema.copy_to(trainable_params(m))
+        return m
+
+
+def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def lr_lambda(loop: TrainLoop) -> Callable[[int], float]:
+    """Linear warmup, then constant or cosine (with restarts every `cosine_cycle_steps`, as the paper's CLIP)."""
+
+    def f(step: int) -> float:
+        cycle = loop.cosine_cycle_steps or loop.steps
+        s = step % cycle if loop.cosine_cycle_steps else step
+        if loop.warmup_steps and s < loop.warmup_steps:
+            return (s + 1) / loop.warmup_steps
+        if loop.lr_schedule == "constant":
+            return 1.0
+        span = max(1, cycle - loop.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (s - loop.warmup_steps) / span)))
+
+    return f
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step * 7919 + micro * 104_729 + rank * 15_485_863) % (2**63))
+    return g
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resume_key(config: dict) -> str:
+    """Config identity for resuming: everything except the step count (so a run may be extended)."""
+    c = copy.deepcopy(config)
+    if isinstance(c.get("train"), dict):
+        c["train"].pop("steps", None)
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def write_metrics(rows: list[dict], csv_path: Path, png_path: Path | None = None) -> None:
+    """metrics.csv (one row per step) and a loss-curve PNG, both written atomically."""
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    if png_path is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="loss")
+    k = max(1, len(loss) // 20)
+    if len(loss) > k:
+        ax.plot(steps[k - 1 :], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log" if (loss > 0).all() else "linear")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def save_checkpoint(path: Path, model, ema, opt, sched, step: int, config: dict, metrics: list[dict]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": _rng_state(),
+        "step": step,
+        "config": config,
+        "resume_key": _resume_key(config),
+        "metrics": metrics,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def run_training(
+    model: torch.nn.Module,
+    batch_fn: Callable[[int, int, int, int], dict],
+    loop: TrainLoop,
+    work_dir: str | Path,
+    config: dict,
+    info: DistInfo,
+    *,
+    name: str = "train",
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `model` for `loop.steps` optimizer steps, resuming from `work_dir/checkpoint.pt` when it matches."""
+    work_dir = Path(work_dir)
+    ckpt_path = work_dir / "checkpoint.pt"
+    dev = info.device
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(dev)
+    if loop.channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = trainable_params(model)
+    opt = torch.optim.AdamW(params, lr=loop.lr, betas=loop.betas, eps=loop.eps, weight_decay=loop.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(loop))
+    ema = None
+    if loop.ema_decay:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=loop.ema_decay)
+
+    step, metrics = 0, []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state.get("resume_key") == _resume_key(config):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if ema is not None and state["ema"] is not None:
+                ema.load_state_dict(state["ema"])
+                ema.to(dev)
+            _set_rng_state(state["rng"])
+            step, metrics = state["step"], [r for r in state["metrics"] if r["step"] < state["step"]]
+            log.info("%s: resumed from %s at step %d", name, ckpt_path, step)
+        else:
+            log.warning("%s: ignoring %s (written for a different config); starting fresh", name, ckpt_path)
+    else:
+        torch.manual_seed(loop.seed + info.rank)
+
+    runner = wrap(model, info)
+    if loop.compile:
+        runner = torch.compile(runner)
+
+    stop = {"flag": False}
+    old_handlers = {}
+
+    def _on_signal(signum, frame):  # noqa: ARG001
+        stop["flag"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            old_handlers[sig] = signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread
+            pass
+
+    def checkpoint() -> None:
+        if info.is_main:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt_path, model, ema, opt, sched, step, config, metrics)
+            write_metrics(metrics, work_dir / "metrics.csv", work_dir / "loss.png")
+        barrier(info)
+
+    last = loop.steps if stop_after is None else min(loop.steps, step + stop_after)
+    bar = tqdm(total=loop.steps, initial=step, desc=name, disable=not info.is_main, mininterval=2.0)
+    try:
+        model.train()
+        while step < last:
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            total, logs_sum = 0.0, {}
+            for micro in range(loop.grad_accum):
+                batch = to_device(batch_fn(step, micro, info.rank, info.world_size), dev)
+                gen = step_generator(loop.seed, step, micro, info.rank, dev)
+                sync = micro == loop.grad_accum - 1 or not info.enabled
+                ctx = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else _null()
+                with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and loop.bf16):
+                    loss, logs = runner(batch, gen)
+                (loss / loop.grad_accum).backward()
+                total += float(loss.detach()) / loop.grad_accum
+                for k, v in logs.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / loop.grad_accum
+            grad_norm = None
+            if loop.grad_clip:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.grad_clip))
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.step(params)
+            row = {"step": step, "loss": total, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            if grad_norm is not None:
+                row["grad_norm"] = grad_norm
+            row.update(logs_sum)
+            metrics.append(row)
+            step += 1
+            bar.update(1)
+            if info.is_main and step % loop.log_every == 0:
+                bar.set_postfix(loss=f"{total:.4f}")
+                log.info("%s step %d loss %.5f", name, step, total)
+            if any_flag(stop["flag"], info):
+                checkpoint()
+                log.warning("%s: signal received; checkpoint written at step %d, exiting", name, step)
+                raise Preempted()
+            if step % loop.checkpoint_every == 0 or step == last:
+                checkpoint()
+    finally:
+        bar.close()
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+    model.eval()
+    return TrainResult(model=model, ema=ema, step=step, metrics=metrics, work_dir=work_dir)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,45 @@
+"""Job set-up shared by the workflow scripts: log to the rule's `log:` file, offline, thread limits.
+
+Snakemake does not redirect a script's output; each job's log file is its durable record (Slurm
+deletes its own logs of successful jobs), so stdout, stderr and `logging` all go there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def start_job(log_path: str, threads: int = 1) -> logging.Logger:
+    """Send all output of this job to `log_path`, forbid hub downloads, and cap CPU threads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    stream = open(log_path, "w", buffering=1)
+    sys.stdout = stream
+    sys.stderr = stream
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=stream,
+        force=True,
+    )
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    except ImportError:  # data-only environments
+        pass
+    return logging.getLogger("ehrxdiff")
+
+
+def device_from_config(compute: dict | None) -> str:
+    """`compute.device` ('auto', 'cpu', 'cuda', 'cuda:1'); auto = CUDA when available."""
+    device = (compute or {}).get("device", "auto")
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

@@ -1,0 +1,71 @@
+# Config validation, artifact paths and the input helpers every rule family uses.
+import hashlib
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from ehrxdiff_core.config import ConfigError, load_config, section
+
+try:
+    CFG = load_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+RESULTS = "results"
+LIB = Path(workflow.basedir) / "ehrxdiff_core"
+SYNTH = f"{RESULTS}/synthetic"
+
+from ehrxdiff_core.data.stages import TABLE_NAMES, cxr_root, source_path
+
+
+wildcard_constraints:
+    table="|".join(TABLE_NAMES),
+    split="train|valid|test",
+    size=r"\d+",
+
+
+def sec(dotted):
+    """One config section as a plain dict: a rule's params, so a changed setting reruns its job."""
+    return section(CFG, dotted)
+
+
+def code(*modules):
+    """Library source files a rule's output depends on: editing one reruns that stage and downstream."""
+    files = []
+    for m in modules:
+        p = LIB / m
+        files.extend(sorted(str(f) for f in p.rglob("*.py")) if p.is_dir() else [str(p)])
+    return files
+
+
+def params_hash(*values):
+    """Short hash of a rule's params: names the resumable work folder of a training job."""
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def ehr(table):
+    return f"{RESULTS}/ehr/{table}.parquet"
+
+
+def ingest_source(wildcards):
+    return str(source_path(wildcards.table, CFG.data, Path(SYNTH)))
+
+
+def cxr_folder():
+    return str(cxr_root(CFG.data, Path(SYNTH)))
+
+
+IMAGES_H5 = f"{RESULTS}/images/cxr_{CFG.images.size}.h5"
+EVENTS_TRIPLETS = f"{RESULTS}/events/triplets.parquet"
+
+
+def duckdb_mem_mb():
+    """Memory to ask the scheduler for a DuckDB job: its memory_limit plus 1 GB of headroom."""
+    units = {"KB": 1e-3, "KIB": 1e-3, "MB": 1, "MIB": 1, "GB": 1000, "GIB": 1024, "TB": 1e6, "TIB": 1024**2}
+    text = CFG.data.duckdb.memory_limit.strip().upper().replace(" ", "")
+    for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor) + 1000
+    raise WorkflowError(f"data.duckdb.memory_limit: cannot read {CFG.data.duckdb.memory_limit!r} (e.g. '4GB')")

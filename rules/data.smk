@@ -1,0 +1,127 @@
+# Data stages: synthetic world (demo) -> typed Parquet tables -> cohort -> images HDF5 + events.
+
+
+if CFG.data.source == "synthetic":
+
+    rule synthesize:
+        output:
+            tables=[str(source_path(t, CFG.data, Path(SYNTH))) for t in TABLE_NAMES],
+            truth=f"{SYNTH}/truth.parquet",
+            jpgs=directory(f"{SYNTH}/mimic-cxr-jpg/files"),
+        log:
+            "logs/synthesize.log",
+        benchmark:
+            "benchmarks/synthesize.tsv"
+        conda:
+            "../envs/data.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            cfg=sec("synthetic"),
+            root=SYNTH,
+            code=code("synthetic"),
+        script:
+            "../workflow_scripts/synthesize.py"
+
+
+rule ingest:
+    input:
+        src=ingest_source,
+        code=code("data/ingest.py", "data/tables.py", "data/duck.py"),
+    output:
+        f"{RESULTS}/ehr/{{table}}.parquet",
+    log:
+        "logs/ingest/{table}.log",
+    benchmark:
+        "benchmarks/ingest/{table}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: CFG.data.duckdb.threads
+    resources:
+        mem_mb=duckdb_mem_mb(),
+        runtime=60,
+    params:
+        duck=sec("data.duckdb"),
+    script:
+        "../workflow_scripts/ingest.py"
+
+
+rule cohort:
+    input:
+        patients=ehr("patients"),
+        admissions=ehr("admissions"),
+        metadata=ehr("cxr_metadata"),
+        split=ehr("cxr_split"),
+        chexpert=ehr("cxr_chexpert"),
+        code=code("data/cohort.py", "data/duck.py"),
+    output:
+        images=f"{RESULTS}/cohort/images.parquet",
+        triplets=f"{RESULTS}/cohort/triplets.parquet",
+    log:
+        "logs/cohort.log",
+    benchmark:
+        "benchmarks/cohort.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: CFG.data.duckdb.threads
+    resources:
+        mem_mb=duckdb_mem_mb(),
+        runtime=30,
+    params:
+        cohort=sec("cohort"),
+        duck=sec("data.duckdb"),
+    script:
+        "../workflow_scripts/cohort.py"
+
+
+rule images:
+    input:
+        images=rules.cohort.output.images,
+        jpgs=cxr_folder() + "/files",
+        code=code("data/images.py"),
+    output:
+        h5=f"{RESULTS}/images/cxr_{{size}}.h5",
+    log:
+        "logs/images/cxr_{size}.log",
+    benchmark:
+        "benchmarks/images/cxr_{size}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        images=sec("images"),
+        cxr_root=cxr_folder(),
+    script:
+        "../workflow_scripts/images.py"
+
+
+rule events:
+    input:
+        triplets=rules.cohort.output.triplets,
+        tables=[ehr(t) for t in CFG.events.tables],
+        d_items=ehr("d_items"),
+        d_labitems=ehr("d_labitems"),
+        code=code("data/events.py", "data/event_filters.py", "data/serialize.py", "data/duck.py"),
+    output:
+        events=f"{RESULTS}/events/events.parquet",
+        triplets=EVENTS_TRIPLETS,
+    log:
+        "logs/events.log",
+    benchmark:
+        "benchmarks/events.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: CFG.data.duckdb.threads
+    resources:
+        mem_mb=duckdb_mem_mb(),
+        runtime=120,
+    params:
+        events=sec("events"),
+        duck=sec("data.duckdb"),
+    script:
+        "../workflow_scripts/events.py"

@@ -1,0 +1,92 @@
+# Evaluation: an evaluator trained on real images scores generated images (medical and
+# demographic preservation, Frechet distance) beside the previous-image baseline; HTML report.
+
+
+rule train_evaluator:
+    input:
+        images=IMAGES_H5,
+        cohort=rules.cohort.output.images,
+        truth=[f"{SYNTH}/truth.parquet"] if CFG.data.source == "synthetic" else [],
+        code=code("evaluation/evaluator.py"),
+    output:
+        model=directory(f"{RESULTS}/eval/evaluator"),
+    log:
+        "logs/train_evaluator.log",
+    benchmark:
+        "benchmarks/train_evaluator.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=0,
+    params:
+        evaluator=sec("evaluator"),
+    script:
+        "../workflow_scripts/train_evaluator.py"
+
+
+rule evaluate:
+    input:
+        samples=f"{RESULTS}/samples/{CFG.sample.split}",
+        images=IMAGES_H5,
+        triplets=EVENTS_TRIPLETS,
+        evaluator=rules.train_evaluator.output.model,
+        code=code(
+            "evaluation/metrics.py",
+            "evaluation/frechet.py",
+            "evaluation/inception.py",
+        ),
+    output:
+        metrics=f"{RESULTS}/eval/metrics.json",
+    log:
+        "logs/evaluate.log",
+    benchmark:
+        "benchmarks/evaluate.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        evaluate=sec("evaluate"),
+        sample=sec("sample"),
+        split=CFG.sample.split,
+    script:
+        "../workflow_scripts/evaluate.py"
+
+
+rule report:
+    input:
+        metrics=rules.evaluate.output.metrics,
+        cohort=rules.cohort.output.images,
+        events=rules.events.output.events,
+        triplets=EVENTS_TRIPLETS,
+        models=[
+            rules.train_vae.output.model,
+            rules.train_clip.output.model,
+            rules.train_ldm.output.model,
+            rules.train_evaluator.output.model,
+        ],
+        code=code("evaluation/report.py"),
+    output:
+        html=report(
+            f"{RESULTS}/eval/report.html",
+            category="Report",
+            caption="../report/report.rst",
+        ),
+    log:
+        "logs/report.log",
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        config=CFG.model_dump(mode="json"),
+        results=RESULTS,
+    script:
+        "../workflow_scripts/report.py"

@@ -1,0 +1,117 @@
+# Models: autoencoder, CXR-EHR CLIP, latent diffusion with the fusion adapter, sampling.
+# Training jobs keep a resumable work folder next to the output (named by a hash of their
+# params), so a preempted or failed job resumes on retry instead of starting over.
+
+
+rule train_vae:
+    input:
+        images=IMAGES_H5,
+        triplets=EVENTS_TRIPLETS,
+        code=code("models/vae.py", "models/training.py", "models/datasets.py"),
+    output:
+        model=directory(f"{RESULTS}/models/vae"),
+    log:
+        "logs/train_vae.log",
+    benchmark:
+        "benchmarks/train_vae.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=0,
+    params:
+        vae=sec("vae"),
+        work=f"{RESULTS}/work/vae-{params_hash(sec('vae'))}",
+    script:
+        "../workflow_scripts/train_vae.py"
+
+
+rule train_clip:
+    input:
+        images=IMAGES_H5,
+        embeddings=rules.embed.output.h5,
+        triplets=EVENTS_TRIPLETS,
+        code=code("models/clip.py", "models/training.py", "models/datasets.py"),
+    output:
+        model=directory(f"{RESULTS}/models/clip"),
+    log:
+        "logs/train_clip.log",
+    benchmark:
+        "benchmarks/train_clip.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=0,
+    params:
+        clip=sec("clip"),
+        max_events=CFG.events.max_events,
+        work=f"{RESULTS}/work/clip-{params_hash(sec('clip'), CFG.events.max_events)}",
+    script:
+        "../workflow_scripts/train_clip.py"
+
+
+rule train_ldm:
+    input:
+        images=IMAGES_H5,
+        embeddings=rules.embed.output.h5,
+        triplets=EVENTS_TRIPLETS,
+        vae=rules.train_vae.output.model,
+        clip=rules.train_clip.output.model,
+        code=code(
+            "models/ldm.py",
+            "models/adapter.py",
+            "models/training.py",
+            "models/datasets.py",
+        ),
+    output:
+        model=directory(f"{RESULTS}/models/ldm"),
+    log:
+        "logs/train_ldm.log",
+    benchmark:
+        "benchmarks/train_ldm.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+        gpu=0,
+    params:
+        ldm=sec("ldm"),
+        max_events=CFG.events.max_events,
+        work=f"{RESULTS}/work/ldm-{params_hash(sec('ldm'), CFG.events.max_events)}",
+    script:
+        "../workflow_scripts/train_ldm.py"
+
+
+rule sample:
+    input:
+        images=IMAGES_H5,
+        embeddings=rules.embed.output.h5,
+        triplets=EVENTS_TRIPLETS,
+        vae=rules.train_vae.output.model,
+        ldm=rules.train_ldm.output.model,
+        code=code("models/sampling.py", "models/adapter.py", "models/ldm.py"),
+    output:
+        samples=directory(f"{RESULTS}/samples/{{split}}"),
+    log:
+        "logs/sample/{split}.log",
+    benchmark:
+        "benchmarks/sample/{split}.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=0,
+    params:
+        sample=sec("sample"),
+        max_events=CFG.events.max_events,
+    script:
+        "../workflow_scripts/sample.py"

@@ -1,0 +1,67 @@
+"""The config model: defaults validate, and every kind of bad config names its dotted key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ehrxdiff_core.config import ConfigError, PipelineConfig, load_config, section
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tests/configs/tiny.yaml", "configs/paper.yaml"])
+def test_shipped_configs_validate(name):
+    raw = yaml.safe_load((REPO / name).read_text())
+    if name == "configs/paper.yaml":  # points at MIMIC folders that do not exist here
+        cfg = load_config(raw, check_paths=False)
+        assert cfg.data.source == "mimic"
+    else:
+        cfg = load_config(raw)
+        assert cfg.data.source == "synthetic"
+
+
+def test_defaults_are_the_demo():
+    cfg = load_config({})
+    assert cfg.events.max_events == 1024
+    assert cfg.cohort.views == ["AP", "PA"] and cfg.cohort.max_gap_hours == 48 and cfg.cohort.min_age == 18
+    assert cfg.cohort.pairing == "all"
+    assert cfg.text.encoder.name == "minilm"
+
+
+def test_unknown_key_names_dotted_path():
+    with pytest.raises(ConfigError, match=r"cohort\.max_gap_hourz: unknown config key"):
+        load_config({"cohort": {"max_gap_hourz": 12}})
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError, match=r"colour: unknown config key"):
+        load_config({"colour": "blue"})
+
+
+def test_wrong_type_names_dotted_path():
+    with pytest.raises(ConfigError, match=r"images\.size: .*integer"):
+        load_config({"images": {"size": "big"}})
+
+
+def test_missing_input_path_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"vae\.pretrained: pretrained autoencoder not found: /nonexistent/vae"):
+        load_config({"vae": {"pretrained": "/nonexistent/vae"}})
+
+
+def test_mimic_source_requires_roots():
+    with pytest.raises(ConfigError, match=r"data\.mimic\.mimiciv_root must be set"):
+        load_config({"data": {"source": "mimic"}})
+
+
+def test_split_fractions_checked():
+    with pytest.raises(ConfigError, match=r"cohort\.split.*sum to 1"):
+        load_config({"cohort": {"split": {"fractions": {"train": 0.5, "valid": 0.1, "test": 0.1}}}})
+
+
+def test_section_is_plain_json():
+    cfg = PipelineConfig()
+    assert section(cfg, "cohort")["max_gap_hours"] == 48.0
+    assert isinstance(section(cfg, "data.duckdb")["threads"], int)

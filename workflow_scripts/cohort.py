@@ -1,0 +1,18 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
+
+from ehrxdiff_core.config import CohortConfig, DuckDBSettings
+from ehrxdiff_core.data.stages import build_cohort
+from ehrxdiff_core.runlog import start_job
+
+log = start_job(snakemake.log[0], snakemake.threads)
+counts = build_cohort(
+    Path(snakemake.input.patients).parent,
+    CohortConfig(**snakemake.params.cohort),
+    DuckDBSettings(**snakemake.params.duck),
+    Path(snakemake.output.images),
+    Path(snakemake.output.triplets),
+)
+log.info("cohort: %s", counts)

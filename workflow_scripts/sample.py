@@ -1,0 +1,23 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
+
+from ehrxdiff_core.config import SampleConfig
+from ehrxdiff_core.models.stages import sample
+from ehrxdiff_core.runlog import device_from_config, start_job
+
+log = start_job(snakemake.log[0], snakemake.threads)
+cfg = SampleConfig(**snakemake.params.sample).model_copy(update={"split": snakemake.wildcards.split})
+info = sample(
+    Path(snakemake.input.images),
+    Path(snakemake.input.embeddings),
+    Path(snakemake.input.triplets),
+    Path(snakemake.input.vae),
+    Path(snakemake.input.ldm),
+    cfg,
+    snakemake.params.max_events,
+    Path(snakemake.output.samples),
+    device=device_from_config(snakemake.config.get("compute")),
+)
+log.info("sample: %s", info)
