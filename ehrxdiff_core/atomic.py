@@ -14,6 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask_mode(base: int) -> int:
+    """`base` masked by the process umask: mkstemp/mkdtemp create 0600/0700, artifacts should not be."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `final`; rename it to `final` on success, delete it on error."""
@@ -22,6 +29,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(_umask_mode(0o666))
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -36,6 +44,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp_path.chmod(_umask_mode(0o777))
     try:
         yield tmp_path
         if final.exists():

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from ehrxdiff_core.config import ConfigError, load_config, section
+from ehrxdiff_core.provenance import stage_sources
 
 try:
     CFG = load_config(config)
@@ -31,12 +32,9 @@ def sec(dotted):
 
 
 def code(*modules):
-    """Library source files a rule's output depends on: editing one reruns that stage and downstream."""
-    files = []
-    for m in modules:
-        p = LIB / m
-        files.extend(sorted(str(f) for f in p.rglob("*.py")) if p.is_dir() else [str(p)])
-    return files
+    """Library source files a rule's output depends on (the modules and their imports, transitively):
+    editing one reruns that stage and downstream."""
+    return stage_sources(*modules)
 
 
 def params_hash(*values):

@@ -4,6 +4,8 @@
 if CFG.data.source == "synthetic":
 
     rule synthesize:
+        input:
+            code=code("synthetic"),
         output:
             tables=[str(source_path(t, CFG.data, Path(SYNTH))) for t in TABLE_NAMES],
             truth=f"{SYNTH}/truth.parquet",
@@ -21,7 +23,6 @@ if CFG.data.source == "synthetic":
         params:
             cfg=sec("synthetic"),
             root=SYNTH,
-            code=code("synthetic"),
         script:
             "../workflow_scripts/synthesize.py"
 
@@ -29,7 +30,7 @@ if CFG.data.source == "synthetic":
 rule ingest:
     input:
         src=ingest_source,
-        code=code("data/ingest.py", "data/tables.py", "data/duck.py"),
+        code=code("data/ingest.py"),
     output:
         f"{RESULTS}/ehr/{{table}}.parquet",
     log:
@@ -55,7 +56,7 @@ rule cohort:
         metadata=ehr("cxr_metadata"),
         split=ehr("cxr_split"),
         chexpert=ehr("cxr_chexpert"),
-        code=code("data/cohort.py", "data/duck.py"),
+        code=code("data/cohort.py", "data/split.py"),
     output:
         images=f"{RESULTS}/cohort/images.parquet",
         triplets=f"{RESULTS}/cohort/triplets.parquet",
@@ -106,7 +107,7 @@ rule events:
         tables=[ehr(t) for t in CFG.events.tables],
         d_items=ehr("d_items"),
         d_labitems=ehr("d_labitems"),
-        code=code("data/events.py", "data/event_filters.py", "data/serialize.py", "data/duck.py"),
+        code=code("data/events.py"),
     output:
         events=f"{RESULTS}/events/events.parquet",
         triplets=EVENTS_TRIPLETS,

@@ -7,7 +7,7 @@ rule train_evaluator:
         images=IMAGES_H5,
         cohort=rules.cohort.output.images,
         truth=[f"{SYNTH}/truth.parquet"] if CFG.data.source == "synthetic" else [],
-        code=code("evaluation/evaluator.py"),
+        code=code("evaluation/evaluator_training.py"),
     output:
         model=directory(f"{RESULTS}/eval/evaluator"),
     log:
@@ -34,9 +34,13 @@ rule evaluate:
         triplets=EVENTS_TRIPLETS,
         evaluator=rules.train_evaluator.output.model,
         code=code(
+            "evaluation/stages.py",
             "evaluation/metrics.py",
             "evaluation/frechet.py",
             "evaluation/inception.py",
+            "evaluation/xrv.py",
+            "evaluation/inputs.py",
+            "evaluation/evaluator.py",
         ),
     output:
         metrics=f"{RESULTS}/eval/metrics.json",
@@ -70,7 +74,7 @@ rule report:
             rules.train_ldm.output.model,
             rules.train_evaluator.output.model,
         ],
-        code=code("evaluation/report.py"),
+        code=code("evaluation/report.py", "evaluation/plots.py"),
     output:
         html=report(
             f"{RESULTS}/eval/report.html",

@@ -5,7 +5,7 @@ rule knowledge:
     input:
         d_items=ehr("d_items"),
         d_labitems=ehr("d_labitems"),
-        code=code("text/knowledge.py", "text/glossary.py") + [str(LIB / "resources")],
+        code=code("text/knowledge.py") + [str(LIB / "resources/glossary.csv")],
     output:
         knowledge=f"{RESULTS}/rag/knowledge.parquet",
     log:
@@ -23,9 +23,10 @@ rule knowledge:
 rule rag_index:
     input:
         knowledge=rules.knowledge.output.knowledge,
-        code=code("text/index.py", "text/encoders.py"),
+        code=code("text/index.py", "text/encoders.py", "text/knowledge.py"),
     output:
         index=f"{RESULTS}/rag/index.faiss",
+        sidecar=f"{RESULTS}/rag/index.faiss.json",
     log:
         "logs/rag_index.log",
     benchmark:
@@ -49,7 +50,8 @@ rule embed:
         triplets=rules.events.output.triplets,
         knowledge=rules.knowledge.output.knowledge,
         index=rules.rag_index.output.index,
-        code=code("text/augment.py", "text/store.py", "text/encoders.py", "text/rewrite.py"),
+        sidecar=rules.rag_index.output.sidecar,
+        code=code("text/stages.py") + [str(LIB / "resources/glossary.csv")],
     output:
         h5=f"{RESULTS}/embeddings/events.h5",
     log:

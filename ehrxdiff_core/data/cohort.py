@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings
-from ehrxdiff_core.data.duck import connect, copy_to_parquet, sql_list, sql_str
+from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, sql_list, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.split import read_key_file, split_subjects
 from ehrxdiff_core.labels import LABEL_COLUMNS
@@ -33,7 +33,7 @@ def _register(con, ehr_dir: Path, names) -> None:
 
 
 def _count(con, rel: str) -> int:
-    return int(con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0])
+    return int(con.execute(f"SELECT count(*) FROM {rel}").fetchall()[0][0])
 
 
 def _label_select(alias: str, prefix: str) -> str:
@@ -95,7 +95,11 @@ def build_cohort(
             "FROM ranked p JOIN ranked t ON p.hadm_id = t.hadm_id AND p.study_time < t.study_time "
             "AND p.study_id <> t.study_id"
         )
-        step("pairs_different_studies", "pairs0", "pairing different studies of one admission (each admission has one study time)")
+        step(
+            "pairs_different_studies",
+            "pairs0",
+            "pairing images of different, later studies within one admission (no admission has two study times)",
+        )
         max_us = int(round(cfg.max_gap_hours * 3600e6))
         con.execute(
             f"CREATE TEMP TABLE pairs1 AS SELECT * FROM pairs0 "
@@ -113,14 +117,18 @@ def build_cohort(
         _assign_split(con, cfg, counts)
         step("pairs_with_split", "pairs4", f"applying the split key file {cfg.split.key_file} (cohort.split.key_file)")
 
-        labels = "cxr_chexpert"
+        # one label row per study (the file has one; guard against duplicates deterministically)
+        con.execute(
+            "CREATE TEMP TABLE labels AS SELECT * FROM cxr_chexpert "
+            "QUALIFY row_number() OVER (PARTITION BY study_id ORDER BY subject_id) = 1"
+        )
         trip_query = (
             "SELECT q.pair_id, q.subject_id, q.hadm_id, q.prev_dicom_id, q.trg_dicom_id, q.prev_study_id, "
             "q.trg_study_id, q.prev_time, q.trg_time, q.gap_hours, q.split, CAST(q.age AS BIGINT) AS age, "
             f"q.gender, q.race, {_label_select('lp', 'prev_')}, {_label_select('lt', 'trg_')} FROM pairs4 q "
-            f"LEFT JOIN (SELECT * FROM {labels} QUALIFY row_number() OVER (PARTITION BY study_id) = 1) lp "
+            "LEFT JOIN labels lp "
             "ON lp.study_id = q.prev_study_id "
-            f"LEFT JOIN (SELECT * FROM {labels} QUALIFY row_number() OVER (PARTITION BY study_id) = 1) lt "
+            "LEFT JOIN labels lt "
             "ON lt.study_id = q.trg_study_id ORDER BY q.pair_id"
         )
         img_query = (
@@ -131,17 +139,17 @@ def build_cohort(
             "'files/p' || left(CAST(i.subject_id AS VARCHAR), 2) || '/p' || CAST(i.subject_id AS VARCHAR) || "
             "'/s' || CAST(i.study_id AS VARCHAR) || '/' || i.dicom_id || '.jpg' AS path, "
             f"{_label_select('l', '')} FROM inside i JOIN used u USING (dicom_id) "
-            f"LEFT JOIN (SELECT * FROM {labels} QUALIFY row_number() OVER (PARTITION BY study_id) = 1) l "
+            "LEFT JOIN labels l "
             "ON l.study_id = i.study_id ORDER BY i.dicom_id"
         )
         with atomic_path(out_triplets) as tmp_t, atomic_path(out_images) as tmp_i:
             counts["triplets"] = copy_to_parquet(con, trip_query, tmp_t)
             counts["cohort_images"] = copy_to_parquet(con, img_query, tmp_i)
         for s in ("train", "valid", "test"):
-            counts[f"pairs_{s}"] = int(con.execute(f"SELECT count(*) FROM pairs4 WHERE split = '{s}'").fetchone()[0])
-        counts["subjects"] = int(con.execute("SELECT count(DISTINCT subject_id) FROM pairs4").fetchone()[0])
+            counts[f"pairs_{s}"] = int(con.execute(f"SELECT count(*) FROM pairs4 WHERE split = '{s}'").fetchall()[0][0])
+        counts["subjects"] = int(con.execute("SELECT count(DISTINCT subject_id) FROM pairs4").fetchall()[0][0])
     finally:
-        con.close()
+        close(con)
     log.info("cohort: %s", counts)
     return counts
 
@@ -153,16 +161,14 @@ def _assign_split(con, cfg: CohortConfig, counts: dict) -> None:
         key_tab = pa.table({"pair_id": list(keys), "split": list(keys.values())})
         con.register("split_keys", key_tab)
         counts["pairs_not_in_key_file"] = int(
-            con.execute("SELECT count(*) FROM pairs3 WHERE pair_id NOT IN (SELECT pair_id FROM split_keys)").fetchone()[0]
+            con.execute("SELECT count(*) FROM pairs3 WHERE pair_id NOT IN (SELECT pair_id FROM split_keys)").fetchall()[0][0]
         )
         counts["key_file_pairs_not_found"] = int(
-            con.execute("SELECT count(*) FROM split_keys WHERE pair_id NOT IN (SELECT pair_id FROM pairs3)").fetchone()[0]
+            con.execute("SELECT count(*) FROM split_keys WHERE pair_id NOT IN (SELECT pair_id FROM pairs3)").fetchall()[0][0]
         )
         con.execute("CREATE TEMP TABLE pairs4 AS SELECT p.*, k.split FROM pairs3 p JOIN split_keys k USING (pair_id)")
         return
-    subj = con.execute(
-        "SELECT subject_id, count(*) AS n FROM pairs3 GROUP BY subject_id ORDER BY subject_id"
-    ).fetch_arrow_table()
+    subj = con.sql("SELECT subject_id, count(*) AS n FROM pairs3 GROUP BY subject_id ORDER BY subject_id").to_arrow_table()
     sids = subj.column("subject_id").to_numpy()
     splits = split_subjects(sids, subj.column("n").to_numpy(), cfg.split)
     con.register("subject_split", pa.table({"subject_id": sids, "split": pa.array(list(splits), pa.string())}))

@@ -1,9 +1,10 @@
 """Events between the two images of each pair: the paper's seven tables, filters and truncation, in DuckDB.
 
-Two streaming passes keep memory bounded by DuckDB's `memory_limit` (spilling to its temp folder):
+Streaming passes keep memory bounded by DuckDB's `memory_limit` (spilling to its temp folder):
 (1) each event table is scanned once, filtered, restricted to the admissions and time spans that have
-pairs, and serialized to a small Parquet part; (2) the parts are joined to the pairs by hadm_id and
-[prev_time, trg_time], ranked per pair, and the most recent `max_events` kept.
+pairs, and serialized to a small Parquet part; (2) those events are numbered per admission in time
+order; (3) each pair's window becomes a range of those numbers, cut to the most recent `max_events`,
+and a range join writes the kept events.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
-from ehrxdiff_core.data.duck import connect, copy_to_parquet, sql_str
+from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.event_filters import load_prescription_whitelist, table_filter
 from ehrxdiff_core.data.serialize import text_sql
@@ -86,6 +87,8 @@ def build_events(
     `image_store` (optional, images/cxr_{size}.h5): pairs whose images are not in the store are dropped too.
     """
     out_events, out_triplets = Path(out_events), Path(out_triplets)
+    if not cfg.tables:
+        raise DataError("events.tables is empty: name at least one of the seven event tables")
     work = Path(tempfile.mkdtemp(prefix=".events_parts.", dir=_mkdir(out_events.parent)))
     con = connect(duck, spill_near=out_events.parent)
     counts: dict[str, int] = {}
@@ -93,7 +96,7 @@ def build_events(
         if not Path(triplets).exists():
             raise DataError(f"triplets file not found: {triplets} (run the cohort stage)")
         con.execute(f"CREATE TEMP TABLE trip AS SELECT * FROM read_parquet('{sql_str(str(triplets))}')")
-        counts["pairs_in"] = int(con.execute("SELECT count(*) FROM trip").fetchone()[0])
+        counts["pairs_in"] = int(con.execute("SELECT count(*) FROM trip").fetchall()[0][0])
         if image_store is not None:
             from ehrxdiff_core.data.images import ImageStore
 
@@ -103,7 +106,7 @@ def build_events(
                 "DELETE FROM trip WHERE prev_dicom_id NOT IN (SELECT dicom_id FROM stored) "
                 "OR trg_dicom_id NOT IN (SELECT dicom_id FROM stored)"
             )
-            counts["pairs_with_images"] = int(con.execute("SELECT count(*) FROM trip").fetchone()[0])
+            counts["pairs_with_images"] = int(con.execute("SELECT count(*) FROM trip").fetchall()[0][0])
         con.execute(
             "CREATE TEMP TABLE win AS SELECT hadm_id, min(prev_time) AS lo, max(trg_time) AS hi "
             "FROM trip GROUP BY hadm_id"
@@ -115,43 +118,60 @@ def build_events(
         parts = []
         for table in cfg.tables:
             part = work / f"{table}.parquet"
-            counts[f"events_in_windows_{table}"] = copy_to_parquet(con, table_events_sql(table, cfg, drugs), part)
+            counts[f"events_in_windows_{table}"] = copy_to_parquet(
+                con, table_events_sql(table, cfg, drugs), part, compression="snappy"
+            )
             log.info("events: %s → %d rows in pair windows", table, counts[f"events_in_windows_{table}"])
             parts.append(f"'{sql_str(str(part))}'")
         k = int(cfg.max_events)
-        ranked = (
-            "WITH j AS (SELECT q.pair_id, q.prev_time, e.t, e.source, e.code, e.text "
-            f"FROM read_parquet([{', '.join(parts)}]) e JOIN trip q ON e.hadm_id = q.hadm_id "
-            "AND e.t >= q.prev_time AND e.t <= q.trg_time), "
-            "r AS (SELECT *, row_number() OVER (PARTITION BY pair_id ORDER BY t DESC, source DESC, code DESC, "
-            "text DESC) AS rn, count(*) OVER (PARTITION BY pair_id) AS n FROM j) "
-            f"SELECT pair_id, CAST(least(n, {k}) - rn AS BIGINT) AS position, "
-            "(epoch_us(t) - epoch_us(prev_time)) / 60e6 AS minutes_from_prev, source, code, text "
-            f"FROM r WHERE rn <= {k} ORDER BY pair_id, position"
+        # Number the in-window events of each admission in (time, source, code, text) order once; a pair's
+        # events are then one contiguous `seq` range of its admission, so the most recent k are a range too
+        # and no per-pair sort of the (much larger) pair × event join is needed.
+        ev = work / "numbered.parquet"
+        copy_to_parquet(
+            con,
+            "SELECT hadm_id, t, source, code, text, row_number() OVER (PARTITION BY hadm_id "
+            f"ORDER BY t, source, code, text) AS seq FROM read_parquet([{', '.join(parts)}])",
+            ev,
+            compression="snappy",
+        )
+        ev_sql = f"read_parquet('{sql_str(str(ev))}')"
+        con.execute(
+            "CREATE TEMP TABLE ranges AS SELECT q.pair_id, any_value(q.hadm_id) AS hadm_id, "
+            "any_value(q.prev_time) AS prev_time, min(e.seq) AS lo, max(e.seq) AS hi "
+            f"FROM trip q JOIN {ev_sql} e ON e.hadm_id = q.hadm_id AND e.t >= q.prev_time AND e.t <= q.trg_time "
+            "GROUP BY q.pair_id"
+        )
+        # cut to the most recent k; number pairs in pair_id order so the output sort compares integers
+        con.execute(
+            f"CREATE TEMP TABLE cut AS SELECT pair_id, hadm_id, prev_time, greatest(lo, hi - {k} + 1) AS lo, hi, "
+            "row_number() OVER (ORDER BY pair_id) AS pair_ord FROM ranges"
+        )
+        counts["pairs_with_events"] = int(con.execute("SELECT count(*) FROM cut").fetchall()[0][0])
+        counts["pairs_without_events"] = int(con.execute("SELECT count(*) FROM trip").fetchall()[0][0]) - counts[
+            "pairs_with_events"
+        ]
+        if counts["pairs_with_events"] == 0:
+            raise DataError(
+                f"no pair has any event in [prev_time, trg_time] with events.tables={cfg.tables} and "
+                f"events.paper_filters={cfg.paper_filters}; counts: {counts}"
+            )
+        kept = (
+            "SELECT r.pair_id, CAST(e.seq - r.lo AS BIGINT) AS position, "
+            "(epoch_us(e.t) - epoch_us(r.prev_time)) / 60e6 AS minutes_from_prev, e.source, e.code, e.text "
+            f"FROM cut r JOIN {ev_sql} e ON e.hadm_id = r.hadm_id AND e.seq >= r.lo AND e.seq <= r.hi "
+            "ORDER BY r.pair_ord, e.seq"
         )
         with atomic_path(out_triplets) as tmp_t, atomic_path(out_events) as tmp_e:
-            counts["events"] = copy_to_parquet(con, ranked, tmp_e)
-            con.execute(
-                "CREATE TEMP TABLE n_ev AS SELECT pair_id, count(*) AS n_events "
-                f"FROM read_parquet('{sql_str(str(tmp_e))}') GROUP BY pair_id"
-            )
-            counts["pairs_with_events"] = int(con.execute("SELECT count(*) FROM n_ev").fetchone()[0])
-            counts["pairs_without_events"] = int(con.execute("SELECT count(*) FROM trip").fetchone()[0]) - counts[
-                "pairs_with_events"
-            ]
-            if counts["pairs_with_events"] == 0:
-                raise DataError(
-                    f"no pair has any event in [prev_time, trg_time] with events.tables={cfg.tables} and "
-                    f"events.paper_filters={cfg.paper_filters}; counts: {counts}"
-                )
+            counts["events"] = copy_to_parquet(con, kept, tmp_e)
             copy_to_parquet(
                 con,
-                "SELECT q.*, CAST(n.n_events AS BIGINT) AS n_events FROM trip q JOIN n_ev n USING (pair_id) "
-                "ORDER BY q.pair_id",
+                "SELECT q.*, CAST(r.hi - r.lo + 1 AS BIGINT) AS n_events FROM trip q JOIN cut r USING (pair_id) "
+                "ORDER BY r.pair_ord",
                 tmp_t,
             )
     finally:
-        con.close()
+        close(con)
         shutil.rmtree(work, ignore_errors=True)
     log.info("events: %s", counts)
     return counts

@@ -52,7 +52,8 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
     size = int(cfg.size)
     root = Path(cxr_root)
     bad: list[tuple[str, str]] = []
-    workers = max(1, min(8, (os.cpu_count() or 2)))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    workers = max(1, min(8, cpus))  # the job's allocation, not the node's core count
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w") as h5:
             pixels = h5.create_dataset(
@@ -69,19 +70,19 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
                     buf.clear()
 
             paths = [root / seen[d] for d in dicom_ids]
-            with ThreadPoolExecutor(workers) as pool:
-                results = pool.map(lambda p: _try_load(p, size), paths)
-                for d, p, (arr, err) in tqdm(
-                    zip(dicom_ids, paths, results), total=len(paths), desc=f"images {size}px", unit="img"
-                ):
-                    if arr is None:
-                        bad.append((str(p), err))
-                        log.warning("bad image %s (%s): %s", d, p, err)
-                        continue
-                    kept.append(d)
-                    buf.append(arr)
-                    if len(buf) >= 256:
-                        flush()
+            chunk = 64 * workers  # bounded number of decoded images in flight
+            with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc=f"images {size}px", unit="img") as bar:
+                for start in range(0, len(paths), chunk):
+                    batch = paths[start : start + chunk]
+                    for d, p, (arr, err) in zip(dicom_ids[start:], batch, pool.map(lambda q: _try_load(q, size), batch)):
+                        bar.update(1)
+                        if arr is None:
+                            bad.append((str(p), err))
+                            log.warning("bad image %s (%s): %s", d, p, err)
+                            continue
+                        kept.append(d)
+                        buf.append(arr)
+                    flush()
             flush()
             frac = len(bad) / len(dicom_ids)
             if frac > cfg.max_bad_fraction:

@@ -13,7 +13,7 @@ import duckdb
 
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import DuckDBSettings
-from ehrxdiff_core.data.duck import connect, copy_to_parquet, ident, sql_str
+from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, ident, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.tables import TABLES, Table
 
@@ -103,6 +103,6 @@ def ingest_table(table_name: str, src: Path, out_parquet: Path, duck: DuckDBSett
             except duckdb.Error as err:
                 raise DataError(f"table {table_name}: bad value in {src}: {err}; {expected_layout(table)}") from None
     finally:
-        con.close()
+        close(con)
     log.info("ingest %s: %d rows from %s", table_name, rows, src)
     return rows

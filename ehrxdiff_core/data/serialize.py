@@ -37,5 +37,6 @@ def text_sql(table: str, alias: str, label_expr: str | None, decimals: int) -> s
             val = f"coalesce({label_expr}, CAST({col} AS VARCHAR))"
         else:
             val = value_sql(col, c.kind, decimals)
-        parts.append(f"CASE WHEN {col} IS NOT NULL THEN '{sql_str(c.name)} ' || {val} END")
+        present = f"{col} IS NOT NULL" + (f" AND NOT isnan({col})" if c.kind == "num" else "")  # NaN = missing
+        parts.append(f"CASE WHEN {present} THEN '{sql_str(c.name)} ' || {val} END")
     return f"concat_ws(' ', '{sql_str(table)}', {', '.join(parts)})"

@@ -51,7 +51,12 @@ TABLES: dict[str, Table] = {
         _table("patients", "hosp", "subject_id:id gender:code anchor_age:int anchor_year:int"),
         _table("admissions", "hosp", "subject_id:id hadm_id:id admittime:ts dischtime:ts race:text?"),
         _table("d_labitems", "hosp", "itemid:id label:text fluid:text? category:text"),
-        _table("d_items", "icu", "itemid:id label:text linksto:code category:text"),
+        _table(
+            "d_items",
+            "icu",
+            "itemid:id label:text abbreviation:text? linksto:code category:text unitname:text? param_type:text? "
+            "lownormalvalue:num? highnormalvalue:num?",
+        ),
         _table(
             "labevents",
             "hosp",

@@ -69,7 +69,7 @@ def train_loop(
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     autocast = device.startswith("cuda") and cfg.bf16
-    tgt = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in targets.items()}
+    tgt = {k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in targets.items()}
     history, window = [], []
     for step in tqdm(range(cfg.steps), desc="train evaluator", mininterval=10):
         for group in opt.param_groups:
@@ -88,7 +88,7 @@ def train_loop(
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        window.append({"loss": float(loss), **{k: float(v) for k, v in losses.items()}})
+        window.append({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}, "lr": lr_at(step, cfg)}
             history.append(row)

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 from pytorch_fid.fid_score import calculate_frechet_distance
+from scipy.linalg import LinAlgWarning
 
 PROTOCOL = (
     "cross-half: pairs split into halves A/B by patient; value = mean(FD(method_A, real_B), FD(method_B, real_A)); "
@@ -32,6 +33,7 @@ def frechet_from_stats(mu1, s1, mu2, s2) -> tuple[float, str]:
     """pytorch-fid's Fréchet distance; the eigh form (evaluation.md §1.5) only if sqrtm goes complex."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # scipy 1.17 deprecates sqrtm(disp=)
+        warnings.simplefilter("ignore", LinAlgWarning)  # singular covariances at N <= d: flagged in the result's note
         try:
             return float(calculate_frechet_distance(mu1, s1, mu2, s2)), "pytorch_fid.calculate_frechet_distance"
         except ValueError as err:  # 'Imaginary component ...' on badly conditioned covariances

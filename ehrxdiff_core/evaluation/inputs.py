@@ -1,64 +1,28 @@
 """Readers for the artifacts evaluation consumes, with errors that name the file and column.
 
-Images go through `open_images` so the h5 reader can follow `ehrxdiff_core.data.images.ImageStore`.
+Images are read through the data package's `ImageStore` (contract: images/cxr_{size}.h5).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ehrxdiff_core.data.errors import DataError
+from ehrxdiff_core.data.images import ImageStore
 
-class InputError(ValueError):
+
+class InputError(DataError):
     """An input artifact is missing or malformed; the message names the file and column."""
 
 
-class _H5Images:
-    """Minimal reader of `images/cxr_{size}.h5` (same interface as `data.images.ImageStore`)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(f"image file not found: {self.path}")
-        with h5py.File(self.path, "r") as f:
-            for key in ("pixels", "dicom_id"):
-                if key not in f:
-                    raise InputError(f"{self.path}: dataset '{key}' missing")
-            self.dicom_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["dicom_id"][()]]
-            self.size = int(f["pixels"].shape[1])
-        self._index = {d: i for i, d in enumerate(self.dicom_ids)}
-
-    def __contains__(self, dicom_id: str) -> bool:
-        return dicom_id in self._index
-
-    def load(self, dicom_ids) -> np.ndarray:
-        missing = [d for d in dicom_ids if d not in self._index]
-        if missing:
-            raise InputError(f"{self.path}: {len(missing)} dicom_id(s) not in the image file, e.g. {missing[:3]}")
-        idx = np.array([self._index[d] for d in dicom_ids], dtype=np.int64)
-        if len(idx) == 0:
-            return np.zeros((0, self.size, self.size), np.uint8)
-        order = np.argsort(idx)
-        uniq, inverse = np.unique(idx[order], return_inverse=True)
-        with h5py.File(self.path, "r") as f:
-            block = f["pixels"][uniq]  # h5py fancy indexing needs increasing unique indices
-        out = np.empty((len(idx), self.size, self.size), np.uint8)
-        out[order] = block[inverse]
-        return out
-
-
-def open_images(path: str | Path):
-    """Image store for the h5 of the `images` stage (the data package's ImageStore when present)."""
-    try:
-        from ehrxdiff_core.data.images import ImageStore
-    except ImportError:
-        return _H5Images(path)
+def open_images(path: str | Path) -> ImageStore:
+    """The image store of the `images` stage (`images/cxr_{size}.h5`)."""
     if not Path(path).exists():
-        raise InputError(f"image file not found: {path}")
+        raise InputError(f"image file not found: {path} (run the images stage)")
     return ImageStore(path)
 
 

@@ -94,3 +94,51 @@ def spearman(x: np.ndarray, y: np.ndarray) -> dict:
         res = stats.spearmanr(x, y)
         out.update(value=float(res.statistic), p_value=float(res.pvalue))
     return out
+
+
+def _rank_auroc(scores: np.ndarray, y: np.ndarray) -> float | None:
+    """Mann-Whitney AUROC (ties count one half), equal to roc_auc_score; None with one class."""
+    n_pos = int((y == 1).sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = stats.rankdata(scores)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _subset_macro(probs: np.ndarray, trg: np.ndarray, mask: np.ndarray) -> float | None:
+    values = [_rank_auroc(probs[mask[:, j], j], trg[mask[:, j], j]) for j in range(trg.shape[1])]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def bootstrap_macro_delta(probs_model: np.ndarray, probs_base: np.ndarray, trg: np.ndarray, prev: np.ndarray,
+                          groups, subset: str = "diff", n_boot: int = 200, seed: int = 0) -> dict:
+    """Paired patient-level bootstrap of macro AUROC(model) - macro AUROC(baseline) on one subset.
+
+    Patients are resampled (pairs of one patient are correlated); each resample scores both methods on
+    the same pairs. A resample where either macro is undefined is skipped and counted.
+    """
+    trg, prev = np.asarray(trg, dtype=np.float64), np.asarray(prev, dtype=np.float64)
+    mask = subset_masks(trg, prev)[subset]
+    groups = np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    out: dict = {"subset": subset, "n_boot": n_boot, "resampling": "patients, paired", "n_patients": len(members), "seed": seed}
+    if n_boot == 0 or len(members) < 2:
+        out.update(ci95=None, reason="bootstrap disabled" if n_boot == 0 else "fewer than 2 patients")
+        return out
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        a = _subset_macro(probs_model[idx], trg[idx], mask[idx])
+        b = _subset_macro(probs_base[idx], trg[idx], mask[idx])
+        if a is not None and b is not None:
+            deltas.append(a - b)
+    out["n_valid"] = len(deltas)
+    if len(deltas) < max(10, n_boot // 4):
+        out.update(ci95=None, reason=f"only {len(deltas)} of {n_boot} resamples had both macros defined")
+        return out
+    d = np.asarray(deltas)
+    out.update(ci95=[float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))], fraction_delta_le_0=float((d <= 0).mean()))
+    return out

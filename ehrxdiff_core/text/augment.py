@@ -189,6 +189,12 @@ class Augmenter:
         self.lookup = KnowledgeLookup(knowledge)
         self.encoder = encoder
         self.index = index
+        try:
+            rag.template.format(event="e", snippets="s", flag="f")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"text.rag.template: only {{event}}, {{snippets}} and {{flag}} may be used ({err!r})") from None
+        if "{event}" not in rag.template:
+            raise ValueError("text.rag.template must contain {event}")
         if rag.enabled and rag.top_k > 0 and (encoder is None or index is None):
             raise ValueError("text.rag.enabled with top_k > 0 needs an encoder and a FAISS index")
 

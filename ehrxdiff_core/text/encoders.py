@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -116,11 +117,13 @@ class TextEncoder:
         self.batch_size = batch_size
         self.device = device
         self.dim = int(model.config.hidden_size)
+        # only pass what forward() takes (ModernBERT has no token_type_ids)
+        self._inputs = {"input_ids", "attention_mask", "token_type_ids"} & set(inspect.signature(model.forward).parameters)
 
     @torch.inference_mode()
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenize(texts, self.max_length)
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in self._inputs}
         hidden = self.model(**enc).last_hidden_state.float()
         if self.pooling == "cls":
             pooled = hidden[:, 0]
@@ -162,8 +165,9 @@ def _hf_encoder(folder: Path, cfg: EncoderConfig, ident: str) -> TextEncoder:
     def tokenize(texts: list[str], max_length: int):
         return tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
-    encoder_id = f"{ident}|{cfg.pooling}|{cfg.max_length}|{dtype_name}"
-    return TextEncoder(model, tokenize, encoder_id=encoder_id, pooling=cfg.pooling, max_length=cfg.max_length,
+    max_length = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length))
+    encoder_id = f"{ident}|{cfg.pooling}|{max_length}|{dtype_name}"
+    return TextEncoder(model, tokenize, encoder_id=encoder_id, pooling=cfg.pooling, max_length=max_length,
                        batch_size=cfg.batch_size, device=device, dtype=dtype)
 
 
@@ -188,4 +192,12 @@ def load_encoder(cfg: EncoderConfig) -> TextEncoder:
             f"text.encoder.path: no encoder folder with a config.json at {folder} "
             "(expected a local Hugging Face model folder, e.g. BioClinical-ModernBERT-base)"
         )
-    return _hf_encoder(folder, cfg, f"hf|{folder.resolve()}")
+    return _hf_encoder(folder, cfg, f"hf|{folder.resolve()}|{_folder_fingerprint(folder)}")
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Config bytes + weight file sizes: a model replaced in the same folder gets a new encoder id."""
+    h = hashlib.blake2b((folder / "config.json").read_bytes(), digest_size=8)
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()

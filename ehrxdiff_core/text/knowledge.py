@@ -30,16 +30,20 @@ _TABLE_WORDS = {
 }
 
 
-def _read(path: Path, table: str, columns: list[str]) -> pd.DataFrame:
+def _read(path: Path, table: str, columns: list[str], required: tuple[str, ...] = ("itemid", "label")) -> pd.DataFrame:
+    """Dictionary rows; `required` columns must exist, absent optional ones (units, ranges) read as NULL."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{table}: file not found: {path}")
     con = duckdb.connect()
     try:
         have = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()]
-        missing = [c for c in columns if c not in have]
+        missing = [c for c in required if c not in have]
         if missing:
             raise ValueError(f"{path} ({table}): missing column(s) {missing}")
-        cols = ", ".join(columns)
+        absent = [c for c in columns if c not in have]
+        if absent:
+            log.warning("%s (%s) has no column(s) %s: snippets go without them", path, table, absent)
+        cols = ", ".join(c if c in have else f"NULL AS {c}" for c in columns)
         return con.execute(f"SELECT {cols} FROM read_parquet(?) ORDER BY itemid", [str(path)]).df()
     finally:
         con.close()
@@ -136,6 +140,6 @@ def read_knowledge(path: Path) -> pd.DataFrame:
     missing = set(KNOWLEDGE_COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"{path}: knowledge corpus lacks columns {sorted(missing)}")
-    if not (df["snippet_id"].to_numpy() == range(len(df))).all():
+    if df["snippet_id"].tolist() != list(range(len(df))):
         raise ValueError(f"{path}: snippet_id must be 0..N-1 in row order")
     return df

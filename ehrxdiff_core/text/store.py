@@ -104,7 +104,9 @@ def write_store(out_h5: Path, *, hashes: np.ndarray, embeddings: np.ndarray, pai
             p = f.create_group("pairs")
             p.create_dataset("pair_id", data=np.array(pair_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
             p.create_dataset("offsets", data=offsets.astype(np.int64))
-            p.create_dataset("rows", data=rows.astype(np.int64))
+            # rows dominate the file at scale (one int64 per event); small ints shuffle+gzip to a few bits each
+            p.create_dataset("rows", data=rows.astype(np.int64), chunks=(min(max(len(rows), 1), 1 << 20),),
+                             compression="gzip", compression_opts=4, shuffle=True)
 
 
 class EmbeddingReader:

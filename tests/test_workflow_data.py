@@ -1,0 +1,78 @@
+"""The data stages through Snakemake on the tiny synthetic world: contracts, no-op rerun, and
+a changed cohort setting reruns cohort and what depends on it only."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import planned_jobs, run_snakemake, write_config
+from contracts import check_events, check_images_h5, check_triplets
+
+pytestmark = pytest.mark.slow
+
+TARGETS = ["results/events/events.parquet", "results/images/cxr_32.h5"]
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("data_dag")
+    cfg = write_config(work / "config.yaml")
+    run_snakemake(work, cfg, *TARGETS)
+    return work, cfg
+
+
+def test_artifacts_satisfy_contracts(data_run):
+    work, _ = data_run
+    res = work / "results"
+    cohort = pd.read_parquet(res / "cohort/triplets.parquet")
+    check_triplets(cohort)
+    kept = pd.read_parquet(res / "events/triplets.parquet")
+    check_triplets(kept)
+    assert set(kept["pair_id"]) <= set(cohort["pair_id"])
+    events = pd.read_parquet(res / "events/events.parquet")
+    check_events(events, kept, max_events=64)
+    images = pd.read_parquet(res / "cohort/images.parquet")
+    assert set(images["view"]) <= {"AP", "PA"}
+    check_images_h5(res / "images/cxr_32.h5", 32, set(images["dicom_id"]))
+    assert (work / "logs/cohort.log").stat().st_size > 0
+
+
+def test_second_run_does_nothing(data_run):
+    work, cfg = data_run
+    assert planned_jobs(work, cfg, *TARGETS) == {}
+
+
+def test_changed_gap_reruns_cohort_and_downstream_only(data_run):
+    work, _ = data_run
+    cfg2 = write_config(work / "config_gap.yaml", {"cohort": {"max_gap_hours": 24}})
+    jobs = planned_jobs(work, cfg2, *TARGETS)
+    assert set(jobs) == {"cohort", "events", "images"}, jobs
+
+
+def test_unknown_config_key_fails_before_any_job(tmp_path):
+    cfg = write_config(tmp_path / "config.yaml", {"cohort": {"max_gap_hourz": 12}})
+    proc = run_snakemake(tmp_path, cfg, *TARGETS, check=False)
+    assert proc.returncode != 0
+    assert "cohort.max_gap_hourz: unknown config key" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_mimic_table_is_a_clear_error(data_run, tmp_path):
+    """source: mimic pointing at a PhysioNet-layout copy that lacks prescriptions."""
+    work, _ = data_run
+    syn = work / "results/synthetic"
+    shutil.copytree(syn / "mimiciv", tmp_path / "mimiciv")
+    shutil.copytree(syn / "mimic-cxr-jpg", tmp_path / "cxr", ignore=shutil.ignore_patterns("files"))
+    (tmp_path / "mimiciv/hosp/prescriptions.csv.gz").unlink()
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        {"data": {"source": "mimic", "mimic": {"mimiciv_root": str(tmp_path / "mimiciv"), "cxr_root": str(tmp_path / "cxr")}}},
+    )
+    proc = run_snakemake(tmp_path, cfg, "results/ehr/prescriptions.parquet", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "prescriptions" in out
+    assert not (tmp_path / "results/ehr/prescriptions.parquet").exists()
