@@ -65,8 +65,13 @@ class SyntheticConfig(Section):
     studies_per_admission: tuple[int, int] = (2, 5)
     effect_strength: float = Field(1.0, ge=0)  # how strongly treatments move the findings
     label_noise: float = Field(0.05, ge=0, le=0.5)
-    chartevent_rate_per_hour: float = Field(4.0, ge=0)  # vitals density; scale up for benchmarks
-    lab_rate_per_hour: float = Field(0.5, ge=0)
+    # vitals density: charting times per ICU hour for each vital sign (~3.9 chartevents rows per unit per ICU
+    # hour, ~435 rows per patient per unit with the other defaults); scale up for benchmarks, e.g.
+    # 20,000 patients x 12 ~ 100 M rows
+    chartevent_rate_per_hour: float = Field(4.0, ge=0)
+    lab_rate_per_hour: float = Field(0.5, ge=0)  # blood draws per admission hour (each a 3-5 item panel)
+    write_images: bool = True  # False: metadata/labels/truth only, no JPGs (data benchmarks)
+    gzip_level: int = Field(6, ge=1, le=9)  # 1 for fast benchmark worlds
 
 
 class SplitConfig(Section):
@@ -166,6 +171,7 @@ class TextConfig(Section):
     rag: RagConfig = RagConfig()
     rewrite: RewriteConfig = RewriteConfig()
     cache_dir: str = "results/embeddings/cache"  # persistent content-addressed cache (survives reruns)
+    cache_shard_texts: int = Field(50_000, ge=1)  # new texts encoded per cache shard (unit of resumable work)
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -222,7 +228,7 @@ class ClipConfig(Section):
     embed_dim: int = 64  # width of the event tokens and of the contrastive embedding (paper 768)
     pooling: Literal["masked_mean", "paper"] = "masked_mean"
     augment_crop_scale: float | None = Field(0.75, gt=0, le=1)  # RandomResizedCrop min scale; None: off
-    train: TrainLoop = TrainLoop(steps=200, batch_size=32, lr=5e-4, weight_decay=0.2)
+    train: TrainLoop = TrainLoop(steps=500, batch_size=32, lr=5e-4, weight_decay=0.2, warmup_steps=20)
 
 
 class AdapterConfig(Section):
@@ -239,7 +245,7 @@ class LdmConfig(Section):
     layers_per_block: int = 1
     num_heads: int = 4  # attention heads per block (diffusers' `attention_head_dim`, which counts heads)
     cross_attention_dim: int = 64
-    conditioning: Literal["crossattn", "hybrid"] = "crossattn"
+    conditioning: Literal["crossattn", "hybrid"] = "hybrid"  # demo: hybrid (learns the change in a CPU budget); paper: crossattn
     hybrid_latent_scaled: bool = True  # hybrid concat uses scaled mode latent; False: unscaled (original code)
     beta_start: float = 0.0015
     beta_end: float = 0.0295
@@ -269,6 +275,8 @@ class SampleConfig(Section):
 
 class EvaluatorConfig(Section):
     arch: Literal["small_cnn", "densenet121"] = "small_cnn"
+    width: int = Field(32, ge=4)  # small_cnn base channels (features: 4 x width)
+    augment: bool = True  # small random affine + brightness/contrast jitter while training
     train: TrainLoop = TrainLoop(steps=300, batch_size=32, lr=1e-3)
 
 
@@ -276,10 +284,12 @@ class EvaluateConfig(Section):
     inception_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth (checked by hash)
     xrv_weights: str | None = None  # torchxrayvision densenet121-res224-all weights file
     seed: int = 123
+    bootstrap: int = Field(200, ge=0)  # patient-level bootstrap resamples for the headline's 95 % interval (0: off)
 
 
 class ReportConfig(Section):
     grid_pairs: int = Field(8, ge=1)
+    top_events: int = Field(5, ge=0)  # most frequent event codes listed beside each grid pair
 
 
 # ------------------------------------------------------------------------------------------ the run

@@ -160,7 +160,7 @@ PROCEDURE_ORDER_CATEGORY: dict[str, tuple[str, str]] = {
     "pr_extubation": ("Intubation/Extubation", "Task"),
     "pr_ventilation": ("Ventilation", "ContinuousProcess"),
     "pr_chesttube": ("Procedures", "Task"),
-    "pr_cxr": ("Imaging", "Electrolytes"),
+    "pr_cxr": ("Imaging", "Task"),
     "pr_multilumen": ("Invasive Lines", "ContinuousProcess"),
     "pr_peripheral": ("Peripheral Lines", "ContinuousProcess"),
 }
