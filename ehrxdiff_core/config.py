@@ -44,8 +44,7 @@ class MedsSource(Section):
     data_dir: str | None = None  # folder of MEDS parquet shards (searched recursively)
     image_manifest: str | None = None  # CSV: subject_id, study_id, image_id, path, study_time, view, ...
     image_root: str | None = None  # paths in the manifest are relative to this folder
-    encounters: str | None = None  # optional CSV: subject_id, hadm_id, start, end
-    max_gap_hours_without_encounters: float = Field(48.0, gt=0)
+    encounters: str | None = None  # optional CSV: subject_id, hadm_id, start, end (else one per subject)
 
 
 class DataConfig(Section):
@@ -250,6 +249,7 @@ class LdmConfig(Section):
     beta_start: float = 0.0015
     beta_end: float = 0.0295
     num_train_timesteps: int = 1000
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # paper: epsilon
     null_augmentation: bool = False
     target_affine: bool = False  # RandomAffine(±10°, scale 0.9–1.1) on targets (the original's w_null runs)
     cond_dropout: float = Field(0.0, ge=0, le=1)

@@ -17,6 +17,8 @@ RESULTS = "results"
 LIB = Path(workflow.basedir) / "ehrxdiff_core"
 SYNTH = f"{RESULTS}/synthetic"
 
+from ehrxdiff_core.data.events import MEDS_EVENTS
+from ehrxdiff_core.data.meds import MEDS_TABLES
 from ehrxdiff_core.data.stages import TABLE_NAMES, cxr_root, source_path
 
 
@@ -53,6 +55,21 @@ def ingest_source(wildcards):
 
 def cxr_folder():
     return str(cxr_root(CFG.data, Path(SYNTH)))
+
+
+def image_folder():
+    """The JPG folder the images rule reads (an input, so new or changed images rerun it)."""
+    if CFG.data.source == "synthetic":
+        return f"{SYNTH}/mimic-cxr-jpg/files"
+    if CFG.data.source == "mimic":
+        return cxr_folder() + "/files"
+    return cxr_folder()
+
+
+def event_tables():
+    if CFG.data.source == "meds":
+        return [ehr(MEDS_EVENTS)]
+    return [ehr(t) for t in CFG.events.tables]
 
 
 IMAGES_H5 = f"{RESULTS}/images/cxr_{CFG.images.size}.h5"

@@ -27,26 +27,55 @@ if CFG.data.source == "synthetic":
             "../workflow_scripts/synthesize.py"
 
 
-rule ingest:
-    input:
-        src=ingest_source,
-        code=code("data/ingest.py"),
-    output:
-        f"{RESULTS}/ehr/{{table}}.parquet",
-    log:
-        "logs/ingest/{table}.log",
-    benchmark:
-        "benchmarks/ingest/{table}.tsv"
-    conda:
-        "../envs/data.yaml"
-    threads: CFG.data.duckdb.threads
-    resources:
-        mem_mb=duckdb_mem_mb(),
-        runtime=60,
-    params:
-        duck=sec("data.duckdb"),
-    script:
-        "../workflow_scripts/ingest.py"
+if CFG.data.source == "meds":
+
+    rule meds_ingest:
+        input:
+            data=CFG.data.meds.data_dir,
+            manifest=CFG.data.meds.image_manifest,
+            encounters=[CFG.data.meds.encounters] if CFG.data.meds.encounters else [],
+            code=code("data/meds.py"),
+        output:
+            tables=[ehr(t) for t in MEDS_TABLES],
+        log:
+            "logs/meds_ingest.log",
+        benchmark:
+            "benchmarks/meds_ingest.tsv"
+        conda:
+            "../envs/data.yaml"
+        threads: CFG.data.duckdb.threads
+        resources:
+            mem_mb=duckdb_mem_mb(),
+            runtime=120,
+        params:
+            meds=sec("data.meds"),
+            duck=sec("data.duckdb"),
+            out=f"{RESULTS}/ehr",
+        script:
+            "../workflow_scripts/meds_ingest.py"
+
+else:
+
+    rule ingest:
+        input:
+            src=ingest_source,
+            code=code("data/ingest.py"),
+        output:
+            f"{RESULTS}/ehr/{{table}}.parquet",
+        log:
+            "logs/ingest/{table}.log",
+        benchmark:
+            "benchmarks/ingest/{table}.tsv"
+        conda:
+            "../envs/data.yaml"
+        threads: CFG.data.duckdb.threads
+        resources:
+            mem_mb=duckdb_mem_mb(),
+            runtime=60,
+        params:
+            duck=sec("data.duckdb"),
+        script:
+            "../workflow_scripts/ingest.py"
 
 
 rule cohort:
@@ -54,7 +83,6 @@ rule cohort:
         patients=ehr("patients"),
         admissions=ehr("admissions"),
         metadata=ehr("cxr_metadata"),
-        split=ehr("cxr_split"),
         chexpert=ehr("cxr_chexpert"),
         code=code("data/cohort.py", "data/split.py"),
     output:
@@ -80,7 +108,7 @@ rule cohort:
 rule images:
     input:
         images=rules.cohort.output.images,
-        jpgs=cxr_folder() + "/files",
+        jpgs=image_folder(),
         code=code("data/images.py"),
     output:
         h5=f"{RESULTS}/images/cxr_{{size}}.h5",
@@ -104,7 +132,7 @@ rule images:
 rule events:
     input:
         triplets=rules.cohort.output.triplets,
-        tables=[ehr(t) for t in CFG.events.tables],
+        tables=event_tables(),
         d_items=ehr("d_items"),
         d_labitems=ehr("d_labitems"),
         code=code("data/events.py"),
@@ -124,5 +152,6 @@ rule events:
     params:
         events=sec("events"),
         duck=sec("data.duckdb"),
+        meds=CFG.data.source == "meds",
     script:
         "../workflow_scripts/events.py"

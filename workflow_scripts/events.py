@@ -15,5 +15,6 @@ counts = build_events(
     DuckDBSettings(**snakemake.params.duck),
     Path(snakemake.output.events),
     Path(snakemake.output.triplets),
+    meds=snakemake.params.meds,
 )
 log.info("events: %s", counts)

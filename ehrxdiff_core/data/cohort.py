@@ -61,8 +61,11 @@ def build_cohort(
         views = [v.upper() for v in cfg.views]
         con.execute("CREATE TEMP TABLE img_all AS SELECT * FROM cxr_metadata WHERE study_time IS NOT NULL")
         step("images_with_time", "img_all", "reading cxr_metadata (no image has a StudyDate/StudyTime)")
+        # MIMIC-CXR paths follow from the ids; other sources (MEDS image manifests) carry their own `path`
+        has_path = "path" in {r[0] for r in con.execute("DESCRIBE img_all").fetchall()}
+        path_col = "path" if has_path else "CAST(NULL AS VARCHAR) AS path"
         con.execute(
-            f"CREATE TEMP TABLE img AS SELECT dicom_id, subject_id, study_id, study_time, "
+            f"CREATE TEMP TABLE img AS SELECT dicom_id, subject_id, study_id, study_time, {path_col}, "
             f"upper(trim(viewposition)) AS view FROM img_all WHERE upper(trim(viewposition)) IN ({sql_list(views)})"
         )
         step("frontal_images", "img", f"views={cfg.views} (cohort.views)")
@@ -136,8 +139,9 @@ def build_cohort(
             "SELECT trg_dicom_id, split FROM pairs4) "
             "SELECT i.dicom_id, i.subject_id, i.study_id, i.hadm_id, i.study_time, i.view, u.split, "
             "CAST(i.age AS BIGINT) AS age, i.gender, i.race, "
-            "'files/p' || left(CAST(i.subject_id AS VARCHAR), 2) || '/p' || CAST(i.subject_id AS VARCHAR) || "
-            "'/s' || CAST(i.study_id AS VARCHAR) || '/' || i.dicom_id || '.jpg' AS path, "
+            "coalesce(i.path, 'files/p' || left(CAST(i.subject_id AS VARCHAR), 2) || '/p' || "
+            "CAST(i.subject_id AS VARCHAR) || '/s' || CAST(i.study_id AS VARCHAR) || '/' || i.dicom_id || '.jpg') "
+            "AS path, "
             f"{_label_select('l', '')} FROM inside i JOIN used u USING (dicom_id) "
             "LEFT JOIN labels l "
             "ON l.study_id = i.study_id ORDER BY i.dicom_id"

@@ -66,6 +66,14 @@ def table_events_sql(table: str, cfg: EventsConfig, drugs: list[str]) -> str:
     )
 
 
+# MEDS input: one table of serialized events (hadm_id, time, source, code, text), written by data/meds.py
+MEDS_EVENTS = "meds_events"
+MEDS_EVENTS_SQL = (
+    f"SELECT e.hadm_id, e.time AS t, e.source, e.code, e.text FROM {MEDS_EVENTS} e "
+    "JOIN win w ON e.hadm_id = w.hadm_id AND e.time >= w.lo AND e.time <= w.hi"
+)
+
+
 def _register_parquet(con, ehr_dir: Path, name: str) -> None:
     path = Path(ehr_dir) / f"{name}.parquet"
     if not path.exists():
@@ -81,13 +89,16 @@ def build_events(
     out_events: Path,
     out_triplets: Path,
     image_store: Path | None = None,
+    meds: bool = False,
 ) -> dict:
     """Write events/events.parquet and events/triplets.parquet (pairs with ≥1 event, + n_events).
 
     `image_store` (optional, images/cxr_{size}.h5): pairs whose images are not in the store are dropped too.
+    `meds`: the events come from `meds_events.parquet` (already serialized MEDS rows; see data/meds.py)
+    instead of the seven MIMIC tables.
     """
     out_events, out_triplets = Path(out_events), Path(out_triplets)
-    if not cfg.tables:
+    if not cfg.tables and not meds:
         raise DataError("events.tables is empty: name at least one of the seven event tables")
     work = Path(tempfile.mkdtemp(prefix=".events_parts.", dir=_mkdir(out_events.parent)))
     con = connect(duck, spill_near=out_events.parent)
@@ -111,16 +122,19 @@ def build_events(
             "CREATE TEMP TABLE win AS SELECT hadm_id, min(prev_time) AS lo, max(trg_time) AS hi "
             "FROM trip GROUP BY hadm_id"
         )
-        drugs = load_prescription_whitelist(cfg.prescription_whitelist) if "prescriptions" in cfg.tables else []
-        needed = set(cfg.tables) | {DICTIONARY[t] for t in cfg.tables if t in DICTIONARY}
-        for name in sorted(needed):
-            _register_parquet(con, ehr_dir, name)
+        if meds:
+            _register_parquet(con, ehr_dir, MEDS_EVENTS)
+            sources = {MEDS_EVENTS: MEDS_EVENTS_SQL}
+        else:
+            drugs = load_prescription_whitelist(cfg.prescription_whitelist) if "prescriptions" in cfg.tables else []
+            needed = set(cfg.tables) | {DICTIONARY[t] for t in cfg.tables if t in DICTIONARY}
+            for name in sorted(needed):
+                _register_parquet(con, ehr_dir, name)
+            sources = {table: table_events_sql(table, cfg, drugs) for table in cfg.tables}
         parts = []
-        for table in cfg.tables:
+        for table, sql in sources.items():
             part = work / f"{table}.parquet"
-            counts[f"events_in_windows_{table}"] = copy_to_parquet(
-                con, table_events_sql(table, cfg, drugs), part, compression="snappy"
-            )
+            counts[f"events_in_windows_{table}"] = copy_to_parquet(con, sql, part, compression="snappy")
             log.info("events: %s → %d rows in pair windows", table, counts[f"events_in_windows_{table}"])
             parts.append(f"'{sql_str(str(part))}'")
         k = int(cfg.max_events)

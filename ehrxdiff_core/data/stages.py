@@ -41,7 +41,9 @@ def mimiciv_root(data_cfg: DataConfig, synthetic_root: Path) -> Path:
 
 
 def cxr_root(data_cfg: DataConfig, synthetic_root: Path) -> Path:
-    """Folder holding files/ and mimic-cxr-2.0.0-*.csv.gz."""
+    """Folder the cohort's image paths are relative to: MIMIC-CXR-JPG's root, or the MEDS image root."""
+    if data_cfg.source == "meds":
+        return Path(data_cfg.meds.image_root or Path(data_cfg.meds.image_manifest).parent)
     if data_cfg.source == "synthetic":
         return Path(synthetic_root) / "mimic-cxr-jpg"
     if data_cfg.source == "mimic":
