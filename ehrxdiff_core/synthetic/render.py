@@ -21,7 +21,11 @@ BACKGROUND = 0.04
 
 @dataclass(frozen=True)
 class Anatomy:
-    """Per-patient constants: body habitus and where this patient's focal findings sit."""
+    """Per-patient constants: body habitus, sex and age cues, and where the focal findings sit.
+
+    Sex and age leave real traces on a radiograph (breast shadows, narrower thorax; rib contrast
+    falling and aortic calcification rising with age), so demographic preservation is measurable.
+    """
 
     body_width: float
     lung_height: float
@@ -29,11 +33,15 @@ class Anatomy:
     cons_y: float
     ptx_side: int
     atel_side: int
+    female: bool = False
+    age: float = 60.0
 
     @staticmethod
-    def draw(rng: np.random.Generator) -> "Anatomy":
+    def draw(rng: np.random.Generator, female: bool = False, age: float = 60.0) -> "Anatomy":
         return Anatomy(
-            body_width=float(rng.uniform(0.88, 1.0)),
+            female=bool(female),
+            age=float(age),
+            body_width=float(rng.uniform(0.88, 1.0) * (0.93 if female else 1.0)),
             lung_height=float(rng.uniform(0.52, 0.62)),
             cons_side=int(rng.choice([-1, 1])),
             cons_y=float(rng.uniform(0.0, 0.3)),
@@ -90,7 +98,8 @@ def _static(an: Anatomy, ap: bool, px: int) -> _Static:
     img = np.full(x.shape, BACKGROUND, np.float32)
     img += 0.5 * _ellipse(x, y, 0.0, 0.15, 0.95 * an.body_width, 1.15)
     lh = an.lung_height * (0.9 if ap else 1.0)  # AP films are taken with poorer inspiration
-    ribs = 0.06 * (np.sin(y * 26 + np.abs(x) * 7) > 0.55)
+    bone = float(np.clip(1.35 - an.age / 100.0, 0.45, 1.2))  # rib contrast falls with age (osteopenia)
+    ribs = 0.06 * bone * (np.sin(y * 26 + np.abs(x) * 7) > 0.55)
     markings = 0.035 * np.sin(x * 41 + 3 * y) * np.sin(y * 37 - 2 * x)
     lungs = []
     lung_any = np.zeros_like(img)
@@ -101,6 +110,12 @@ def _static(an: Anatomy, ap: bool, px: int) -> _Static:
         lung_any += lung
         img += lung * (markings + ribs - 0.42)
     img += 0.3 * _ellipse(x, y, 0.0, -0.35, 0.11, 0.5) * (1 - lung_any)
+    # aortic knob: calcified rim brighter with age
+    knob = _ellipse(x, y, -0.14, -0.48, 0.09, 0.07) - _ellipse(x, y, -0.14, -0.48, 0.07, 0.05)
+    img += float(np.clip((an.age - 35) / 60.0, 0.0, 1.0)) * 0.25 * np.clip(knob, 0, 1)
+    if an.female:  # breast soft-tissue shadows over the lower zones
+        for side in (-1, 1):
+            img += 0.13 * _ellipse(x, y, 0.42 * side * an.body_width, 0.42, 0.3 * an.body_width, 0.22, edge=0.15)
     img -= 0.2 * _ellipse(x, y, 0.0, -0.6, 0.035, 0.35)
     hil = sum(np.exp(-(((x - 0.2 * s) / 0.2) ** 2 + (y / 0.3) ** 2)) for s in (-1, 1))
     cx = 0.38 * an.cons_side * an.body_width

@@ -179,7 +179,7 @@ class _Patient:
         self.marital = V.MARITAL[int(rng.integers(0, len(V.MARITAL)))]
         self.weight = float(np.round(rng.normal(80, 15), 1))
         self.cardiomegaly = float(np.clip(0.1 + 0.7 * rng.random() ** 1.5 + 0.004 * (age - 60), 0, 1))
-        self.anatomy = Anatomy.draw(rng)
+        self.anatomy = Anatomy.draw(rng, female=self.gender == "F", age=age)
         self.rare = rng.random(3) < (0.03, 0.04, 0.03)  # fracture, lung lesion, pleural other
         self.split = "train" if (u := rng.random()) < 0.9 else ("validate" if u < 0.95 else "test")
         self.caregivers = rng.integers(1000, 99999, size=6)
