@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -132,6 +133,7 @@ def build_events(
                 _register_parquet(con, ehr_dir, name)
             sources = {table: table_events_sql(table, cfg, drugs) for table in cfg.tables}
         parts = []
+        t0 = time.perf_counter()
         for table, sql in sources.items():
             part = work / f"{table}.parquet"
             counts[f"events_in_windows_{table}"] = copy_to_parquet(con, sql, part, compression="snappy")
@@ -149,6 +151,7 @@ def build_events(
             ev,
             compression="snappy",
         )
+        log.info("events: numbered per admission (%.1f s)", time.perf_counter() - t0)
         ev_sql = f"read_parquet('{sql_str(str(ev))}')"
         con.execute(
             "CREATE TEMP TABLE ranges AS SELECT q.pair_id, any_value(q.hadm_id) AS hadm_id, "
@@ -161,6 +164,7 @@ def build_events(
             f"CREATE TEMP TABLE cut AS SELECT pair_id, hadm_id, prev_time, greatest(lo, hi - {k} + 1) AS lo, hi, "
             "row_number() OVER (ORDER BY pair_id) AS pair_ord FROM ranges"
         )
+        log.info("events: pair ranges (%.1f s)", time.perf_counter() - t0)
         counts["pairs_with_events"] = int(con.execute("SELECT count(*) FROM cut").fetchall()[0][0])
         counts["pairs_without_events"] = int(con.execute("SELECT count(*) FROM trip").fetchall()[0][0]) - counts[
             "pairs_with_events"
@@ -184,6 +188,7 @@ def build_events(
                 "ORDER BY r.pair_ord",
                 tmp_t,
             )
+        log.info("events: written (%.1f s)", time.perf_counter() - t0)
     finally:
         close(con)
         shutil.rmtree(work, ignore_errors=True)
