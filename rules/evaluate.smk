@@ -1,13 +1,16 @@
 # Evaluation: an evaluator trained on real images scores generated images (medical and
 # demographic preservation, Frechet distance) beside the previous-image baseline; HTML report.
 
+# the entry points' own file, listed alone (it imports every evaluation module)
+EVAL_STAGES = [str(LIB / "evaluation/stages.py")]
+
 
 rule train_evaluator:
     input:
         images=IMAGES_H5,
         cohort=rules.cohort.output.images,
         truth=[f"{SYNTH}/truth.parquet"] if CFG.data.source == "synthetic" else [],
-        code=code("evaluation/evaluator_training.py"),
+        code=code("evaluation/evaluator_training.py") + EVAL_STAGES,
     output:
         model=directory(f"{RESULTS}/eval/evaluator"),
     log:
@@ -33,8 +36,8 @@ rule evaluate:
         images=IMAGES_H5,
         triplets=EVENTS_TRIPLETS,
         evaluator=rules.train_evaluator.output.model,
-        code=code(
-            "evaluation/stages.py",
+        code=EVAL_STAGES
+        + code(
             "evaluation/metrics.py",
             "evaluation/frechet.py",
             "evaluation/inception.py",

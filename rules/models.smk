@@ -2,12 +2,15 @@
 # Training jobs keep a resumable work folder next to the output (named by a hash of their
 # params), so a preempted or failed job resumes on retry instead of starting over.
 
+# the entry points' own file (its imports are the other stages' modules, so it is listed alone)
+MODEL_STAGES = [str(LIB / "models/stages.py")]
+
 
 rule train_vae:
     input:
         images=IMAGES_H5,
         triplets=EVENTS_TRIPLETS,
-        code=code("models/vae.py", "models/training.py", "models/datasets.py"),
+        code=code("models/vae.py", "models/training.py", "models/datasets.py") + MODEL_STAGES,
     output:
         model=directory(f"{RESULTS}/models/vae"),
     log:
@@ -33,7 +36,7 @@ rule train_clip:
         images=IMAGES_H5,
         embeddings=rules.embed.output.h5,
         triplets=EVENTS_TRIPLETS,
-        code=code("models/clip.py", "models/training.py", "models/datasets.py"),
+        code=code("models/clip.py", "models/training.py", "models/datasets.py") + MODEL_STAGES,
     output:
         model=directory(f"{RESULTS}/models/clip"),
     log:
@@ -62,12 +65,7 @@ rule train_ldm:
         triplets=EVENTS_TRIPLETS,
         vae=rules.train_vae.output.model,
         clip=rules.train_clip.output.model,
-        code=code(
-            "models/ldm.py",
-            "models/adapter.py",
-            "models/training.py",
-            "models/datasets.py",
-        ),
+        code=code("models/ldm.py", "models/training.py", "models/datasets.py") + MODEL_STAGES,
     output:
         model=directory(f"{RESULTS}/models/ldm"),
     log:
@@ -96,7 +94,7 @@ rule sample:
         triplets=EVENTS_TRIPLETS,
         vae=rules.train_vae.output.model,
         ldm=rules.train_ldm.output.model,
-        code=code("models/sampling.py", "models/adapter.py", "models/ldm.py"),
+        code=code("models/sampling.py", "models/datasets.py") + MODEL_STAGES,
     output:
         samples=directory(f"{RESULTS}/samples/{{split}}"),
     log:

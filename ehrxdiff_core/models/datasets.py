@@ -218,7 +218,7 @@ class PairBatches:
             "pair_id": rows["pair_id"].tolist(),
             "prev": to_unit_range(self._pixels(rows["prev_dicom_id"].tolist())),
             "trg": to_unit_range(self._pixels(rows["trg_dicom_id"].tolist())),
-            "null": torch.from_numpy(rows["null"].to_numpy(dtype=bool)),
+            "null": torch.tensor(rows["null"].to_numpy(dtype=bool)),
         }
         if with_events and self.embeddings_h5 is not None:
             ev, mask = self.events.batch(rows["pair_id"].tolist(), self.max_events)

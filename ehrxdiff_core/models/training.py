@@ -233,6 +233,7 @@ def run_training(
         barrier(info)
 
     last = loop.steps if stop_after is None else min(loop.steps, step + stop_after)
+    batches = _prefetch(batch_fn, step, last, loop, info)
     bar = tqdm(total=loop.steps, initial=step, desc=name, disable=not info.is_main, mininterval=2.0)
     try:
         model.train()
@@ -241,7 +242,7 @@ def run_training(
             opt.zero_grad(set_to_none=True)
             total, logs_sum = 0.0, {}
             for micro in range(loop.grad_accum):
-                batch = to_device(batch_fn(step, micro, info.rank, info.world_size), dev)
+                batch = to_device(next(batches), dev)
                 gen = step_generator(loop.seed, step, micro, info.rank, dev)
                 sync = micro == loop.grad_accum - 1 or not info.enabled
                 ctx = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else _null()
@@ -280,6 +281,34 @@ def run_training(
             signal.signal(sig, h)
     model.eval()
     return TrainResult(model=model, ema=ema, step=step, metrics=metrics, work_dir=work_dir)
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i = the batch of the i-th (step, micro) slot, so DataLoader workers can build batches ahead."""
+
+    def __init__(self, batch_fn, slots, info: DistInfo):
+        self.batch_fn, self.slots, self.info = batch_fn, slots, info
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, i: int) -> dict:
+        step, micro = self.slots[i]
+        return self.batch_fn(step, micro, self.info.rank, self.info.world_size)
+
+
+def _prefetch(batch_fn, first: int, last: int, loop: TrainLoop, info: DistInfo):
+    """Batches in (step, micro) order: built inline, or by `loop.num_workers` DataLoader workers."""
+    slots = [(s, m) for s in range(first, last) for m in range(loop.grad_accum)]
+    if loop.num_workers == 0:
+        return (batch_fn(s, m, info.rank, info.world_size) for s, m in slots)
+    loader = torch.utils.data.DataLoader(_StepBatches(batch_fn, slots, info), batch_size=None, shuffle=False,
+                                         num_workers=loop.num_workers, pin_memory=info.device.type == "cuda",
+                                         prefetch_factor=2)
+    state = torch.get_rng_state()  # creating the iterator draws a worker seed; keep the run's RNG stream as without workers
+    it = iter(loader)
+    torch.set_rng_state(state)
+    return it
 
 
 class _null:

@@ -66,35 +66,52 @@ def estimate_scale(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 3
     return float(1.0 / torch.cat(zs).flatten().std())
 
 
-def cheff_vae_config(sample_size: int = 256) -> dict:
-    """Cheff's autoencoder geometry: ch 128, ch_mult (1,2,4), 2 res blocks, embed_dim 3, no level attention, RGB."""
+def cheff_vae_config(sample_size: int = 256, ch: int = 128, ch_mult=(1, 2, 4), num_res_blocks: int = 2,
+                     z_channels: int = 3, in_channels: int = 3) -> dict:
+    """diffusers config of an LDM autoencoder; defaults = Cheff (ch 128, ch_mult (1,2,4), 2 res blocks, embed_dim 3, RGB)."""
+    n = len(ch_mult)
     return dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3,
-        block_out_channels=[128, 256, 512],
-        layers_per_block=2,
-        latent_channels=3,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=[ch * m for m in ch_mult],
+        layers_per_block=num_res_blocks,
+        latent_channels=z_channels,
         norm_num_groups=32,
         sample_size=sample_size,
         scaling_factor=CHEFF_SCALE,
     )
 
 
-def convert_ldm_state_dict(state: dict, config: dict) -> dict:
-    """LDM/Cheff keys (`first_stage_model.*`, `encoder.*`, ...) → diffusers AutoencoderKL keys."""
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+def ldm_geometry(state: dict) -> dict:
+    """Read ch, ch_mult, res blocks, z and image channels off an LDM autoencoder state dict (no config file needed)."""
+    conv_in = state["encoder.conv_in.weight"]
+    ch, in_channels = conv_in.shape[0], conv_in.shape[1]
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    ch_mult = tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
+    blocks = {int(k.split(".")[4]) for k in state if k.startswith("encoder.down.0.block.")}
+    return dict(ch=ch, ch_mult=ch_mult, num_res_blocks=len(blocks), z_channels=state["post_quant_conv.weight"].shape[0],
+                in_channels=in_channels)
 
+
+def ldm_autoencoder_keys(state: dict) -> dict:
+    """The autoencoder's own keys: unwrap Lightning's `state_dict`, strip `first_stage_model.`, drop `loss.*`."""
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    keys = [k for k in state if k.startswith("first_stage_model.")]
-    if keys:
-        state = {k[len("first_stage_model.") :]: v for k, v in state.items() if k in keys}
+    if any(k.startswith("first_stage_model.") for k in state):
+        state = {k[len("first_stage_model.") :]: v for k, v in state.items() if k.startswith("first_stage_model.")}
     state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # Cheff's LPIPS/discriminator
     if not any(k.startswith("encoder.") for k in state):
         raise ValueError("checkpoint has no 'encoder.*' or 'first_stage_model.encoder.*' keys: not an LDM autoencoder")
-    return convert_ldm_vae_checkpoint(state, config)
+    return state
+
+
+def convert_ldm_state_dict(state: dict, config: dict) -> dict:
+    """LDM/Cheff keys → diffusers AutoencoderKL keys, with diffusers' own single-file converter."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    return convert_ldm_vae_checkpoint(ldm_autoencoder_keys(state), config)
 
 
 def import_pretrained(path: str | Path, sample_size: int) -> AutoencoderKL:
@@ -111,12 +128,17 @@ def import_pretrained(path: str | Path, sample_size: int) -> AutoencoderKL:
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    config = cheff_vae_config(sample_size)
+    state = ldm_autoencoder_keys(state)
+    try:
+        config = cheff_vae_config(sample_size, **ldm_geometry(state))
+    except KeyError as err:
+        raise ValueError(f"vae.pretrained: {path} is not an LDM/Cheff autoencoder checkpoint (missing {err})") from None
     vae = AutoencoderKL(**config)
     converted = convert_ldm_state_dict(state, config)
     missing, unexpected = vae.load_state_dict(converted, strict=False)
     if missing or unexpected:
-        raise ValueError(f"vae.pretrained: {path} does not match Cheff's autoencoder: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"vae.pretrained: {path} does not match an LDM autoencoder: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    log.info("imported LDM autoencoder %s: %s", path, ldm_geometry(state))
     return vae
 
 

@@ -1,0 +1,77 @@
+"""Sampling: DDIM (paper: 100 steps, η = 1) or DPM-Solver++ chosen by `sample.sampler`, optional
+classifier-free guidance against the null-event condition, per-pair seeds, PNG + manifest output.
+
+The scheduler is the only thing that changes between samplers (diffusers' interchangeable
+`set_timesteps` / `step`). Each pair's initial noise and DDIM noise come from its own generator
+(seed + hash(pair_id)), so an image does not depend on which batch it was in. Latents are not
+clipped (quirk 15); decoding uses latents / scale and clamps pixels to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from ehrxdiff_core.config import LdmConfig, SampleConfig
+from ehrxdiff_core.models.ldm import LatentDiffusion
+from ehrxdiff_core.models.vae import decode_gray
+
+
+def make_scheduler(sample: SampleConfig, ldm: LdmConfig):
+    common = dict(num_train_timesteps=ldm.num_train_timesteps, beta_start=ldm.beta_start, beta_end=ldm.beta_end,
+                  beta_schedule="scaled_linear", prediction_type=ldm.prediction_type)
+    if sample.sampler == "ddim":
+        # LDM's uniform DDIM timesteps 1, 11, …, 991: "leading" spacing + offset 1; α_0 for the last step
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+
+
+@torch.no_grad()
+def sample_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device) -> torch.Tensor:
+    """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
+    model.eval()
+    sched = make_scheduler(sample, model.cfg)
+    sched.set_timesteps(sample.steps, device=device)
+    gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    prev = batch["prev"]
+    b = prev.shape[0]
+    c = model.unet.config.out_channels
+    h = w = model.unet.config.sample_size
+    z = torch.stack([torch.randn(c, h, w, generator=g) for g in gens]).to(device) * sched.init_noise_sigma
+    prev_mode = model.encode_prev(prev)
+    null = torch.zeros(b, dtype=torch.bool, device=device)
+    cond = model.condition(batch, prev_mode, null)
+    guided = sample.guidance_scale != 1.0
+    if guided:
+        uncond = model.condition(batch, prev_mode, torch.ones_like(null))
+    for t in sched.timesteps:
+        zin = sched.scale_model_input(z, t)
+        tt = t.expand(b).to(device)
+        eps = model.eps(zin, tt, *cond)
+        if guided:
+            eps_u = model.eps(zin, tt, *uncond)
+            eps = eps_u + sample.guidance_scale * (eps - eps_u)
+        kwargs = {}
+        if isinstance(sched, DDIMScheduler):
+            kwargs = {"eta": sample.eta, "generator": gens}
+        z = _step(sched, eps, t, z, kwargs, gens)
+    x = decode_gray(model.vae, z / model.scale).clamp(-1, 1)
+    return ((x[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+
+
+def _step(sched, eps, t, z, kwargs, gens):
+    """One scheduler step; DDIM's η-noise is drawn per pair from its own CPU generator."""
+    if "generator" in kwargs and kwargs["eta"] > 0:
+        # diffusers draws one tensor for a list of generators only on matching devices; draw on CPU per pair.
+        noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in gens]).to(z.device, z.dtype)
+        return sched.step(eps, t, z, eta=kwargs["eta"], variance_noise=noise).prev_sample
+    return sched.step(eps, t, z, **({"eta": kwargs["eta"]} if "eta" in kwargs else {})).prev_sample
+
+
+def timed_sample(model, batch, sample: SampleConfig, seeds, device) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    imgs = sample_batch(model, batch, sample, seeds, device)
+    return imgs, time.perf_counter() - t0

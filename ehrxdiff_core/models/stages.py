@@ -1,0 +1,250 @@
+"""Entry points called by the workflow scripts: train_vae, train_clip, train_ldm, sample.
+
+Each trains in a working folder (`<out_dir>.work/` by default, which survives Snakemake's removal
+of a failed output, so a retry resumes from its checkpoint.pt) and publishes the final folder
+atomically: diffusers-style weights + config JSON, checkpoint.pt, metrics.csv, loss.png.
+Under torchrun only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ehrxdiff_core.atomic import atomic_dir
+from ehrxdiff_core.config import ClipConfig, LdmConfig, SampleConfig, TrainLoop, VaeConfig
+from ehrxdiff_core.models.adapter import FusionAdapter
+from ehrxdiff_core.models.clip import ClipModel
+from ehrxdiff_core.models.datasets import (
+    PairBatches,
+    add_null_samples,
+    load_pairs,
+    open_embedding_reader,
+    open_image_store,
+    pair_seed,
+    step_indices,
+)
+from ehrxdiff_core.models.ddp import barrier, init_distributed
+from ehrxdiff_core.models.ldm import LatentDiffusion, build_unet, load_ldm
+from ehrxdiff_core.models.sampling import timed_sample
+from ehrxdiff_core.models.training import TrainResult, run_training, trainable_params
+from ehrxdiff_core.models.vae import CHEFF_SCALE, VaeTrainer, build_vae, estimate_scale, import_pretrained
+
+log = logging.getLogger(__name__)
+
+TRAIN_FILES = ("checkpoint.pt", "metrics.csv", "loss.png")
+
+
+def default_work_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".work")
+
+
+def make_batch_fn(data: PairBatches, loop: TrainLoop, with_events: bool):
+    """Step → rank's micro-batch: a slice of the global batch drawn by `step_indices(seed, step)`."""
+
+    def batch_fn(step: int, micro: int, rank: int, world: int) -> dict:
+        b = loop.batch_size
+        idx = step_indices(len(data), b * loop.grad_accum * world, step, loop.seed)
+        start = (micro * world + rank) * b
+        return data.get(idx[start : start + b], with_events=with_events)
+
+    return batch_fn
+
+
+def _publish(out_dir: Path, work_dir: Path, write) -> None:
+    """Write the final folder atomically: `write(tmp)` + the training files from the working folder."""
+    with atomic_dir(out_dir) as tmp:
+        write(tmp)
+        for name in TRAIN_FILES:
+            if (work_dir / name).exists():
+                shutil.copy2(work_dir / name, tmp / name)
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _summary(res: TrainResult) -> dict:
+    last = res.metrics[-10:]
+    return {"steps": res.step, "final_loss": float(np.mean([r["loss"] for r in last])) if last else None,
+            "first_loss": res.metrics[0]["loss"] if res.metrics else None}
+
+
+def load_vae(vae_dir: str | Path):
+    from diffusers import AutoencoderKL
+
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / "config.json").exists():
+        raise FileNotFoundError(f"vae_dir: no autoencoder (config.json) in {vae_dir}; run train_vae first")
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    vae.requires_grad_(False).eval()
+    return vae
+
+
+# ------------------------------------------------------------------------------------------------ VAE
+
+
+def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_dir=None) -> dict:
+    """Train the KL autoencoder on train-split images, or import `cfg.pretrained`; write `out_dir`."""
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
+    store = open_image_store(images_h5)
+    if cfg.pretrained:
+        vae = import_pretrained(cfg.pretrained, store.size)
+        scale = cfg.scaling_factor or (vae.config.scaling_factor if Path(cfg.pretrained).is_dir() else CHEFF_SCALE)
+        vae.register_to_config(scaling_factor=float(scale))
+        with atomic_dir(out_dir) as tmp:
+            vae.save_pretrained(tmp)
+            (tmp / "import.json").write_text(json.dumps({"source": str(cfg.pretrained), "scaling_factor": scale}))
+        return {"imported": str(cfg.pretrained), "scaling_factor": float(scale)}
+
+    info = init_distributed(device)
+    pairs = load_pairs(triplets, "train", store)
+    ids = sorted(set(pairs["prev_dicom_id"]) | set(pairs["trg_dicom_id"]))
+    images = pd.DataFrame({"pair_id": ids, "prev_dicom_id": ids, "trg_dicom_id": ids})
+    data = PairBatches(images, images_h5, None, 1)
+    data.cache_images()
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every run (DDP also broadcasts rank 0's)
+    vae = build_vae(cfg, store.size)
+    if cfg.train.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    trainer = VaeTrainer(vae, cfg.kl_weight)
+    res = run_training(trainer, make_batch_fn(data, cfg.train, False), cfg.train, work_dir,
+                       cfg.model_dump(mode="json"), info, name="vae")
+    out = {**_summary(res), "n_images": len(ids)}
+    if info.is_main:
+        final = res.ema_copy().vae.cpu().eval()
+        sample_ids = ids[:: max(1, len(ids) // 512)]
+        scale = cfg.scaling_factor or estimate_scale(final, data.get(np.arange(len(ids))[:: max(1, len(ids) // 512)], False)["trg"])
+        final.register_to_config(scaling_factor=float(scale))
+        f = 2 ** (len(cfg.block_out_channels) - 1)
+        out.update(scaling_factor=float(scale), latent_shape=[cfg.latent_channels, store.size // f, store.size // f], n_scale_images=len(sample_ids))
+        _publish(out_dir, work_dir, lambda tmp: final.save_pretrained(tmp))
+    barrier(info)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- CLIP
+
+
+def train_clip(images_h5, embeddings_h5, triplets, cfg: ClipConfig, max_events: int, out_dir, device="auto", work_dir=None) -> dict:
+    """Contrastive pretraining of the ViT and the event encoder on (events, previous image) train pairs."""
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
+    info = init_distributed(device)
+    store, reader = open_image_store(images_h5), open_embedding_reader(embeddings_h5)
+    pairs = load_pairs(triplets, "train", store, reader)
+    data = PairBatches(pairs, images_h5, embeddings_h5, max_events)
+    data.cache_images()
+    torch.manual_seed(cfg.train.seed)
+    model = ClipModel(cfg, reader.dim, cfg.image_size or store.size)
+    res = run_training(model, make_batch_fn(data, cfg.train, True), cfg.train, work_dir,
+                       {**cfg.model_dump(mode="json"), "max_events": max_events, "event_dim": reader.dim}, info, name="clip")
+    out = {**_summary(res), "n_pairs": len(pairs), "event_dim": reader.dim}
+    if info.is_main:
+        final = res.ema_copy().cpu().eval()
+        _publish(out_dir, work_dir, final.save)
+    barrier(info)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ LDM
+
+
+def build_latent_diffusion(cfg: LdmConfig, vae, clip: ClipModel, image_size: int, max_events: int) -> tuple[LatentDiffusion, dict]:
+    """The U-Net + adapter for a given autoencoder and CLIP; returns the model and its rebuild spec."""
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_shape = (vae.config.latent_channels, image_size // f, image_size // f)
+    adapter = FusionAdapter(cfg.adapter, clip, latent_shape, cfg.cross_attention_dim, max_events)
+    unet = build_unet(cfg, latent_shape[0], latent_shape[1])
+    model = LatentDiffusion(cfg, unet, adapter, vae)
+    spec = {"ldm": cfg.model_dump(mode="json"), "clip_spec": clip.spec(), "latent_shape": list(latent_shape),
+            "max_events": max_events, "image_size": image_size, "scaling_factor": model.scale}
+    return model, spec
+
+
+def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmConfig, max_events: int, out_dir,
+              device="auto", work_dir=None) -> dict:
+    """Train the conditional U-Net and the fusion adapter (CLIP encoders from `clip_dir`, trained jointly)."""
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
+    info = init_distributed(device)
+    vae = load_vae(vae_dir)
+    clip = ClipModel.load(clip_dir)
+    store = open_image_store(images_h5)
+    reader = open_embedding_reader(embeddings_h5) if cfg.adapter.use_ehr else None
+    if reader is not None and reader.dim != clip.event_dim:
+        raise ValueError(f"{embeddings_h5}: embedding dim {reader.dim} differs from the CLIP model's {clip.event_dim} ({clip_dir}); retrain CLIP")
+    pairs = load_pairs(triplets, "train", store, reader)
+    if cfg.null_augmentation:
+        pairs = add_null_samples(pairs)
+    data = PairBatches(pairs, images_h5, embeddings_h5 if cfg.adapter.use_ehr else None, max_events)
+    data.cache_images()
+    torch.manual_seed(cfg.train.seed)
+    model, spec = build_latent_diffusion(cfg, vae, clip, store.size, max_events)
+    if cfg.train.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    res = run_training(model, make_batch_fn(data, cfg.train, cfg.adapter.use_ehr), cfg.train, work_dir,
+                       {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale}, info, name="ldm")
+    out = {**_summary(res), "n_pairs": len(pairs), "n_null": int(pairs.get("null", pd.Series(dtype=bool)).sum()),
+           "unet_params": sum(p.numel() for p in model.unet.parameters()),
+           "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter))}
+    if info.is_main:
+        live = res.model.cpu().eval()
+
+        def write(tmp: Path) -> None:
+            from safetensors.torch import save_file
+
+            live.save(tmp, spec)
+            if res.ema is not None:
+                ema = res.ema_copy()
+                ema.unet.save_pretrained(tmp / "unet_ema")
+                (tmp / "adapter_ema").mkdir()
+                save_file({k: v.detach().cpu().contiguous() for k, v in ema.adapter.state_dict().items()},
+                          tmp / "adapter_ema" / "model.safetensors")
+
+        _publish(out_dir, work_dir, write)
+    barrier(info)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- sampling
+
+
+def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConfig, max_events: int, out_dir, device="auto") -> dict:
+    """Predict target images for the pairs of `cfg.split`: `{pair_id}.png` + `manifest.parquet`, atomically."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ehrxdiff_core.models.ddp import resolve_device
+
+    dev = resolve_device(device)
+    vae = load_vae(vae_dir)
+    model = load_ldm(ldm_dir, vae, cfg.use_ema).to(dev)
+    store = open_image_store(images_h5)
+    trained_size = model.unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    if trained_size != store.size:
+        raise ValueError(f"{images_h5}: images are {store.size} px but {ldm_dir} was trained at {trained_size} px (images.size)")
+    use_ehr = model.cfg.adapter.use_ehr
+    reader = open_embedding_reader(embeddings_h5) if use_ehr else None
+    pairs = load_pairs(triplets, cfg.split, store, reader)
+    if cfg.max_pairs is not None:
+        pairs = pairs.head(cfg.max_pairs)
+    data = PairBatches(pairs, images_h5, embeddings_h5 if use_ehr else None, max_events)
+    rows = []
+    with atomic_dir(out_dir) as tmp:
+        for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="sample", mininterval=2.0):
+            idx = np.arange(start, min(start + cfg.batch_size, len(pairs)))
+            batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in data.get(idx, with_events=use_ehr).items()}
+            seeds = [pair_seed(cfg.seed, p) for p in batch["pair_id"]]
+            imgs, secs = timed_sample(model, batch, cfg, seeds, dev)
+            for pid, seed, img in zip(batch["pair_id"], seeds, imgs):
+                Image.fromarray(img, mode="L").save(tmp / f"{pid}.png")
+                rows.append({"pair_id": pid, "seed": seed, "sampler": cfg.sampler, "steps": cfg.steps,
+                             "guidance": cfg.guidance_scale, "seconds": secs / len(idx)})
+        pd.DataFrame(rows, columns=["pair_id", "seed", "sampler", "steps", "guidance", "seconds"]).to_parquet(tmp / "manifest.parquet", index=False)
+    return {"n": len(rows), "seconds_per_image": float(np.mean([r["seconds"] for r in rows])), "sampler": cfg.sampler, "steps": cfg.steps}
