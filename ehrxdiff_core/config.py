@@ -14,10 +14,36 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values are re-validated on assignment."""
+    """Base for every section: unknown keys are errors, values are re-validated on assignment.
+
+    A partial nested section is merged over that field's own default, so `ldm: {train: {steps: 6}}`
+    keeps the LDM's training defaults (EMA, learning rate) instead of the generic `TrainLoop` ones.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_over_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            default = field.default
+            if isinstance(default, BaseModel) and isinstance(out.get(name), dict):
+                out[name] = _deep_merge(default.model_dump(), out[name])
+        return out
 
 
 # --------------------------------------------------------------------------------------------- data

@@ -65,3 +65,17 @@ def test_section_is_plain_json():
     cfg = PipelineConfig()
     assert section(cfg, "cohort")["max_gap_hours"] == 48.0
     assert isinstance(section(cfg, "data.duckdb")["threads"], int)
+
+
+def test_partial_nested_section_keeps_its_own_defaults():
+    cfg = load_config({"ldm": {"train": {"steps": 6}}, "clip": {"train": {"batch_size": 4}}})
+    assert cfg.ldm.train.steps == 6
+    assert cfg.ldm.train.ema_decay == PipelineConfig().ldm.train.ema_decay is not None
+    assert cfg.ldm.train.lr == PipelineConfig().ldm.train.lr
+    assert cfg.clip.train.warmup_steps == PipelineConfig().clip.train.warmup_steps
+    assert cfg.clip.train.batch_size == 4
+
+
+def test_unknown_key_inside_a_merged_section_is_still_an_error():
+    with pytest.raises(ConfigError, match=r"ldm\.train\.stepz: unknown config key"):
+        load_config({"ldm": {"train": {"stepz": 6}}})
