@@ -63,7 +63,7 @@ def planned_jobs(workdir: Path, configfile: Path, *targets: str) -> dict[str, in
         raise AssertionError(f"no job table in dry-run output:\n{out[-4000:]}")
     for line in table[1].splitlines():
         m = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
-        if m and m.group(1) != "total":
+        if m and m.group(1) not in ("total", "all"):  # `all` is the target, not work
             jobs[m.group(1)] = int(m.group(2))
         elif line.strip().startswith("total"):
             break

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig, TrainLoop
+from ehrxdiff_core.evaluation.report import metrics_parts
 from ehrxdiff_core.evaluation.inputs import InputError
 from ehrxdiff_core.evaluation.stages import evaluate, train_evaluator
 from ehrxdiff_core.labels import EVAL_LABELS, LABEL_COLUMNS
@@ -125,13 +126,13 @@ def test_evaluate_scores_methods_side_by_side(trained):
     res = evaluate(samples, world["h5"], world["triplets"], root / "eval/evaluator", EvaluateConfig(),
                    {"git": "abc"}, out, device="cpu")
     on_disk = json.loads(out.read_text())
-    assert on_disk["headline"] == res["headline"]
-    m = res["methods"]
+    m, settings, h = metrics_parts(res)
+    assert metrics_parts(on_disk)[2] == h
+    assert set(res) == set(m), "metrics.json holds one object per method and nothing else"
     assert set(m) == {"ehrxdiff", "image_only", "previous_image", "real_target"}
     n_test = int((pd.read_parquet(world["triplets"])["split"] == "test").sum())
-    assert res["settings"]["n_pairs"] == n_test and all(v["n_pairs"] == n_test for v in m.values())
+    assert settings["n_pairs"] == n_test and all(v["n_pairs"] == n_test for v in m.values())
     # a generator that renders the target's findings beats copying the previous image where findings changed
-    h = res["headline"]
     assert h["model"] == "ehrxdiff" and h["ehrxdiff"] > h["previous_image"] + 0.1 and h["model_beats_previous_image"]
     assert h["delta_bootstrap"]["ci95"][0] > 0 and h["delta_bootstrap"]["n_boot"] == 200
     for lab in LEARNABLE:  # on Diff, the previous image shows the opposite finding: AUROC near 0

@@ -49,6 +49,15 @@ td.small{font-size:11px;max-width:320px}
 """
 
 
+
+def metrics_parts(metrics: dict) -> tuple[dict, dict, dict]:
+    """(methods, shared settings, the model's comparison with previous_image) of a metrics.json."""
+    methods = {k: v for k, v in metrics.items() if isinstance(v, dict) and "auroc" in v}
+    settings = next((v.get("settings", {}) for v in methods.values()), {})
+    head = next((v["vs_previous_image"] for v in methods.values() if "vs_previous_image" in v), {})
+    return methods, settings, head
+
+
 def _b64(png: bytes, cls: str = "", alt: str = "") -> str:
     return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -141,7 +150,7 @@ def _metrics_section(results: Path) -> str:
     if not path.exists():
         return _missing(f"{path} (run the evaluate stage)")
     m = json.loads(path.read_text())
-    methods, settings, head = m["methods"], m.get("settings", {}), m.get("headline", {})
+    methods, settings, head = metrics_parts(m)
     parts = []
     model = head.get("model")
     if model:

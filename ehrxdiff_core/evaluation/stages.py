@@ -3,12 +3,14 @@
 `train_evaluator` -> `eval/evaluator/`, `evaluate` -> `eval/metrics.json`,
 `build_report` (re-exported from `report`) -> `eval/report.html`.
 
-metrics.json layout: `methods.{ehrxdiff|image_only|previous_image|real_target}` each with `kind`, `n_pairs`,
+metrics.json layout (the design's contract: one object per method): top-level keys
+`ehrxdiff` (and `image_only` when trained), `previous_image`, `real_target`, each with `kind`, `n_pairs`,
 `generation` (manifest seeds/sampler/steps/guidance), `auroc.{all|diff|same}.{per_label.<label>|micro|macro}`
 (`value` or null + `reason`, `n_pos`/`n_neg`), `sex_auroc`, `age_pearson_r`, `age_mae_years`,
-`fid.{evaluator|inception|xrv}` (`value`, `floor`, `n_a`/`n_b`, `dim`, `protocol`, or `computed: false` + `reason`);
-`headline` (Diff macro AUROC model vs previous_image, delta, bootstrap interval); `settings` (split, N, labels,
-evaluate config, run_info, evaluator, FID protocol, coverage).
+`fid.{evaluator|inception|xrv}` (`value`, `floor`, `n_a`/`n_b`, `dim`, `protocol`, or `computed: false` + `reason`),
+and `settings` (split, N, labels, evaluate config, run_info, evaluator, FID protocol, coverage; the same object
+for every method). The model's object also holds `vs_previous_image`: Diff macro AUROC of the model,
+previous_image and real_target, the delta and its bootstrap interval. `metrics_parts` reads it back.
 """
 
 from __future__ import annotations
@@ -299,10 +301,7 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
             "diff", cfg.bootstrap, cfg.seed)
     headline["diff_micro"] = {n: methods[n]["auroc"]["diff"]["micro"]["value"] for n in methods}
     headline["n_diff_labels_defined"] = {n: methods[n]["auroc"]["diff"]["macro"]["n_labels"] for n in methods}
-    result = {
-        "methods": methods,
-        "headline": headline,
-        "settings": {
+    settings = {
             "split": split, "n_pairs": len(ids), "n_patients": int(trip["subject_id"].nunique()),
             "labels": list(labels), "evaluate": cfg.model_dump(mode="json"), "run_info": run_info,
             "evaluator": {"dir": str(evaluator_dir), "arch": meta["arch"], "image_size": meta["image_size"],
@@ -310,7 +309,11 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
             "fid_protocol": frechet.PROTOCOL, "fid_halves": {"n_a": len(halves[0]), "n_b": len(halves[1]), "seed": cfg.seed},
             "subsets": "per label: all = target label known; diff = target != previous (previous NULL -> 0); same = target == previous",
             "coverage": coverage, "seconds": time.time() - t0,
-        },
     }
+    for block in methods.values():
+        block["settings"] = settings
+    if model_name:
+        methods[model_name]["vs_previous_image"] = headline
+    result = methods
     write_json(result, Path(out_json))
     return to_json(result)
