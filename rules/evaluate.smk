@@ -23,7 +23,7 @@ rule train_evaluator:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=0,
+        gpu=1,
     params:
         evaluator=sec("evaluator"),
     script:

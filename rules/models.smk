@@ -3,7 +3,7 @@
 # params), so a preempted or failed job resumes on retry instead of starting over.
 
 # the entry points' own file (its imports are the other stages' modules, so it is listed alone)
-MODEL_STAGES = [str(LIB / "models/stages.py")]
+MODEL_STAGES = [str(LIB / "models/stages.py"), str(LIB / "models/launch.py")]
 
 
 rule train_vae:
@@ -23,7 +23,7 @@ rule train_vae:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=0,
+        gpu=CFG.vae.train.gpus,
     params:
         vae=sec("vae"),
         work=f"{RESULTS}/work/vae-{params_hash(sec('vae'))}",
@@ -49,7 +49,7 @@ rule train_clip:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=0,
+        gpu=CFG.clip.train.gpus,
     params:
         clip=sec("clip"),
         max_events=CFG.events.max_events,
@@ -78,7 +78,7 @@ rule train_ldm:
     resources:
         mem_mb=16000,
         runtime=1440,
-        gpu=0,
+        gpu=CFG.ldm.train.gpus,
     params:
         ldm=sec("ldm"),
         max_events=CFG.events.max_events,
@@ -107,7 +107,7 @@ rule sample:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=0,
+        gpu=1,
     params:
         sample=sec("sample"),
         max_events=CFG.events.max_events,

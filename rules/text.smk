@@ -63,6 +63,7 @@ rule embed:
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=1,
         runtime=240,
     params:
         text=sec("text"),

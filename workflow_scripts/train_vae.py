@@ -4,16 +4,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
 
 from ehrxdiff_core.config import VaeConfig
-from ehrxdiff_core.models.stages import train_vae
+from ehrxdiff_core.models.launch import run_stage
 from ehrxdiff_core.runlog import device_from_config, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
-info = train_vae(
-    Path(snakemake.input.images),
-    Path(snakemake.input.triplets),
-    VaeConfig(**snakemake.params.vae),
-    Path(snakemake.output.model),
+cfg = VaeConfig(**snakemake.params.vae)
+info = run_stage(
+    "train_vae",
+    cfg.train.gpus,
+    images_h5=snakemake.input.images,
+    triplets=snakemake.input.triplets,
+    cfg=cfg,
+    out_dir=snakemake.output.model,
     device=device_from_config(snakemake.config.get("compute")),
-    work_dir=Path(snakemake.params.work),
+    work_dir=snakemake.params.work,
 )
 log.info("train_vae: %s", info)
