@@ -243,17 +243,3 @@ def test_foreign_checkpoint_is_rejected_naming_the_key(world, tmp_path):
     torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, bad)
     with pytest.raises(ValueError, match=r"vae\.pretrained|LDM autoencoder"):
         train_vae(world["images"], world["triplets"], VaeConfig(pretrained=str(bad)), tmp_path / "v")
-
-
-def test_fallback_readers_match_the_project_readers(world):
-    from ehrxdiff_core.models.datasets import H5EmbeddingReader, H5ImageStore, open_embedding_reader, open_image_store
-
-    real_img, fb_img = open_image_store(world["images"]), H5ImageStore(world["images"])
-    ids = list(fb_img.dicom_ids)[:5][::-1]
-    np.testing.assert_array_equal(real_img.load(ids), fb_img.load(ids))
-    assert real_img.size == fb_img.size == 16 and "nope" not in fb_img
-    real_ev, fb_ev = open_embedding_reader(world["embeddings"]), H5EmbeddingReader(world["embeddings"])
-    pids = pd.read_parquet(world["triplets"])["pair_id"].tolist()[:4]
-    for a, b in zip(real_ev.batch(pids, 3), fb_ev.batch(pids, 3)):
-        torch.testing.assert_close(a, b)
-    assert real_ev.dim == fb_ev.dim == 8

@@ -64,8 +64,8 @@ def sex_auroc(p_male: np.ndarray, gender) -> dict:
     return out
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> dict:
-    """Pearson r over finite pairs; undefined below 3 points or for a constant input."""
+def _correlation(x: np.ndarray, y: np.ndarray, fn) -> dict:
+    """A scipy correlation over finite pairs; undefined below 3 points or for a constant input."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -75,25 +75,19 @@ def pearson(x: np.ndarray, y: np.ndarray) -> dict:
     elif np.ptp(x) == 0 or np.ptp(y) == 0:
         out["reason"] = "constant input"
     else:
-        res = stats.pearsonr(x, y)
+        res = fn(x, y)
         out.update(value=float(res.statistic), p_value=float(res.pvalue))
     return out
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> dict:
+    """Pearson r over finite pairs (age preservation)."""
+    return _correlation(x, y, stats.pearsonr)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> dict:
-    """Spearman rho over finite pairs, undefined like `pearson`."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    out: dict = {"value": None, "n": int(keep.sum())}
-    if len(x) < 3:
-        out["reason"] = f"fewer than 3 points ({len(x)})"
-    elif np.ptp(x) == 0 or np.ptp(y) == 0:
-        out["reason"] = "constant input"
-    else:
-        res = stats.spearmanr(x, y)
-        out.update(value=float(res.statistic), p_value=float(res.pvalue))
-    return out
+    """Spearman rho over finite pairs (evaluator vs hidden severities)."""
+    return _correlation(x, y, stats.spearmanr)
 
 
 def _rank_auroc(scores: np.ndarray, y: np.ndarray) -> float | None:

@@ -1,8 +1,7 @@
 """Pairs, images and event embeddings as training batches, with a stateless step → batch schedule.
 
-Readers are reached through two tiny interfaces (`ImageSource`, `EventSource`) so the real
-`ImageStore` / `EmbeddingReader` are used when present and a contract-conformant h5 fallback
-otherwise (tests). Which rows form step `s` depends only on (seed, s), never on a loader's
+Readers are reached through two tiny interfaces (`ImageSource`, `EventSource`), met by the data
+stage's `ImageStore` and the text stage's `EmbeddingReader`. Which rows form step `s` depends only on (seed, s), never on a loader's
 state, so a resumed run sees exactly the batches of the uninterrupted one (also under DDP:
 each rank takes its slice of the same global batch).
 """
@@ -14,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -37,81 +35,17 @@ class EventSource(Protocol):
     def batch(self, pair_ids: list[str], max_events: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-class H5ImageStore:
-    """Minimal reader of the `images/cxr_{size}.h5` contract (fallback when `data.images` is absent)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"image store not found: {self.path}")
-        with h5py.File(self.path, "r") as f:
-            for key in ("pixels", "dicom_id"):
-                if key not in f:
-                    raise ValueError(f"{self.path}: dataset '{key}' missing")
-            self.dicom_ids = [d.decode() if isinstance(d, bytes) else str(d) for d in f["dicom_id"][:]]
-            self.size = int(f["pixels"].shape[1])
-        self._row = {d: i for i, d in enumerate(self.dicom_ids)}
-        self._file = None
-
-    def __contains__(self, dicom_id: str) -> bool:
-        return dicom_id in self._row
-
-    def load(self, dicom_ids: list[str]) -> np.ndarray:
-        if self._file is None:
-            self._file = h5py.File(self.path, "r")
-        rows = np.array([self._row[d] for d in dicom_ids], dtype=np.int64)
-        order = np.argsort(rows)
-        uniq, inverse = np.unique(rows[order], return_inverse=True)
-        block = self._file["pixels"][uniq.tolist()]
-        out = np.empty((len(rows), self.size, self.size), dtype=np.uint8)
-        out[order] = block[inverse]
-        return out
-
-
-class H5EmbeddingReader:
-    """Minimal reader of the `embeddings/events.h5` contract (fallback when `text.store` is absent)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"embedding store not found: {self.path}")
-        with h5py.File(self.path, "r") as f:
-            self._emb = torch.from_numpy(f["texts/embedding"][:].astype(np.float32))
-            self.pair_ids = [p.decode() if isinstance(p, bytes) else str(p) for p in f["pairs/pair_id"][:]]
-            self._offsets = f["pairs/offsets"][:]
-            self._rows = f["pairs/rows"][:]
-        self.dim = int(self._emb.shape[1])
-        self._index = {p: i for i, p in enumerate(self.pair_ids)}
-
-    def __contains__(self, pair_id: str) -> bool:
-        return pair_id in self._index
-
-    def batch(self, pair_ids: list[str], max_events: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.zeros(len(pair_ids), max_events, self.dim)
-        mask = torch.zeros(len(pair_ids), max_events, dtype=torch.bool)
-        for b, pid in enumerate(pair_ids):
-            i = self._index[pid]
-            rows = self._rows[self._offsets[i] : self._offsets[i + 1]][-max_events:]
-            x[b, : len(rows)] = self._emb[torch.from_numpy(rows)]
-            mask[b, : len(rows)] = True
-        return x, mask
-
-
 def open_image_store(path: str | Path) -> ImageSource:
-    """The project's `ImageStore` when installed, else the fallback reader."""
-    try:
-        from ehrxdiff_core.data.images import ImageStore
-    except ImportError:
-        return H5ImageStore(path)
+    """The image store of the images stage (`images/cxr_{size}.h5`)."""
+    from ehrxdiff_core.data.images import ImageStore
+
     return ImageStore(path)
 
 
 def open_embedding_reader(path: str | Path) -> EventSource:
-    """The project's `EmbeddingReader` when installed, else the fallback reader."""
-    try:
-        from ehrxdiff_core.text.store import EmbeddingReader
-    except ImportError:
-        return H5EmbeddingReader(path)
+    """The event-embedding store of the embed stage (`embeddings/events.h5`)."""
+    from ehrxdiff_core.text.store import EmbeddingReader
+
     return EmbeddingReader(path)
 
 
