@@ -101,3 +101,13 @@ def test_new_rows_in_one_table_rerun_its_ingest_and_dependents(full_run):
     jobs = planned_jobs(work, cfg)
     assert jobs.pop("ingest") == 1
     assert set(jobs) == {"events"} | DOWNSTREAM_OF_EVENTS
+
+
+def test_report_is_registered_for_snakemake_report(full_run):
+    work, cfg, *_ = full_run
+    out = work.parent / "snakereport.zip"
+    run_snakemake(work, cfg, "--report", str(out))
+    import zipfile
+
+    names = zipfile.ZipFile(out).namelist()
+    assert any(n.endswith("report.html") and "eval" in n for n in names), names[:20]
