@@ -32,7 +32,8 @@ STAGES = {
 def _call(stage: str, kwargs: dict):
     fn, cfg_class = STAGES[stage]
     kwargs = dict(kwargs)
-    kwargs["cfg"] = getattr(config_module, cfg_class)(**kwargs["cfg"])
+    if isinstance(kwargs["cfg"], dict):  # from the torchrun argument file
+        kwargs["cfg"] = getattr(config_module, cfg_class)(**kwargs["cfg"])
     for key in ("images_h5", "embeddings_h5", "triplets", "vae_dir", "clip_dir", "out_dir", "work_dir"):
         if kwargs.get(key) is not None:
             kwargs[key] = Path(kwargs[key])
