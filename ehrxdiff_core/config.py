@@ -321,6 +321,10 @@ class ReportConfig(Section):
 # ------------------------------------------------------------------------------------------ the run
 
 
+class ComputeConfig(Section):
+    device: str = "auto"  # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'
+
+
 class PipelineConfig(Section):
     data: DataConfig = DataConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -335,7 +339,7 @@ class PipelineConfig(Section):
     evaluator: EvaluatorConfig = EvaluatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
-    compute: dict[str, Any] = Field(default_factory=lambda: {"device": "auto"})
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _check_sources(self) -> "PipelineConfig":

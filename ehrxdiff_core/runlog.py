@@ -36,10 +36,5 @@ def start_job(log_path: str, threads: int = 1) -> logging.Logger:
 
 
 def device_from_config(compute: dict | None) -> str:
-    """`compute.device` ('auto', 'cpu', 'cuda', 'cuda:1'); auto = CUDA when available."""
-    device = (compute or {}).get("device", "auto")
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """`compute.device` as configured; the stage entry points resolve 'auto' (CUDA when available)."""
+    return (compute or {}).get("device", "auto")

@@ -79,3 +79,9 @@ def test_partial_nested_section_keeps_its_own_defaults():
 def test_unknown_key_inside_a_merged_section_is_still_an_error():
     with pytest.raises(ConfigError, match=r"ldm\.train\.stepz: unknown config key"):
         load_config({"ldm": {"train": {"stepz": 6}}})
+
+
+def test_compute_section_is_validated():
+    assert load_config({"compute": {"device": "cpu"}}).compute.device == "cpu"
+    with pytest.raises(ConfigError, match=r"compute\.devise: unknown config key"):
+        load_config({"compute": {"devise": "cuda"}})
