@@ -1,10 +1,10 @@
 """Benchmark the data stages: DuckDB pipeline (cohort + events) vs a straightforward pandas version.
 
 Generates synthetic MIMIC data (no images) at each scale, ingests it, then runs each engine in its own
-subprocess (peak RSS per engine via os.wait4) and checks both give the same number of pairs and events.
+subprocess (peak RSS measured inside the child: VmHWM) and checks both give the same pairs, events and texts.
 `--memory-only` runs just the DuckDB path at one (large) scale and extrapolates to full MIMIC-IV.
 
-    python bench/data_stage.py --patients 200 2000
+    python bench/data_stage.py --patients 2000 6000 --repeat 3
     python bench/data_stage.py --patients 50000 --chartevents-rate 40 --memory-only --memory-limit 4GB
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -74,20 +73,34 @@ def ingest_all(syn: Path, ehr: Path, duck) -> tuple[dict[str, int], float]:
 
 
 def run_engine(engine: str, ehr: Path, work: Path, args) -> dict:
-    """Run one engine in a child process; return its JSON result plus peak RSS (MB) from os.wait4."""
+    """Run one engine in a child process; return its JSON result, with the child's own peak RSS (MB).
+
+    Not os.wait4's ru_maxrss: Linux carries the parent's RSS at fork over into the child's maximum,
+    so after the parent has loaded a result for its digests every later child would report that.
+    """
     cmd = [sys.executable, __file__, "--_engine", engine, "--_ehr", str(ehr), "--out", str(work),
            "--memory-limit", args.memory_limit, "--threads", str(args.threads), "--max-events", str(args.max_events)]  # fmt: skip
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"engine": engine, "error": f"exit {proc.returncode}", "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
-    res = json.loads(out.strip().splitlines()[-1])
-    res.update(engine=engine, wall_s=wall, peak_rss_mb=usage.ru_maxrss / 1024)
+        return {"engine": engine, "error": f"exit {proc.returncode}", "wall_s": wall, "peak_rss_mb": float("nan")}
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.update(engine=engine, wall_s=wall)
     return res
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM of /proc/self/status (reset by exec, unlike ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------------------------- engines
@@ -240,6 +253,7 @@ def main() -> None:
     ap.add_argument("--max-events", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per engine; the medians are compared")
     ap.add_argument("--memory-only", action="store_true", help="DuckDB only, at the first --patients scale")
     ap.add_argument("--_engine", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
     ap.add_argument("--_ehr", type=Path, help=argparse.SUPPRESS)
@@ -249,10 +263,10 @@ def main() -> None:
 
     duck = DuckDBSettings(memory_limit=args.memory_limit, threads=args.threads, temp_dir=str(args.out / "duckdb_tmp"))
     if args._engine == "duckdb":
-        print(json.dumps(engine_duckdb(args._ehr, args.out, duck, args.max_events)))
+        print(json.dumps({**engine_duckdb(args._ehr, args.out, duck, args.max_events), "peak_rss_mb": peak_rss_mb()}))
         return
     if args._engine == "pandas":
-        print(json.dumps(engine_pandas(args._ehr, args.max_events)))
+        print(json.dumps({**engine_pandas(args._ehr, args.max_events), "peak_rss_mb": peak_rss_mb()}))
         return
 
     scales = args.patients[:1] if args.memory_only else args.patients
@@ -266,20 +280,28 @@ def main() -> None:
         print("  rows: " + ", ".join(f"{k}={v:,}" for k, v in rows.items() if k in EVENT_TABLES), flush=True)
         ev_rows = sum(rows[t] for t in EVENT_TABLES)
         res = {"patients": n, "rows": rows, "event_rows": ev_rows, "ingest_s": ingest_s}
-        res["duckdb"] = d = run_engine("duckdb", base / "ehr", base / "work_duckdb", args)
-        if "error" not in d and not args.memory_only:
-            import pyarrow.parquet as pq
+        runs: dict[str, list[dict]] = {"duckdb": [], "pandas": []}
+        engines = ["duckdb"] if args.memory_only or args.skip_pandas else ["duckdb", "pandas"]
+        for _ in range(1 if args.memory_only else args.repeat):  # alternate engines so drift hits both alike
+            for engine in engines:
+                runs[engine].append(r := run_engine(engine, base / "ehr", base / f"work_{engine}", args))
+                if engine == "duckdb" and "error" not in r and not args.memory_only:
+                    import pyarrow.parquet as pq
 
-            d.update(_digests(pq.read_table(base / "work_duckdb/events/events.parquet").to_pandas()))
-        _show(d)
-        if not args.memory_only and not args.skip_pandas:
-            res["pandas"] = p = run_engine("pandas", base / "ehr", base / "work_pandas", args)
-            _show(p)
+                    r.update(_digests(pq.read_table(base / "work_duckdb/events/events.parquet").to_pandas()))
+                _show(r)
+        res["duckdb"] = d = _median(runs["duckdb"])
+        if "pandas" in engines:
+            res["pandas"] = p = _median(runs["pandas"])
+            res["runs"] = runs
             if "error" not in p and "error" not in d:
                 same = all(p[k] == d[k] for k in ("pairs", "events", "pairs_with_events", "key_digest"))
                 texts = "yes" if p["text_digest"] == d["text_digest"] else "no (numpy's round() differs at ties)"
+                ratios = sorted(x["seconds"] / y["seconds"] for x, y in zip(runs["pandas"], runs["duckdb"]))
                 print(f"  same pairs/events (counts + pair/position/source/code): {same}; same texts: {texts}; "
-                      f"speed-up pandas/duckdb = {p['seconds'] / d['seconds']:.1f}x (cohort+events), "
+                      f"median of {len(ratios)} run(s): duckdb {d['seconds']:.2f} s, pandas {p['seconds']:.2f} s, "
+                      f"speed-up pandas/duckdb = {p['seconds'] / d['seconds']:.1f}x (cohort+events; per run "
+                      f"{', '.join(f'{x:.1f}' for x in ratios)}), "
                       f"RSS pandas/duckdb = {p['peak_rss_mb'] / d['peak_rss_mb']:.1f}x", flush=True)  # fmt: skip
                 res["same_counts"], res["speedup"] = same, p["seconds"] / d["seconds"]
         if args.memory_only and "error" not in d:
@@ -296,6 +318,14 @@ def main() -> None:
         summary.append(res)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"summary: {args.out / 'summary.json'}")
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run with the median total time (an error if any run failed)."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
 
 
 def _show(r: dict) -> None:

@@ -2,9 +2,9 @@
 
 Streaming passes keep memory bounded by DuckDB's `memory_limit` (spilling to its temp folder):
 (1) each event table is scanned once, filtered, restricted to the admissions and time spans that have
-pairs, and serialized to a small Parquet part; (2) those events are numbered per admission in time
-order; (3) each pair's window becomes a range of those numbers, cut to the most recent `max_events`,
-and a range join writes the kept events.
+pairs, and serialized into a scratch part; (2) the parts are sorted by (hadm_id, t) and streamed, in
+which each pair's window is a contiguous row range of its admission, cut to the most recent
+`max_events` and gathered into the output (data/pair_slices.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ehrxdiff_core.config import DuckDBSettings, EventsConfig
 from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.event_filters import load_prescription_whitelist, table_filter
+from ehrxdiff_core.data.pair_slices import ROW_GROUP, PairWindows, write_pair_events
 from ehrxdiff_core.data.serialize import text_sql
 from ehrxdiff_core.data.tables import EVENT_TIME
 
@@ -132,61 +133,42 @@ def build_events(
             for name in sorted(needed):
                 _register_parquet(con, ehr_dir, name)
             sources = {table: table_events_sql(table, cfg, drugs) for table in cfg.tables}
-        parts = []
         t0 = time.perf_counter()
+        # (1) each table scanned once: filtered, inside some pair window, serialized, to a scratch part ...
+        parts = []
         for table, sql in sources.items():
             part = work / f"{table}.parquet"
             counts[f"events_in_windows_{table}"] = copy_to_parquet(con, sql, part, compression="snappy")
             log.info("events: %s → %d rows in pair windows", table, counts[f"events_in_windows_{table}"])
             parts.append(f"'{sql_str(str(part))}'")
-        k = int(cfg.max_events)
-        # Number the in-window events of each admission in (time, source, code, text) order once; a pair's
-        # events are then one contiguous `seq` range of its admission, so the most recent k are a range too
-        # and no per-pair sort of the (much larger) pair × event join is needed.
-        ev = work / "numbered.parquet"
-        copy_to_parquet(
-            con,
-            "SELECT hadm_id, t, source, code, text, row_number() OVER (PARTITION BY hadm_id "
-            f"ORDER BY t, source, code, text) AS seq FROM read_parquet([{', '.join(parts)}])",
-            ev,
-            compression="snappy",
-        )
-        log.info("events: numbered per admission (%.1f s)", time.perf_counter() - t0)
-        ev_sql = f"read_parquet('{sql_str(str(ev))}')"
-        con.execute(
-            "CREATE TEMP TABLE ranges AS SELECT q.pair_id, any_value(q.hadm_id) AS hadm_id, "
-            "any_value(q.prev_time) AS prev_time, min(e.seq) AS lo, max(e.seq) AS hi "
-            f"FROM trip q JOIN {ev_sql} e ON e.hadm_id = q.hadm_id AND e.t >= q.prev_time AND e.t <= q.trg_time "
-            "GROUP BY q.pair_id"
-        )
-        # cut to the most recent k; number pairs in pair_id order so the output sort compares integers
-        con.execute(
-            f"CREATE TEMP TABLE cut AS SELECT pair_id, hadm_id, prev_time, greatest(lo, hi - {k} + 1) AS lo, hi, "
-            "row_number() OVER (ORDER BY pair_id) AS pair_ord FROM ranges"
-        )
-        log.info("events: pair ranges (%.1f s)", time.perf_counter() - t0)
-        counts["pairs_with_events"] = int(con.execute("SELECT count(*) FROM cut").fetchall()[0][0])
-        counts["pairs_without_events"] = int(con.execute("SELECT count(*) FROM trip").fetchall()[0][0]) - counts[
-            "pairs_with_events"
-        ]
-        if counts["pairs_with_events"] == 0:
-            raise DataError(
-                f"no pair has any event in [prev_time, trg_time] with events.tables={cfg.tables} and "
-                f"events.paper_filters={cfg.paper_filters}; counts: {counts}"
-            )
-        kept = (
-            "SELECT r.pair_id, CAST(e.seq - r.lo AS BIGINT) AS position, "
-            "(epoch_us(e.t) - epoch_us(r.prev_time)) / 60e6 AS minutes_from_prev, e.source, e.code, e.text "
-            f"FROM cut r JOIN {ev_sql} e ON e.hadm_id = r.hadm_id AND e.seq >= r.lo AND e.seq <= r.hi "
-            "ORDER BY r.pair_ord, e.seq"
-        )
+        # ... then all parts sorted by admission and time (ties by source, code, text: deterministic) and
+        # streamed to the gather, which writes each pair's contiguous row range (data/pair_slices.py).
+        # Sorting the parts, not the scan itself, is what lets DuckDB spill within memory_limit at scale.
+        pairs_tab = con.sql(
+            "SELECT pair_id, hadm_id, epoch_us(prev_time) AS prev_us, epoch_us(trg_time) AS trg_us FROM trip "
+            "ORDER BY hadm_id, pair_id"
+        ).to_arrow_table()
+        pairs = PairWindows(*(pairs_tab.column(c) for c in ("pair_id", "hadm_id", "prev_us", "trg_us")))
+        stream = con.sql(
+            f"SELECT hadm_id, epoch_us(t) AS t, source, code, text FROM read_parquet([{', '.join(parts)}]) "
+            "ORDER BY hadm_id, t, source, code, text"
+        ).to_arrow_reader(ROW_GROUP)
         with atomic_path(out_triplets) as tmp_t, atomic_path(out_events) as tmp_e:
-            counts["events"] = copy_to_parquet(con, kept, tmp_e)
+            kept = write_pair_events(stream, pairs, int(cfg.max_events), tmp_e)
+            log.info("events: sorted and gathered (%.1f s)", time.perf_counter() - t0)
+            counts["events"] = int(kept.sum())
+            counts["pairs_with_events"] = int((kept > 0).sum())
+            counts["pairs_without_events"] = len(pairs) - counts["pairs_with_events"]
+            if counts["pairs_with_events"] == 0:
+                raise DataError(
+                    f"no pair has any event in [prev_time, trg_time] with events.tables={cfg.tables} and "
+                    f"events.paper_filters={cfg.paper_filters}; counts: {counts}"
+                )
+            has = kept > 0
+            con.register("n_kept", pa.table({"pair_id": pairs_tab.column("pair_id").filter(pa.array(has)),
+                                             "n_events": pa.array(kept[has], pa.int64())}))  # fmt: skip
             copy_to_parquet(
-                con,
-                "SELECT q.*, CAST(r.hi - r.lo + 1 AS BIGINT) AS n_events FROM trip q JOIN cut r USING (pair_id) "
-                "ORDER BY r.pair_ord",
-                tmp_t,
+                con, "SELECT q.*, n.n_events FROM trip q JOIN n_kept n USING (pair_id) ORDER BY q.pair_id", tmp_t
             )
         log.info("events: written (%.1f s)", time.perf_counter() - t0)
     finally:

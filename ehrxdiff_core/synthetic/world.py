@@ -149,7 +149,8 @@ def write_world(out_dir: Path, cfg: SyntheticConfig) -> dict[str, int]:
         labs = V.d_labitems_rows()
         sinks.t["d_labitems"].add(len(labs), **{c: [r[k] for r in labs] for k, c in enumerate(V.COLUMNS["d_labitems"])})
         ids = Counters()
-        for i in tqdm(range(cfg.patients), desc="synthetic patients", unit="pt", disable=cfg.patients < 500):
+        quiet = True if cfg.patients < 500 else None  # None: a bar on a terminal only, not in job logs
+        for i in tqdm(range(cfg.patients), desc="synthetic patients", unit="pt", disable=quiet):
             _Patient(i, cfg, sinks, ids).write()
     except BaseException:
         sinks.abort()  # the caller (atomic_dir) discards the partial world
