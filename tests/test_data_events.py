@@ -211,3 +211,4 @@ def test_no_events_at_all_is_an_error_and_no_file(tmp_path):
         make(tmp_path, {}, [("b_a", HADM, 0, 5)], EventsConfig(tables=["chartevents"]))
     assert not (tmp_path / "events" / "events.parquet").exists()
     assert not (tmp_path / "events" / "triplets.parquet").exists()
+    assert list((tmp_path / "events").iterdir()) == [], "temporary files or scratch folders left behind"
