@@ -19,10 +19,10 @@ import pyarrow as pa
 
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
-from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, sql_str
+from ehrxdiff_core.data.duck import ROW_GROUP, close, connect, copy_to_parquet, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.event_filters import load_prescription_whitelist, table_filter
-from ehrxdiff_core.data.pair_slices import ROW_GROUP, PairWindows, write_pair_events
+from ehrxdiff_core.data.pair_slices import PairWindows, write_pair_events
 from ehrxdiff_core.data.serialize import text_sql
 from ehrxdiff_core.data.tables import EVENT_TIME
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ehrxdiff_core.data.duck import ROW_GROUP
+
 STRINGS = ("source", "code", "text")
 _DICT = pa.dictionary(pa.int32(), pa.string())
 # the columns of events/events.parquet (design "Contracts"); written without the Arrow schema so that
@@ -36,7 +38,6 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("text", _DICT, nullable=False),
     ]
 )
-ROW_GROUP = 122_880
 # dictionary pages for the strings only, and no min/max statistics over the long texts: together these
 # halve the writer's time (measured on the synthetic world); pair_id keeps its statistics for filters
 _WRITE_OPTIONS = dict(
@@ -69,8 +70,8 @@ def write_pair_events(
     """Write each pair's most recent `max_events` events to `out`; return the events kept per pair.
 
     `batches` (hadm_id, t, source, code, text; t in epoch µs or timestamp[us]) must be sorted by
-    (hadm_id, t, ...); a pair's
-    `position` counts from its oldest kept event, `minutes_from_prev` from its previous image.
+    (hadm_id, t, ...); a pair's `position` counts from its oldest kept event, `minutes_from_prev`
+    from its previous image.
     RuntimeError when the stream is out of order (a bug upstream: never silent).
     """
     kept = np.zeros(len(pairs), dtype=np.int64)
