@@ -310,7 +310,9 @@ class EvaluateConfig(Section):
     inception_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth (checked by hash)
     xrv_weights: str | None = None  # torchxrayvision densenet121-res224-all weights file
     seed: int = 123
-    bootstrap: int = Field(200, ge=0)  # patient-level bootstrap resamples for the headline's 95 % interval (0: off)
+    bootstrap: int = Field(2000, ge=0)  # paired patient-level bootstrap resamples for the comparisons' 95 % intervals (0: off)
+    min_label_positives: int = Field(20, ge=1)  # a label enters a macro's fixed set with at least this many positives...
+    min_label_negatives: int = Field(20, ge=1)  # ...and this many negatives among the subset's targets
 
 
 class ReportConfig(Section):

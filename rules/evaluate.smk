@@ -30,15 +30,30 @@ rule train_evaluator:
         "../workflow_scripts/train_evaluator.py"
 
 
+def evaluated_samples():
+    """The samples folders scored beside each other: the model, then its image controls."""
+    split = CFG.sample.split
+    out = {"samples": f"{RESULTS}/samples/{split}"}
+    if CFG.controls.image_only:
+        out["image_only"] = f"{RESULTS}/samples/image_only/{split}"
+    out["previous_vae"] = f"{RESULTS}/samples/previous_vae/{split}"
+    out["previous_blur"] = f"{RESULTS}/samples/previous_blur/{split}"
+    return out
+
+
 rule evaluate:
     input:
-        samples=f"{RESULTS}/samples/{CFG.sample.split}",
+        unpack(lambda wildcards: evaluated_samples()),
         images=IMAGES_H5,
         triplets=EVENTS_TRIPLETS,
         evaluator=rules.train_evaluator.output.model,
+        truth=[f"{SYNTH}/truth.parquet"] if CFG.data.source == "synthetic" else [],
         code=EVAL_STAGES
         + code(
             "evaluation/metrics.py",
+            "evaluation/comparisons.py",
+            "evaluation/truth.py",
+            "evaluation/schema.py",
             "evaluation/frechet.py",
             "evaluation/inception.py",
             "evaluation/xrv.py",
@@ -60,6 +75,7 @@ rule evaluate:
     params:
         evaluate=sec("evaluate"),
         sample=sec("sample"),
+        controls=sec("controls"),
         split=CFG.sample.split,
     script:
         "../workflow_scripts/evaluate.py"
@@ -68,6 +84,7 @@ rule evaluate:
 rule report:
     input:
         metrics=rules.evaluate.output.metrics,
+        vae_quality=f"{RESULTS}/eval/vae_quality.json",
         cohort=rules.cohort.output.images,
         events=rules.events.output.events,
         triplets=EVENTS_TRIPLETS,
@@ -77,7 +94,7 @@ rule report:
             rules.train_ldm.output.model,
             rules.train_evaluator.output.model,
         ],
-        code=code("evaluation/report.py", "evaluation/plots.py"),
+        code=code("evaluation/report.py", "evaluation/plots.py", "evaluation/schema.py"),
     output:
         html=report(
             f"{RESULTS}/eval/report.html",

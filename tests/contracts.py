@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from ehrxdiff_core.evaluation.schema import MetricsFile, read_metrics
 from ehrxdiff_core.labels import LABEL_COLUMNS
 
 TRIPLET_COLUMNS = [
@@ -82,13 +83,17 @@ def check_embeddings_h5(path: Path, events: pd.DataFrame) -> None:
         assert rows.max() < emb.shape[0]
 
 
-def check_metrics(path: Path) -> dict:
-    metrics = json.loads(Path(path).read_text())
-    assert "ehrxdiff" in metrics and "previous_image" in metrics
-    for method in ("ehrxdiff", "previous_image"):
-        m = metrics[method]
-        for key in ("fid", "auroc", "sex_auroc", "age_pearson_r"):
-            assert key in m, f"metrics.{method}.{key} missing"
-        for subset in ("all", "diff", "same"):
-            assert subset in m["auroc"], f"metrics.{method}.auroc.{subset} missing"
+def check_metrics(path: Path, controls: tuple[str, ...] = ("previous_image", "previous_vae", "previous_blur")) -> MetricsFile:
+    """metrics.json validates against the typed schema; the model and each control are scored side by side."""
+    metrics = read_metrics(path)
+    assert metrics.model == "ehrxdiff" and metrics.methods["ehrxdiff"].kind == "model"
+    for method in ("ehrxdiff", *controls, "real_target"):
+        m = metrics.methods[method]
+        assert m.n_pairs == metrics.settings["n_pairs"] > 0
+        assert set(m.auroc) == {"all", "diff", "same"}, f"metrics.{method}: Diff/All/Same must be reported together"
+    for control in controls:
+        entries = metrics.comparisons[f"ehrxdiff_vs_{control}"]
+        assert [e.metric for e in entries] == list(metrics.headline_metrics)
+        for e in entries:
+            assert e.verdict == "not computable" or (e.ci95 is not None and e.n_boot > 0)
     return metrics

@@ -84,24 +84,19 @@ def test_pearson_and_spearman_known_values():
 
 
 def test_rank_auroc_matches_sklearn_with_ties():
-    from ehrxdiff_core.evaluation.metrics import _rank_auroc
+    from ehrxdiff_core.evaluation.metrics import rank_auroc
 
     rng = np.random.default_rng(0)
     scores, y = rng.integers(0, 5, 40).astype(float), rng.integers(0, 2, 40).astype(float)
-    assert _rank_auroc(scores, y) == pytest.approx(auroc(scores, y)["value"])
+    assert rank_auroc(scores, y) == pytest.approx(auroc(scores, y)["value"])
 
 
-def test_bootstrap_interval_of_the_macro_delta():
-    from ehrxdiff_core.evaluation.metrics import bootstrap_macro_delta
+def test_macro_over_a_fixed_label_set_is_undefined_when_a_member_is():
+    from ehrxdiff_core.evaluation.metrics import macro_over
 
-    rng = np.random.default_rng(0)
-    n = 60
-    trg = rng.integers(0, 2, (n, 2)).astype(float)
-    prev = 1 - trg  # every label changed: all pairs are in Diff
-    good, bad = trg + rng.normal(0, 0.3, trg.shape), prev + rng.normal(0, 0.3, trg.shape)
-    groups = np.arange(n) // 3
-    r = bootstrap_macro_delta(good, bad, trg, prev, groups, n_boot=100, seed=0)
-    assert r["n_valid"] == 100 and 0.5 < r["ci95"][0] <= r["ci95"][1] <= 1.0 and r["fraction_delta_le_0"] == 0.0
-    same = bootstrap_macro_delta(good, good, trg, prev, groups, n_boot=50)
-    assert same["ci95"] == [0.0, 0.0]
-    assert bootstrap_macro_delta(good, bad, trg, prev, np.zeros(n), n_boot=50)["ci95"] is None  # one patient
+    per = {"a": {"value": 0.8}, "b": {"value": None}, "c": {"value": 0.6}}
+    assert macro_over(per, None)["value"] == pytest.approx(0.7) and macro_over(per, None)["label_set"] == ["a", "c"]
+    assert macro_over(per, ["a", "c"])["value"] == pytest.approx(0.7)
+    fixed = macro_over(per, ["a", "b"])
+    assert fixed["value"] is None and "['b']" in fixed["reason"] and fixed["fixed"]
+    assert macro_over(per, [])["value"] is None and "empty" in macro_over(per, [])["reason"]

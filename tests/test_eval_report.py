@@ -21,8 +21,10 @@ def test_report_from_a_tiny_run(tmp_path):
     train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(steps=30), tmp_path / "eval/evaluator", device="cpu",
                     truth=world["truth"])
     samples = {"ehrxdiff": write_samples(tmp_path / "samples/test", world["triplets"], world["df"], "target")}
-    evaluate(samples, world["h5"], world["triplets"], tmp_path / "eval/evaluator", EvaluateConfig(), {"seed": 42},
-             tmp_path / "eval/metrics.json", device="cpu")
+    samples["image_only"] = write_samples(tmp_path / "samples/image_only/test", world["triplets"], world["df"], "previous")
+    evaluate(samples, world["h5"], world["triplets"], tmp_path / "eval/evaluator",
+             EvaluateConfig(bootstrap=50, min_label_positives=2, min_label_negatives=2), {"seed": 42},
+             tmp_path / "eval/metrics.json", device="cpu", truth=world["truth"])
     for name in ("vae", "ldm"):
         (tmp_path / f"models/{name}").mkdir(parents=True)
         pd.DataFrame({"step": [10, 20, 30], "loss": [1.0, 0.5, 0.3]}).to_csv(tmp_path / f"models/{name}/metrics.csv", index=False)
@@ -35,6 +37,8 @@ def test_report_from_a_tiny_run(tmp_path):
         assert f">{title}</h2>" in doc
     assert len(re.findall(r"data:image/png;base64,", doc)) >= 3 * 3 + 3  # grid (3 rows x 3) + 3 curves
     assert "previous_image" in doc and "real_target" in doc and "Diff-subset macro AUROC" in doc
+    assert "vs image_only" in doc and "oracle" in doc and "Label sets (fixed before scoring" in doc
+    assert "partial correlation of predicted and true change" in doc and "paired patient-level bootstrap" in doc
     assert 'class="headline"' in doc
     assert "Not available" in doc and "models/clip/metrics.csv" in doc  # CLIP curve missing, said so
     assert "grid_pairs: 3" in doc and "torch</td>" in doc and "220045" in doc  # config, versions, top events
@@ -55,3 +59,23 @@ def test_report_with_nothing_says_what_is_missing(tmp_path):
 def test_caption_file(tmp_path):
     write_report_caption(tmp_path / "report/eval.rst")
     assert "previous image" in (tmp_path / "report/eval.rst").read_text()
+
+
+def test_report_verdicts_follow_the_interval(tmp_path):
+    """A difference whose interval includes 0 is printed as such, never coloured as a win."""
+    import json
+
+    world = build_world(tmp_path, n_subjects=20)
+    train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(steps=30), tmp_path / "eval/evaluator", device="cpu")
+    samples = {"ehrxdiff": write_samples(tmp_path / "samples/test", world["triplets"], world["df"], "target")}
+    out = tmp_path / "eval/metrics.json"
+    evaluate(samples, world["h5"], world["triplets"], tmp_path / "eval/evaluator",
+             EvaluateConfig(bootstrap=20, min_label_positives=2, min_label_negatives=2), {}, out, device="cpu")
+    m = json.loads(out.read_text())
+    for e in m["comparisons"]["ehrxdiff_vs_previous_image"]:
+        e.update(delta=0.034, ci95=[-0.041, 0.149], verdict="no significant difference")
+    out.write_text(json.dumps(m))
+    build_report(tmp_path, {}, tmp_path / "r.html")
+    doc = (tmp_path / "r.html").read_text()
+    assert "no significant difference" in doc and "[-0.041, +0.149]" in doc
+    assert 'class="better"' not in doc and "beats" not in doc

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig, TrainLoop
-from ehrxdiff_core.evaluation.report import metrics_parts
+from ehrxdiff_core.evaluation.schema import read_metrics
 from ehrxdiff_core.evaluation.inputs import InputError
 from ehrxdiff_core.evaluation.stages import evaluate, train_evaluator
 from ehrxdiff_core.labels import EVAL_LABELS, LABEL_COLUMNS
@@ -89,19 +89,28 @@ def build_world(root: Path, n_subjects: int = 60, imgs_per_subject: int = 3, see
             "triplets": root / "events/triplets.parquet", "truth": root / "synthetic/truth.parquet", "df": images}
 
 
-def write_samples(folder: Path, triplets: Path, images_df: pd.DataFrame, mode: str, split: str = "test", seed: int = 0) -> Path:
-    """A samples folder: `mode='target'` re-renders the target's findings (a good generator), 'previous' the previous image's."""
+def write_samples(folder: Path, triplets: Path, images_df: pd.DataFrame, mode: str, split: str = "test", seed: int = 0,
+                  n_seeds: int = 1) -> Path:
+    """A samples folder: `mode='target'` re-renders the target's findings (a good generator), 'previous' the previous image's.
+
+    Seed k > 0 of a pair is `seed{k}/{pair_id}.png` (the samples folder layout), drawn with fresh noise.
+    """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     trip = pd.read_parquet(triplets)
     trip = trip[trip["split"] == split]
     lookup = images_df.set_index("dicom_id")
     rows = []
-    for r in trip.itertuples():
-        src = lookup.loc[r.trg_dicom_id if mode == "target" else r.prev_dicom_id]
-        img = render({l: src[l] for l in LABEL_COLUMNS}, src["gender"] == "M", src["age"], rng)
-        Image.fromarray(img, mode="L").save(folder / f"{r.pair_id}.png")
-        rows.append({"pair_id": r.pair_id, "seed": 42, "sampler": "ddim", "steps": 10, "guidance": 1.0, "seconds": 0.1})
+    for k in range(n_seeds):
+        if k:
+            (folder / f"seed{k}").mkdir(exist_ok=True)
+        for r in trip.itertuples():
+            src = lookup.loc[r.trg_dicom_id if mode == "target" else r.prev_dicom_id]
+            img = render({l: src[l] for l in LABEL_COLUMNS}, src["gender"] == "M", src["age"], rng)
+            rel = f"{r.pair_id}.png" if k == 0 else f"seed{k}/{r.pair_id}.png"
+            Image.fromarray(img, mode="L").save(folder / rel)
+            rows.append({"pair_id": r.pair_id, "seed_index": k, "seed": 42 + k, "path": rel, "sampler": "ddim", "steps": 10,
+                         "guidance": 1.0, "seconds": 0.1})
     pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
     return folder
 
@@ -120,39 +129,71 @@ def trained(tmp_path_factory):
 
 def test_evaluate_scores_methods_side_by_side(trained):
     root, world, _ = trained
-    samples = {"ehrxdiff": write_samples(root / "samples/test", world["triplets"], world["df"], "target")}
+    samples = {"ehrxdiff": write_samples(root / "samples/test", world["triplets"], world["df"], "target", n_seeds=2)}
     samples["image_only"] = write_samples(root / "samples_imgonly/test", world["triplets"], world["df"], "previous", seed=1)
     out = root / "eval/metrics.json"
-    res = evaluate(samples, world["h5"], world["triplets"], root / "eval/evaluator", EvaluateConfig(),
-                   {"git": "abc"}, out, device="cpu")
-    on_disk = json.loads(out.read_text())
-    m, settings, h = metrics_parts(res)
-    assert metrics_parts(on_disk)[2] == h
-    assert set(res) == set(m), "metrics.json holds one object per method and nothing else"
-    assert set(m) == {"ehrxdiff", "image_only", "previous_image", "real_target"}
+    cfg = EvaluateConfig(bootstrap=200, min_label_positives=5, min_label_negatives=5)
+    res = evaluate(samples, world["h5"], world["triplets"], root / "eval/evaluator", cfg,
+                   {"git": "abc"}, out, device="cpu", truth=world["truth"])
+    mf = read_metrics(out)
+    assert mf.model_dump(mode="json") == res
+    m = mf.methods
+    assert list(m) == ["ehrxdiff", "image_only", "previous_image", "real_target", "oracle"]
+    assert {n: v.kind for n, v in m.items()} == {"ehrxdiff": "model", "image_only": "control", "previous_image": "control",
+                                                 "real_target": "ceiling", "oracle": "ceiling"}
     n_test = int((pd.read_parquet(world["triplets"])["split"] == "test").sum())
-    assert settings["n_pairs"] == n_test and all(v["n_pairs"] == n_test for v in m.values())
+    assert mf.settings["n_pairs"] == n_test and all(v.n_pairs == n_test for v in m.values())
+    assert m["ehrxdiff"].n_seeds == {"min": 2, "max": 2} and m["image_only"].n_seeds == {"min": 1, "max": 1}
+    # label sets are fixed from labels and truth before scoring, and every method's macro uses them
+    sets = mf.label_sets
+    assert "pleural_effusion" in sets.auroc["diff"] and "pleural_effusion" in sets.truth
+    for v in m.values():
+        assert v.auroc["diff"].macro.label_set == sets.auroc["diff"] and v.auroc["diff"].macro.fixed
     # a generator that renders the target's findings beats copying the previous image where findings changed
-    assert h["model"] == "ehrxdiff" and h["ehrxdiff"] > h["previous_image"] + 0.1 and h["model_beats_previous_image"]
-    assert h["delta_bootstrap"]["ci95"][0] > 0 and h["delta_bootstrap"]["n_boot"] == 200
+    comp = {e.metric: e for e in mf.comparisons["ehrxdiff_vs_previous_image"]}
+    assert set(comp) == set(mf.headline_metrics)
+    diff = comp["auroc_diff_macro"]
+    assert diff.delta > 0.1 and diff.ci95[0] > 0 and diff.verdict == "better" and diff.n_boot == 200
+    assert diff.model_value == m["ehrxdiff"].auroc["diff"].macro.value
+    assert set(mf.comparisons) == {"ehrxdiff_vs_image_only", "ehrxdiff_vs_previous_image"}
+    assert {e.metric: e.verdict for e in mf.comparisons["ehrxdiff_vs_image_only"]}["auroc_diff_macro"] == "better"
     for lab in LEARNABLE:  # on Diff, the previous image shows the opposite finding: AUROC near 0
-        real, prev = (m[k]["auroc"]["diff"]["per_label"][lab] for k in ("real_target", "previous_image"))
-        assert real["value"] > 0.9 and prev["value"] < 0.2 and real["n_pos"] > 0 and real["n_neg"] > 0
-        assert m["previous_image"]["auroc"]["same"]["per_label"][lab]["value"] > 0.9
-    eff = m["ehrxdiff"]["auroc"]["diff"]["per_label"]["pleural_effusion"]
-    assert eff["value"] > 0.8 and eff["n_pos"] + eff["n_neg"] > 0
-    assert m["ehrxdiff"]["generation"]["seeds"] == [42] and m["ehrxdiff"]["generation"]["sampler"] == ["ddim"]
-    assert m["previous_image"]["generation"] is None
+        real, prev = (m[k].auroc["diff"].per_label[lab] for k in ("real_target", "previous_image"))
+        assert real.value > 0.9 and prev.value < 0.2 and real.n_pos > 0 and real.n_neg > 0
+        assert m["previous_image"].auroc["same"].per_label[lab].value > 0.9
+    # truth metrics: the copy predicts no change; the oracle is the ceiling
+    t_prev, t_model, t_oracle = (m[k].truth.per_finding["pleural_effusion"] for k in ("previous_image", "ehrxdiff", "oracle"))
+    assert t_prev.partial_r.value == 0.0 and t_oracle.partial_r.value == pytest.approx(1.0)
+    assert t_oracle.crossing_auroc.value == 1.0 and t_prev.crossing_auroc.value < 0.3 and t_model.crossing_auroc.value > 0.8
+    assert t_model.partial_r.value > 0.5
+    assert m["oracle"].sex_auroc.value is None and not m["oracle"].fid["evaluator"].computed
+    assert mf.truth.used and "pleural_effusion" in mf.truth.dynamic
+    gen = m["ehrxdiff"].generation
+    assert gen["seeds"] == [42] and gen["sampler"] == ["ddim"] and gen["seed_indices"] == [0, 1]
+    assert m["previous_image"].generation is None
     # realism: the ceiling's distance is the floor itself; inception not configured -> recorded with the key
-    fd = m["real_target"]["fid"]["evaluator"]
-    assert fd["computed"] and fd["value"] == pytest.approx(fd["floor"], rel=1e-6)
-    assert m["ehrxdiff"]["fid"]["evaluator"]["floor"] == pytest.approx(fd["floor"])
-    assert m["ehrxdiff"]["fid"]["inception"] == {"computed": False, "reason": m["ehrxdiff"]["fid"]["inception"]["reason"]}
-    assert "evaluate.inception_weights" in m["ehrxdiff"]["fid"]["inception"]["reason"]
-    assert "evaluate.xrv_weights" in m["ehrxdiff"]["fid"]["xrv"]["reason"]
-    assert m["real_target"]["sex_auroc"]["value"] > 0.9
-    assert m["real_target"]["age_pearson_r"]["value"] > 0.5
+    fd = m["real_target"].fid["evaluator"]
+    assert fd.computed and fd.value == pytest.approx(fd.floor, rel=1e-6)
+    assert m["ehrxdiff"].fid["evaluator"].floor == pytest.approx(fd.floor)
+    assert not m["ehrxdiff"].fid["inception"].computed
+    assert "evaluate.inception_weights" in m["ehrxdiff"].fid["inception"].reason
+    assert "evaluate.xrv_weights" in m["ehrxdiff"].fid["xrv"].reason
+    assert m["real_target"].sex_auroc.value > 0.9
+    assert m["real_target"].age_pearson_r.value > 0.5
     assert "NaN" not in out.read_text()
+
+
+def test_evaluate_without_truth_says_why(trained, tmp_path):
+    root, world, _ = trained
+    folder = write_samples(tmp_path / "s", world["triplets"], world["df"], "target")
+    res = evaluate({"ehrxdiff": folder}, world["h5"], world["triplets"], root / "eval/evaluator",
+                   EvaluateConfig(bootstrap=20, min_label_positives=5, min_label_negatives=5), {}, tmp_path / "m.json", device="cpu")
+    mf = read_metrics(tmp_path / "m.json")
+    assert "oracle" not in mf.methods and not mf.truth.used and "real data" in mf.truth.reason
+    assert not mf.methods["ehrxdiff"].truth.computed
+    comp = {e.metric: e for e in mf.comparisons["ehrxdiff_vs_previous_image"]}
+    assert comp["truth_partial_r_macro"].verdict == "not computable" and comp["auroc_diff_macro"].ci95 is not None
+    assert mf.label_sets.candidates == list(EVAL_LABELS) and res["model"] == "ehrxdiff"
 
 
 def test_evaluator_quality_and_truth_recovery(trained):

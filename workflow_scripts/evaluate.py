@@ -8,15 +8,20 @@ from ehrxdiff_core.evaluation.stages import evaluate
 from ehrxdiff_core.runlog import device_from_config, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
+samples = {"ehrxdiff": Path(snakemake.input.samples)}
+for name in ("image_only", "previous_vae", "previous_blur"):
+    if name in snakemake.input.keys():
+        samples[name] = Path(snakemake.input[name])
 metrics = evaluate(
-    {"ehrxdiff": Path(snakemake.input.samples)},
+    samples,
     Path(snakemake.input.images),
     Path(snakemake.input.triplets),
     Path(snakemake.input.evaluator),
     EvaluateConfig(**snakemake.params.evaluate),
-    {"sample": snakemake.params.sample},
+    {"sample": snakemake.params.sample, "controls": snakemake.params.controls},
     Path(snakemake.output.metrics),
     device=device_from_config(snakemake.config.get("compute")),
     split=snakemake.params.split,
+    truth=Path(snakemake.input.truth[0]) if snakemake.input.truth else None,
 )
 log.info("evaluate: wrote %s", snakemake.output.metrics)

@@ -49,16 +49,25 @@ def read_triplets(path: str | Path, labels: tuple[str, ...]) -> pd.DataFrame:
 
 
 def read_manifest(folder: str | Path) -> pd.DataFrame:
-    """The manifest of a samples folder (`samples/{split}/manifest.parquet`)."""
-    return read_table(Path(folder) / "manifest.parquet", ["pair_id", "seed", "sampler", "steps", "guidance"], "sample manifest")
+    """The manifest of a samples folder, one row per (pair, seed_index) with the image's relative `path`.
+
+    Seed 0 of a pair is `{pair_id}.png` (the design's contract), seed k is `seed{k}/{pair_id}.png`;
+    manifests written before several seeds existed have neither column and mean seed 0 only.
+    """
+    df = read_table(Path(folder) / "manifest.parquet", ["pair_id", "seed", "sampler", "steps", "guidance"], "sample manifest")
+    if "seed_index" not in df.columns:
+        df["seed_index"] = 0
+    if "path" not in df.columns:
+        df["path"] = df["pair_id"].astype(str) + ".png"
+    return df
 
 
-def read_pngs(folder: str | Path, pair_ids: list[str], size: int) -> np.ndarray:
-    """Generated images `{folder}/{pair_id}.png` as uint8 (N, size, size); wrong size is an error."""
+def read_images(folder: str | Path, rel_paths: list[str], size: int) -> np.ndarray:
+    """PNG images `{folder}/{path}` as uint8 (N, size, size); a missing file or a wrong size is an error."""
     folder = Path(folder)
-    out = np.empty((len(pair_ids), size, size), np.uint8)
-    for i, pid in enumerate(pair_ids):
-        path = folder / f"{pid}.png"
+    out = np.empty((len(rel_paths), size, size), np.uint8)
+    for i, rel in enumerate(rel_paths):
+        path = folder / rel
         if not path.exists():
             raise InputError(f"generated image missing: {path}")
         with Image.open(path) as im:
@@ -67,6 +76,11 @@ def read_pngs(folder: str | Path, pair_ids: list[str], size: int) -> np.ndarray:
             raise InputError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size} (images.size)")
         out[i] = arr
     return out
+
+
+def read_pngs(folder: str | Path, pair_ids: list[str], size: int) -> np.ndarray:
+    """Seed-0 images `{folder}/{pair_id}.png` as uint8 (N, size, size)."""
+    return read_images(folder, [f"{pid}.png" for pid in pair_ids], size)
 
 
 def truth_severity_columns(truth: pd.DataFrame) -> list[str]:

@@ -1,4 +1,6 @@
-"""Preservation metrics: AUROC per finding on All/Diff/Same subsets, sex AUROC, age Pearson r.
+"""Preservation metrics: AUROC per finding on All/Diff/Same subsets, sex AUROC, age Pearson r, and the
+truth-based change metrics of the synthetic world (partial correlation of predicted and true change,
+AUROC on pairs whose hidden state crossed the label threshold).
 
 A score that cannot be computed (one class only, too few points) is `None` with a reason, never a
 number, so a table can never show a made-up 0.5.
@@ -10,7 +12,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-SUBSETS = ("all", "diff", "same")
+SUBSETS = ("all", "diff", "same")  # always reported together
 
 
 def auroc(scores: np.ndarray, y: np.ndarray) -> dict:
@@ -36,20 +38,48 @@ def subset_masks(trg: np.ndarray, prev: np.ndarray) -> dict[str, np.ndarray]:
     return {"all": valid, "diff": diff, "same": same}
 
 
-def finding_aurocs(probs: np.ndarray, trg: np.ndarray, prev: np.ndarray, labels: tuple[str, ...]) -> dict:
-    """AUROC of the evaluator's probabilities against the *target's* labels, per label and micro/macro."""
+def macro_over(per_label: dict[str, dict], label_set: list[str] | None) -> dict:
+    """Mean of the per-label values over `label_set`, a set fixed before scoring (None: every defined label).
+
+    With a fixed set, the macro is undefined when any member is undefined, so two methods (or two
+    bootstrap resamples) are never averaged over different labels.
+    """
+    if label_set is None:
+        chosen = [l for l, r in per_label.items() if r["value"] is not None]
+        undefined = [l for l, r in per_label.items() if r["value"] is None]
+        out: dict = {"value": None, "n_labels": len(chosen), "label_set": chosen, "fixed": False, "undefined_labels": undefined}
+        if not chosen:
+            out["reason"] = "no label has both classes in this subset"
+            return out
+    else:
+        chosen = list(label_set)
+        undefined = [l for l in chosen if per_label[l]["value"] is None]
+        out = {"value": None, "n_labels": len(chosen), "label_set": chosen, "fixed": True, "undefined_labels": undefined}
+        if not chosen:
+            out["reason"] = "the fixed label set is empty (no label met the minimum counts)"
+            return out
+        if undefined:
+            out["reason"] = f"undefined for {undefined} of the fixed label set"
+            return out
+    out["value"] = float(np.mean([per_label[l]["value"] for l in chosen]))
+    return out
+
+
+def finding_aurocs(probs: np.ndarray, trg: np.ndarray, prev: np.ndarray, labels: tuple[str, ...],
+                   label_sets: dict[str, list[str]] | None = None) -> dict:
+    """AUROC of the evaluator's probabilities against the *target's* labels, per label, micro and macro.
+
+    `label_sets` fixes, per subset, the labels the macro averages over (see `comparisons.fixed_label_sets`).
+    """
     probs, trg, prev = (np.asarray(a, dtype=np.float64) for a in (probs, trg, prev))
     if not (probs.shape == trg.shape == prev.shape == (probs.shape[0], len(labels))):
         raise ValueError(f"shape mismatch: probs {probs.shape}, target {trg.shape}, previous {prev.shape}, {len(labels)} labels")
     result = {}
     for name, mask in subset_masks(trg, prev).items():
-        per_label = {l: auroc(probs[mask[:, j], j], trg[mask[:, j], j]) for j, l in enumerate(labels)}
-        micro = auroc(probs[mask], trg[mask])
-        defined = {l: r["value"] for l, r in per_label.items() if r["value"] is not None}
-        macro: dict = {"value": float(np.mean(list(defined.values()))) if defined else None, "n_labels": len(defined),
-                       "undefined_labels": [l for l in labels if l not in defined]}
-        if not defined:
-            macro["reason"] = "no label has both classes in this subset"
+        keep = mask & ~np.isnan(probs)
+        per_label = {l: auroc(probs[keep[:, j], j], trg[keep[:, j], j]) for j, l in enumerate(labels)}
+        micro = auroc(probs[keep], trg[keep])
+        macro = macro_over(per_label, None if label_sets is None else label_sets[name])
         result[name] = {"per_label": per_label, "micro": micro, "macro": macro, "n_scored": int(mask.sum())}
     return result
 
@@ -90,49 +120,62 @@ def spearman(x: np.ndarray, y: np.ndarray) -> dict:
     return _correlation(x, y, stats.spearmanr)
 
 
-def _rank_auroc(scores: np.ndarray, y: np.ndarray) -> float | None:
-    """Mann-Whitney AUROC (ties count one half), equal to roc_auc_score; None with one class."""
+def partial_correlation(pred_change: np.ndarray, true_change: np.ndarray, control: np.ndarray) -> dict:
+    """Pearson r of predicted and true change after regressing both on the previous state (+ intercept).
+
+    Controlling for the previous state removes what any copy-like method gets for free: regression to
+    the mean makes the true change depend on the previous severity. A prediction with no change (a
+    copy) carries no information about the change: its value is 0 with a note, not undefined.
+    """
+    x, y, c = (np.asarray(a, dtype=np.float64) for a in (pred_change, true_change, control))
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(c)
+    x, y, c = x[keep], y[keep], c[keep]
+    out: dict = {"value": None, "n": int(keep.sum())}
+    if len(x) < 4:
+        out["reason"] = f"fewer than 4 points ({len(x)})"
+        return out
+    rx, ry = _residual(x, c), _residual(y, c)
+    sx, sy = np.sqrt(rx @ rx), np.sqrt(ry @ ry)
+    if sy <= 1e-12 * max(1.0, np.abs(y).max()):
+        out["reason"] = "the true change is constant given the previous state"
+        return out
+    if sx <= 1e-12 * max(1.0, np.abs(x).max()):
+        out.update(value=0.0, note="no predicted change beyond the previous state (constant): no information, set to 0")
+        return out
+    out["value"] = float(np.clip(rx @ ry / (sx * sy), -1.0, 1.0))
+    return out
+
+
+def _residual(v: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """`v` minus its least-squares fit on [1, c] (closed form: the bootstrap calls it often)."""
+    v0, c0 = v - v.mean(), c - c.mean()
+    cc = c0 @ c0
+    return v0 - (c0 * (v0 @ c0 / cc) if cc > 0 else 0.0)
+
+
+def crossing_auroc(scores: np.ndarray, sev_prev: np.ndarray, sev_trg: np.ndarray, threshold: float) -> dict:
+    """AUROC on the pairs whose hidden severity crossed the label threshold between the two images.
+
+    Positive = the finding appeared (target above the threshold), negative = it resolved. Free of label
+    noise, and a copy of the previous image scores near 0 here because it shows the opposite state.
+    """
+    p, t = np.asarray(sev_prev, dtype=np.float64), np.asarray(sev_trg, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    crossed = np.isfinite(p) & np.isfinite(t) & np.isfinite(s) & ((p > threshold) != (t > threshold))
+    return auroc(s[crossed], (t[crossed] > threshold).astype(np.float64))
+
+
+def rank_auroc(scores: np.ndarray, y: np.ndarray) -> float | None:
+    """Mann-Whitney AUROC (ties count one half), equal to roc_auc_score; None with one class.
+
+    Written with `np.unique` instead of scipy's rankdata: the bootstrap calls it ~10^5 times.
+    """
+    y = np.asarray(y)
     n_pos = int((y == 1).sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = stats.rankdata(scores)
+    _, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct value
+    ranks = mean_rank[inverse]
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _subset_macro(probs: np.ndarray, trg: np.ndarray, mask: np.ndarray) -> float | None:
-    values = [_rank_auroc(probs[mask[:, j], j], trg[mask[:, j], j]) for j in range(trg.shape[1])]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def bootstrap_macro_delta(probs_model: np.ndarray, probs_base: np.ndarray, trg: np.ndarray, prev: np.ndarray,
-                          groups, subset: str = "diff", n_boot: int = 200, seed: int = 0) -> dict:
-    """Paired patient-level bootstrap of macro AUROC(model) - macro AUROC(baseline) on one subset.
-
-    Patients are resampled (pairs of one patient are correlated); each resample scores both methods on
-    the same pairs. A resample where either macro is undefined is skipped and counted.
-    """
-    trg, prev = np.asarray(trg, dtype=np.float64), np.asarray(prev, dtype=np.float64)
-    mask = subset_masks(trg, prev)[subset]
-    groups = np.asarray(groups)
-    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-    out: dict = {"subset": subset, "n_boot": n_boot, "resampling": "patients, paired", "n_patients": len(members), "seed": seed}
-    if n_boot == 0 or len(members) < 2:
-        out.update(ci95=None, reason="bootstrap disabled" if n_boot == 0 else "fewer than 2 patients")
-        return out
-    rng = np.random.default_rng(seed)
-    deltas = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        a = _subset_macro(probs_model[idx], trg[idx], mask[idx])
-        b = _subset_macro(probs_base[idx], trg[idx], mask[idx])
-        if a is not None and b is not None:
-            deltas.append(a - b)
-    out["n_valid"] = len(deltas)
-    if len(deltas) < max(10, n_boot // 4):
-        out.update(ci95=None, reason=f"only {len(deltas)} of {n_boot} resamples had both macros defined")
-        return out
-    d = np.asarray(deltas)
-    out.update(ci95=[float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))], fraction_delta_le_0=float((d <= 0).mean()))
-    return out

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.evaluation.plots import grid_png, image_png, loss_curve_png
+from ehrxdiff_core.evaluation.schema import MetricsFile, read_metrics
 from ehrxdiff_core.labels import DISPLAY_NAME, EVAL_LABELS, LABEL_COLUMNS
 
 SECTIONS = ("Cohort summary", "Metrics", "Image grid", "Training curves", "Configuration", "Package versions")
@@ -48,14 +49,6 @@ img.cxr{width:160px;image-rendering:pixelated}pre{background:#f7f7f7;padding:1em
 td.small{font-size:11px;max-width:320px}
 """
 
-
-
-def metrics_parts(metrics: dict) -> tuple[dict, dict, dict]:
-    """(methods, shared settings, the model's comparison with previous_image) of a metrics.json."""
-    methods = {k: v for k, v in metrics.items() if isinstance(v, dict) and "auroc" in v}
-    settings = next((v.get("settings", {}) for v in methods.values()), {})
-    head = next((v["vs_previous_image"] for v in methods.values() if "vs_previous_image" in v), {})
-    return methods, settings, head
 
 
 def _b64(png: bytes, cls: str = "", alt: str = "") -> str:
@@ -145,69 +138,124 @@ def _cohort_section(results: Path) -> str:
 # ------------------------------------------------------------------------------------------ metrics
 
 
+def _ci(entry) -> str:
+    if entry.ci95 is None:
+        return f'<span class="undef" title="{html.escape(str(entry.reason))}">no interval</span>'
+    return f"[{entry.ci95[0]:+.3f}, {entry.ci95[1]:+.3f}]"
+
+
+def _verdict(entry) -> str:
+    """A colour only for a verdict the interval supports; 'no significant difference' stays plain."""
+    cls = {"better": "better", "worse": "worse"}.get(entry.verdict, "")
+    return f'<span class="{cls}">{html.escape(entry.verdict)}</span>' if cls else html.escape(entry.verdict)
+
+
+def _comparisons_table(mf: MetricsFile) -> str:
+    controls = [k.split("_vs_", 1)[1] for k in mf.comparisons]
+    rows, classes = [], []
+    for metric, text in mf.headline_metrics.items():
+        row = [f"{html.escape(text)}<br><small>{html.escape(metric)}</small>", _fmt(mf.value(mf.model, metric))]
+        for control in controls:
+            e = mf.comparison(control, metric)
+            if e is None:
+                row.append("–")
+                continue
+            delta = "–" if e.delta is None else f"{e.delta:+.3f}"
+            row.append(f"{_fmt(e.control_value)} → Δ {delta}<br>{_ci(e)}<br>{_verdict(e)}")
+        rows.append(row)
+        classes.append("headline" if metric == "auroc_diff_macro" else "")
+    n_boot = next((e.n_boot for es in mf.comparisons.values() for e in es), 0)
+    n_pat = next((e.n_patients for es in mf.comparisons.values() for e in es), 0)
+    return (_table(["metric", mf.model, *[f"vs {c}" for c in controls]], rows, classes)
+            + f"<p>Δ = {html.escape(mf.model)} − control; 95 % interval from {n_boot} paired patient-level bootstrap resamples "
+              f"of {n_pat} patients (the same resamples for every method). The verdict reads the interval: "
+              "<i>better</i> / <i>worse</i> only when it excludes 0.</p>")
+
+
+def _truth_tables(mf: MetricsFile) -> str:
+    if not mf.truth.used:
+        return f"<p><b>Truth-based metrics</b>: not computed ({html.escape(str(mf.truth.reason))}).</p>"
+    rows = [[html.escape(f), f"{c['mean_abs_change']:.3f}", "yes" if c["dynamic"] else "no", f"{c['threshold']:.2f}",
+             str(c["n_cross_up"]), str(c["n_cross_down"])] for f, c in mf.truth.findings.items()]
+    out = ("<h3>Synthetic world: hidden state of the scored pairs</h3>"
+           + _table(["finding", "mean |Δ severity|", "dynamic", "label threshold", "crossed upwards", "crossed downwards"], rows)
+           + f"<p>Dynamic: {html.escape(str(mf.truth.dynamic_rule))}.</p>")
+    names = list(mf.methods)
+    for key, title in (("partial_r", "partial correlation of predicted and true change given the previous state"),
+                       ("crossing_auroc", "AUROC on pairs whose hidden state crossed the label threshold")):
+        rows = []
+        for f in mf.truth.findings:
+            row = [html.escape(f) + (" <small>(in the macro)</small>" if f in mf.label_sets.truth else "")]
+            for n in names:
+                t = mf.methods[n].truth
+                row.append(_fmt(getattr(t.per_finding[f], key).model_dump()) if t.computed and f in t.per_finding else "–")
+            rows.append(row)
+        macro = [f"<b>macro over {html.escape(str(mf.label_sets.truth))}</b>"]
+        for n in names:
+            t = mf.methods[n].truth
+            m = getattr(t, f"{key}_macro") if t.computed else None
+            macro.append(_fmt(m.model_dump()) if m is not None else "–")
+        rows.append(macro)
+        out += f"<h3>Truth: {html.escape(title)}</h3>" + _table(["finding", *names], rows, [""] * (len(rows) - 1) + ["headline"])
+    return out
+
+
 def _metrics_section(results: Path) -> str:
     path = results / "eval/metrics.json"
     if not path.exists():
         return _missing(f"{path} (run the evaluate stage)")
-    m = json.loads(path.read_text())
-    methods, settings, head = metrics_parts(m)
-    parts = []
-    model = head.get("model")
-    if model:
-        delta = head.get("delta_vs_previous_image")
-        verdict = ("not computable" if delta is None else
-                   f'<span class="{"better" if delta > 0 else "worse"}">{model} {"beats" if delta > 0 else "does not beat"} previous_image by {delta:+.3f}</span>')
-        boot = head.get("delta_bootstrap") or {}
-        ci = boot.get("ci95")
-        ci_txt = (f"95 % interval of the difference [{ci[0]:+.3f}, {ci[1]:+.3f}] ({boot.get('n_valid')} paired patient-level "
-                  f"bootstrap resamples of {boot.get('n_patients')} patients)" if ci else
-                  f"no bootstrap interval ({html.escape(str(boot.get('reason', 'not computed')))})")
-        micro = head.get("diff_micro", {})
-        n_def = head.get("n_diff_labels_defined", {})
-        parts.append(
-            "<h3>Headline: Diff-subset macro AUROC (labels that changed since the previous image)</h3>"
-            + _table(["", model, "previous_image (baseline)", "real_target (ceiling)", "verdict"],
-                     [["Diff macro AUROC", _fmt(head.get(model)), _fmt(head.get("previous_image")), _fmt(head.get("real_target")), verdict],
-                      ["Diff micro AUROC", _fmt(micro.get(model)), _fmt(micro.get("previous_image")), _fmt(micro.get("real_target")), ""],
-                      ["labels defined in Diff", str(n_def.get(model, "–")), str(n_def.get("previous_image", "–")), str(n_def.get("real_target", "–")), ""]],
-                     ["headline", "", ""])
-            + f"<p>{ci_txt}.</p>")
-    parts.append(f"<p>Split <b>{html.escape(str(settings.get('split')))}</b>, N = {settings.get('n_pairs')} pairs from "
-                 f"{settings.get('n_patients')} patients; subsets: {html.escape(str(settings.get('subsets', '')))}.</p>")
+    mf = read_metrics(path)
+    st = mf.settings
+    parts = [f"<p>Split <b>{html.escape(str(st.get('split')))}</b>, N = {st.get('n_pairs')} pairs from "
+             f"{st.get('n_patients')} patients; subsets: {html.escape(str(st.get('subsets', '')))}.</p>"]
+    parts.append("<h3>Headline: the model against each control</h3>" + _comparisons_table(mf))
+    ls = mf.label_sets
+    parts.append("<h3>Label sets (fixed before scoring and resampling)</h3>" + _table(
+        ["macro", "labels"], [[k, html.escape(", ".join(v) or "(none: every macro here is undefined)")] for k, v in
+                              [*((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")), ("truth metrics", ls.truth)]])
+        + f"<p>Rule: {html.escape(ls.rule)}.</p>")
     rows, classes = [], []
-    for name, r in methods.items():
-        a = r["auroc"]
-        ev = r["fid"].get("evaluator", {})
-        rows.append([f"{html.escape(name)} <small>({html.escape(r['kind'])})</small>",
-                     *[_fmt(a[s][k]) for s in ("all", "diff", "same") for k in ("micro", "macro")],
-                     _fmt(r["sex_auroc"]), _fmt(r["age_pearson_r"]), _fmt(ev.get("value"), 2), _fmt(ev.get("floor"), 2),
-                     *[_fmt(r["fid"].get(k, {}).get("value"), 2) for k in ("inception", "xrv")]])
-        classes.append("headline" if name == model else "")
+    for name, r in mf.methods.items():
+        a = r.auroc
+        ev = r.fid.get("evaluator")
+        seeds = "–" if r.n_seeds is None else (str(r.n_seeds["min"]) if r.n_seeds["min"] == r.n_seeds["max"] else f"{r.n_seeds['min']}–{r.n_seeds['max']}")
+        rows.append([f"{html.escape(name)} <small>({html.escape(r.kind)})</small><br><small>{html.escape(r.description)}</small>", seeds,
+                     *[_fmt(a[s].macro.model_dump()) for s in ("diff", "all", "same")],
+                     *[_fmt(a[s].micro.model_dump()) for s in ("diff", "all")],
+                     _fmt(r.truth.partial_r_macro.model_dump()) if r.truth.computed and r.truth.partial_r_macro else "–",
+                     _fmt(r.truth.crossing_auroc_macro.model_dump()) if r.truth.computed and r.truth.crossing_auroc_macro else "–",
+                     _fmt(r.sex_auroc.model_dump()), _fmt(r.age_pearson_r.model_dump()),
+                     _fmt(ev.value if ev else None, 2), _fmt(ev.floor if ev else None, 2),
+                     *[_fmt(r.fid[k].value if k in r.fid else None, 2) for k in ("inception", "xrv")]])
+        classes.append("headline" if name == mf.model else "")
     parts.append("<h3>All methods side by side</h3>" + _table(
-        ["method", "All micro", "All macro", "Diff micro", "Diff macro", "Same micro", "Same macro", "sex AUROC", "age r",
-         "FD evaluator", "FD floor (real vs real)", "Inception FID", "XRV FID"], rows, classes))
+        ["method", "seeds averaged", "Diff macro", "All macro", "Same macro", "Diff micro", "All micro", "truth partial r",
+         "truth crossing AUROC", "sex AUROC", "age r", "FD evaluator", "FD floor (real vs real)", "Inception FID", "XRV FID"],
+        rows, classes))
+    parts.append(_truth_tables(mf))
+    labels = st.get("labels", list(EVAL_LABELS))
     for sub in ("diff", "all", "same"):
-        labels = settings.get("labels", list(EVAL_LABELS))
         rows = []
         for lab in labels:
-            row = [html.escape(DISPLAY_NAME.get(lab, lab))]
-            for r in methods.values():
-                e = r["auroc"][sub]["per_label"][lab]
-                row.append(f"{_fmt(e)} <small>({e['n_pos']}+/{e['n_neg']}−)</small>")
+            row = [html.escape(DISPLAY_NAME.get(lab, lab)) + (" <small>(in the macro)</small>" if lab in ls.auroc[sub] else "")]
+            for r in mf.methods.values():
+                e = r.auroc[sub].per_label[lab]
+                row.append(f"{_fmt(e.model_dump())} <small>({e.n_pos}+/{e.n_neg}−)</small>")
             rows.append(row)
-        parts.append(f"<h3>Per-label AUROC, {sub.capitalize()} subset (positives/negatives)</h3>" + _table(["label", *methods], rows))
+        parts.append(f"<h3>Per-label AUROC, {sub.capitalize()} subset (positives/negatives)</h3>" + _table(["label", *mf.methods], rows))
+    any_r = next(iter(mf.methods.values())).fid
     for ext in ("evaluator", "inception", "xrv"):
-        any_r = next(iter(methods.values()))["fid"].get(ext, {})
-        if not any_r.get("computed", False):
-            parts.append(f"<p><b>FD {ext}</b>: not computed ({html.escape(str(any_r.get('reason', 'not configured')))}).</p>")
+        f = any_r.get(ext)
+        if f is None or not f.computed:
+            parts.append(f"<p><b>FD {ext}</b>: not computed ({html.escape(str(f.reason if f else 'not configured'))}).</p>")
         else:
-            parts.append(f"<p><b>FD {ext}</b>: {html.escape(str(any_r.get('extractor', '')))}; d = {any_r.get('dim')}, "
-                         f"halves N = {any_r.get('n_a')} / {any_r.get('n_b')}; {html.escape(str(any_r.get('protocol', '')))}. "
-                         f"{html.escape(str(any_r.get('note', '')))}</p>")
-    gen_rows = [[html.escape(n), html.escape(json.dumps(r.get("generation")))] for n, r in methods.items() if r.get("generation")]
+            parts.append(f"<p><b>FD {ext}</b>: {html.escape(str(f.extractor))}; d = {f.dim}, halves N = {f.n_a} / {f.n_b}; "
+                         f"{html.escape(str(f.protocol))}. {html.escape(str(f.note or ''))} "
+                         f"{html.escape(str(st.get('fid_images', '')))}</p>")
+    gen_rows = [[html.escape(n), html.escape(json.dumps(r.generation))] for n, r in mf.methods.items() if r.generation]
     if gen_rows:
         parts.append("<h3>Sampling settings (from the manifests)</h3>" + _table(["method", "settings"], gen_rows))
-    run_info = settings.get("run_info")
+    run_info = st.get("run_info")
     if run_info:
         parts.append("<h3>Run info</h3><pre>" + html.escape(json.dumps(run_info, indent=2)) + "</pre>")
     parts.append(_evaluator_quality(results))

@@ -3,20 +3,17 @@
 `train_evaluator` -> `eval/evaluator/`, `evaluate` -> `eval/metrics.json`,
 `build_report` (re-exported from `report`) -> `eval/report.html`.
 
-metrics.json layout (the design's contract: one object per method): top-level keys
-`ehrxdiff` (and `image_only` when trained), `previous_image`, `real_target`, each with `kind`, `n_pairs`,
-`generation` (manifest seeds/sampler/steps/guidance), `auroc.{all|diff|same}.{per_label.<label>|micro|macro}`
-(`value` or null + `reason`, `n_pos`/`n_neg`), `sex_auroc`, `age_pearson_r`, `age_mae_years`,
-`fid.{evaluator|inception|xrv}` (`value`, `floor`, `n_a`/`n_b`, `dim`, `protocol`, or `computed: false` + `reason`),
-and `settings` (split, N, labels, evaluate config, run_info, evaluator, FID protocol, coverage; the same object
-for every method). The model's object also holds `vs_previous_image`: Diff macro AUROC of the model,
-previous_image and real_target, the delta and its bootstrap interval. `metrics_parts` reads it back.
+metrics.json: the typed layout of `evaluation/schema.py` (`MetricsFile`): `methods` (one object per
+method: the model, its controls, the real-target and oracle ceilings), `comparisons` (model minus each
+control on the headline metrics, with paired patient-level bootstrap intervals and a verdict),
+`label_sets` (fixed before scoring), `truth` and `settings`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ import torch
 
 from ehrxdiff_core.atomic import atomic_dir, atomic_path
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig
-from ehrxdiff_core.evaluation import frechet, inception, metrics, xrv
+from ehrxdiff_core.evaluation import comparisons, frechet, inception, metrics, xrv
 from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, load_evaluator, predict, save_evaluator
 from ehrxdiff_core.evaluation.evaluator_training import train_loop
 from ehrxdiff_core.evaluation.inputs import (
@@ -36,14 +33,18 @@ from ehrxdiff_core.evaluation.inputs import (
     open_images,
     read_cohort_images,
     read_manifest,
-    read_pngs,
+    read_images,
     read_table,
     read_triplets,
     truth_severity_columns,
 )
 from ehrxdiff_core.evaluation.plots import loss_curve_png
+from ehrxdiff_core.evaluation.schema import MetricsFile
+from ehrxdiff_core.evaluation.truth import DYNAMIC_MIN_CHANGE, PairTruth, pair_truth
 from ehrxdiff_core.evaluation.report import build_report  # noqa: F401  (entry point re-exported)
 from ehrxdiff_core.labels import EVAL_LABELS
+
+log = logging.getLogger(__name__)
 
 PRELOAD_BYTES = 2 << 30  # train images up to 2 GiB are held in memory; larger sets are read per batch
 
@@ -192,6 +193,17 @@ def train_evaluator(images_h5, cohort_images, cfg: EvaluatorConfig, out_dir, dev
 
 # ------------------------------------------------------------------------------------------- evaluate
 
+MODEL = "ehrxdiff"
+DESCRIPTIONS = {
+    "ehrxdiff": "the model: previous image + the events in between",
+    "image_only": "the same LDM (same budget and seed) trained and sampled with every event masked",
+    "previous_image": "the previous image as the prediction (a copy)",
+    "previous_vae": "the previous image through the autoencoder: the floor any latent model starts from",
+    "previous_blur": "the previous image blurred to the model's measured sharpness",
+    "real_target": "the real target image: the evaluator's ceiling",
+    "oracle": "scores = the target's hidden severities (synthetic world): the ceiling of each metric",
+}
+
 
 def _manifest_settings(manifest: pd.DataFrame) -> dict:
     def values(col):
@@ -200,8 +212,11 @@ def _manifest_settings(manifest: pd.DataFrame) -> dict:
         u = sorted(manifest[col].dropna().unique().tolist())
         return u if len(u) <= 10 else {"n_unique": len(u), "min": u[0], "max": u[-1]}
 
-    out = {k: values(k) for k in ("seed", "sampler", "steps", "guidance")}
-    out["seeds"] = out.pop("seed")
+    out = {k: values(k) for k in ("sampler", "steps", "guidance")}
+    first = manifest[manifest["seed_index"] == 0] if "seed_index" in manifest else manifest
+    seeds = sorted(first["seed"].dropna().unique().tolist())
+    out["seeds"] = seeds if len(seeds) <= 10 else {"n_unique": len(seeds), "min": seeds[0], "max": seeds[-1]}
+    out["seed_indices"] = sorted(int(k) for k in manifest["seed_index"].unique())
     if "seconds" in manifest:
         out["seconds_per_image_mean"] = float(manifest["seconds"].mean()) if len(manifest) else None
     return out
@@ -212,9 +227,59 @@ def _fid_block(name: str, feats: dict[str, np.ndarray], halves, extractor: str, 
     return {"computed": res.get("value") is not None, "extractor": extractor, **extra, **res}
 
 
+def _seed_averaged(model, meta, folder: Path, manifest: pd.DataFrame, ids: list[str], size: int, device: str) -> tuple[dict, np.ndarray, dict]:
+    """Evaluator outputs averaged over every seed of each pair, the seed-0 images, and seeds per pair.
+
+    Averaging the scores of several samples of one pair estimates the evaluator's expectation under the
+    model's distribution for that pair, instead of one draw's noise.
+    """
+    pos = {p: i for i, p in enumerate(ids)}
+    man = manifest[manifest["pair_id"].isin(pos)]
+    sums: dict[str, np.ndarray] = {}
+    count = np.zeros(len(ids))
+    seed0 = None
+    for k, rows in sorted(man.groupby("seed_index"), key=lambda kv: kv[0]):
+        rows = rows.drop_duplicates("pair_id")
+        imgs = read_images(folder, rows["path"].tolist(), size)
+        at = rows["pair_id"].map(pos).to_numpy()
+        if k == 0:
+            seed0 = np.empty((len(ids), size, size), np.uint8)
+            seed0[at] = imgs
+        out = predict(model, meta, imgs, device)
+        for key in ("probs", "p_male", "age"):
+            if key not in sums:
+                sums[key] = np.zeros((len(ids), *out[key].shape[1:]))
+            np.add.at(sums[key], at, out[key])
+        count[at] += 1
+    averaged = {key: v / count.reshape(-1, *[1] * (v.ndim - 1)) for key, v in sums.items()}
+    averaged["features"] = predict(model, meta, seed0, device)["features"]  # realism: one sample per pair
+    return averaged, seed0, {"min": int(count.min()), "max": int(count.max())}
+
+
+def _truth_block(truth: PairTruth | None, truth_reason: str | None, data: HeadlineData, probs: np.ndarray,
+                 change: np.ndarray | None, label_set: list[str]) -> dict:
+    if truth is None:
+        return {"computed": False, "reason": truth_reason}
+    per = {}
+    for f in truth.findings:
+        j, k = data.labels.index(f), truth.column(f)
+        sp, st = truth.prev[:, k], truth.trg[:, k]
+        per[f] = {"threshold": truth.thresholds[f],
+                  "partial_r": metrics.partial_correlation(change[:, j], st - sp, sp),
+                  "crossing_auroc": metrics.crossing_auroc(probs[:, j], sp, st, truth.thresholds[f])}
+    return {"computed": True, "per_finding": per,
+            "partial_r_macro": metrics.macro_over({f: v["partial_r"] for f, v in per.items()}, label_set),
+            "crossing_auroc_macro": metrics.macro_over({f: v["crossing_auroc"] for f, v in per.items()}, label_set)}
+
+
 def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: EvaluateConfig, run_info: dict,
-             out_json, device="auto", split="test", *, _inception_sha256_prefix: str = inception.FID_WEIGHTS_SHA256_PREFIX) -> dict:
-    """Score every method on the same `split` pairs and write `eval/metrics.json` (layout in the module docstring)."""
+             out_json, device="auto", split="test", truth=None, *, model_name: str = MODEL,
+             _inception_sha256_prefix: str = inception.FID_WEIGHTS_SHA256_PREFIX) -> dict:
+    """Score the model and every control on the same `split` pairs; write `eval/metrics.json`.
+
+    `samples` maps a method name to its samples folder (the model and the image controls);
+    `previous_image`, `real_target` and (with `truth`, the synthetic world) `oracle` are added here.
+    """
     t0 = time.time()
     device = resolve_device(device)
     model, meta = load_evaluator(evaluator_dir, device)
@@ -222,12 +287,15 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
     store = open_images(images_h5)
     if store.size != meta["image_size"]:
         raise InputError(f"{images_h5}: images are {store.size} px but the evaluator in {evaluator_dir} expects {meta['image_size']}")
+    if model_name not in samples:
+        raise ValueError(f"samples: the model {model_name!r} has no samples folder (got {list(samples)})")
+    reserved = {"previous_image", "real_target", "oracle"} & set(samples)
+    if reserved:
+        raise ValueError(f"samples: the names {sorted(reserved)} are reserved for the built-in baselines")
     trip = read_triplets(triplets, labels)
     trip = trip[trip["split"] == split]
     if trip.empty:
         raise InputError(f"{triplets}: no pairs with split == {split!r}")
-    if "previous_image" in samples or "real_target" in samples:
-        raise ValueError("samples: the names previous_image and real_target are reserved for the baselines")
 
     keep = trip["prev_dicom_id"].map(lambda d: d in store) & trip["trg_dicom_id"].map(lambda d: d in store)
     pair_ids = set(trip.loc[keep, "pair_id"])
@@ -235,7 +303,7 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
     for name, folder in samples.items():
         folder = Path(folder)
         man = read_manifest(folder)
-        have = {p for p in man["pair_id"] if (folder / f"{p}.png").exists()}
+        have = {p for p in man.loc[man["seed_index"] == 0, "pair_id"] if (folder / f"{p}.png").exists()}
         coverage[f"n_without_{name}"] = len(pair_ids - have)
         manifests[name] = man
         pair_ids &= have
@@ -243,15 +311,52 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
         raise InputError(f"no {split} pair of {triplets} has real images and a sample in every samples folder {list(samples)}")
     trip = trip[trip["pair_id"].isin(pair_ids)].sort_values("pair_id").reset_index(drop=True)
     ids = trip["pair_id"].tolist()
+    log.info("evaluate: %d %s pairs from %d patients; methods %s", len(ids), split, trip["subject_id"].nunique(), list(samples))
 
-    images = {name: read_pngs(samples[name], ids, store.size) for name in samples}
+    images: dict[str, np.ndarray] = {}
+    preds: dict[str, dict] = {}
+    n_seeds: dict[str, dict] = {}
+    for name, folder in samples.items():
+        preds[name], images[name], n_seeds[name] = _seed_averaged(model, meta, Path(folder), manifests[name], ids, store.size, device)
     images["previous_image"] = store.load(trip["prev_dicom_id"].tolist())
     images["real_target"] = store.load(trip["trg_dicom_id"].tolist())
-    preds = {name: predict(model, meta, imgs, device) for name, imgs in images.items()}
+    for name in ("previous_image", "real_target"):
+        preds[name] = predict(model, meta, images[name], device)
     halves = frechet.patient_halves(trip["subject_id"].to_numpy(), cfg.seed)
-
     trg, prev = label_matrix(trip, "trg_", labels), label_matrix(trip, "prev_", labels)
-    feats = {"evaluator": {k: p["features"] for k, p in preds.items()}}
+
+    # ground truth (synthetic world only), the label sets (fixed from labels and truth alone), the oracle
+    pt, truth_reason = None, None
+    if truth is None:
+        truth_reason = "no hidden ground truth (real data): truth-based metrics are defined on the synthetic world only"
+    else:
+        pt = pair_truth(truth, trip, labels)
+        if pt.n_pairs_with_truth == 0:
+            pt, truth_reason = None, f"{truth}: no scored pair has hidden severities for both images"
+    candidates = pt.dynamic if pt is not None else list(labels)
+    label_sets = comparisons.fixed_label_sets(trg, prev, labels, candidates, cfg.min_label_positives, cfg.min_label_negatives)
+    truth_set = comparisons.truth_label_set(pt, cfg.min_label_positives, cfg.min_label_negatives) if pt is not None else []
+    rule = (f"{'dynamic findings' if pt is not None else 'all evaluator labels (no ground truth to tell dynamic ones)'} with "
+            f">= {cfg.min_label_positives} positive and >= {cfg.min_label_negatives} negative targets in the subset; "
+            f"truth metrics: dynamic findings with >= {cfg.min_label_positives} upward and >= {cfg.min_label_negatives} "
+            "downward threshold crossings")
+    log.info("evaluate: label sets %s; truth set %s", label_sets, truth_set)
+    if pt is not None:
+        oracle = np.full((len(ids), len(labels)), np.nan)
+        for f in pt.findings:
+            oracle[:, labels.index(f)] = pt.trg[:, pt.column(f)]
+        preds["oracle"] = {"probs": oracle}
+
+    data = comparisons.HeadlineData(labels, trg, prev, label_sets, pt, truth_set)
+    base = preds["previous_image"]["probs"]
+    changes = {name: p["probs"] - base for name, p in preds.items()}
+    if pt is not None:
+        true_change = np.full((len(ids), len(labels)), np.nan)
+        for f in pt.findings:
+            true_change[:, labels.index(f)] = pt.trg[:, pt.column(f)] - pt.prev[:, pt.column(f)]
+        changes["oracle"] = true_change
+
+    feats = {"evaluator": {k: preds[k]["features"] for k in images}}
     fid_status: dict[str, dict] = {}
     if cfg.inception_weights:
         net = inception.load_fid_inception(cfg.inception_weights, _inception_sha256_prefix)
@@ -272,48 +377,71 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
         "xrv": ("torchxrayvision DenseNet121-res224-all avg-pooled features", {}),
     }
 
+    order = [model_name, *[n for n in samples if n != model_name], "previous_image", "real_target"]
+    order += ["oracle"] if pt is not None else []
+    kinds = {n: "control" for n in order}
+    kinds.update({model_name: "model", "real_target": "ceiling", "oracle": "ceiling"})
+    ages = trip["age"].astype("float64").to_numpy()
     methods = {}
-    kinds = {**{n: "generated" for n in samples}, "previous_image": "baseline", "real_target": "ceiling"}
-    for name, kind in kinds.items():
+    for name in order:
         p = preds[name]
-        fid = {ext: _fid_block(name, feats[ext], halves, *extractors[ext]) for ext in feats}
-        fid.update(fid_status)
+        image_based = name != "oracle"
+        na = {"value": None, "reason": "the oracle has no image"}
+        if image_based:
+            fid = {ext: _fid_block(name, feats[ext], halves, *extractors[ext]) for ext in feats}
+            fid.update(fid_status)
+        else:
+            fid = {ext: {"computed": False, "reason": "the oracle has no image"} for ext in ("evaluator", "inception", "xrv")}
         methods[name] = {
-            "kind": kind,
+            "kind": kinds[name],
+            "description": DESCRIPTIONS.get(name, "generated images"),
             "n_pairs": len(ids),
+            "n_seeds": n_seeds.get(name),
             "generation": _manifest_settings(manifests[name][manifests[name]["pair_id"].isin(pair_ids)]) if name in samples else None,
-            "auroc": metrics.finding_aurocs(p["probs"], trg, prev, labels),
-            "sex_auroc": metrics.sex_auroc(p["p_male"], trip["gender"].to_numpy()),
-            "age_pearson_r": metrics.pearson(p["age"], trip["age"].to_numpy()),
-            "age_mae_years": float(np.nanmean(np.abs(p["age"] - trip["age"].astype("float64").to_numpy()))),
+            "auroc": metrics.finding_aurocs(p["probs"], trg, prev, labels, label_sets),
+            "sex_auroc": metrics.sex_auroc(p["p_male"], trip["gender"].to_numpy()) if image_based else na,
+            "age_pearson_r": metrics.pearson(p["age"], ages) if image_based else na,
+            "age_mae_years": float(np.nanmean(np.abs(p["age"] - ages))) if image_based and np.isfinite(ages).any() else None,
             "fid": fid,
+            "truth": _truth_block(pt, truth_reason, data, p["probs"], changes[name], truth_set),
         }
 
-    model_name = "ehrxdiff" if "ehrxdiff" in samples else next(iter(samples), None)
-    headline = {"subset": "diff", "statistic": "macro AUROC", "model": model_name}
-    for name in ([model_name] if model_name else []) + ["previous_image", "real_target"]:
-        headline[name] = methods[name]["auroc"]["diff"]["macro"]["value"]
-    if model_name and headline[model_name] is not None and headline["previous_image"] is not None:
-        headline["delta_vs_previous_image"] = headline[model_name] - headline["previous_image"]
-        headline["model_beats_previous_image"] = headline["delta_vs_previous_image"] > 0
-        headline["delta_bootstrap"] = metrics.bootstrap_macro_delta(
-            preds[model_name]["probs"], preds["previous_image"]["probs"], trg, prev, trip["subject_id"].to_numpy(),
-            "diff", cfg.bootstrap, cfg.seed)
-    headline["diff_micro"] = {n: methods[n]["auroc"]["diff"]["micro"]["value"] for n in methods}
-    headline["n_diff_labels_defined"] = {n: methods[n]["auroc"]["diff"]["macro"]["n_labels"] for n in methods}
+    groups = trip["subject_id"].to_numpy()
+    values = {n: comparisons.headline_values(data, preds[n]["probs"], changes[n], np.arange(len(ids))) for n in order}
+    controls = [n for n in order if kinds[n] == "control"]
+    t_boot = time.time()
+    boot = comparisons.bootstrap(data, {n: (preds[n]["probs"], changes[n]) for n in [model_name, *controls]},
+                                 groups, cfg.bootstrap, cfg.seed)
+    log.info("evaluate: %d paired patient-level resamples in %.1f s", cfg.bootstrap, time.time() - t_boot)
+    comps = comparisons.compare(model_name, controls, values, boot, cfg.bootstrap, int(len(np.unique(groups))))
+
+    truth_info: dict = {"used": pt is not None}
+    if pt is None:
+        truth_info["reason"] = truth_reason
+    else:
+        truth_info.update(n_pairs_with_truth=pt.n_pairs_with_truth, findings=pt.change, dynamic=pt.dynamic,
+                          dynamic_rule=f"mean |target - previous| hidden severity over the scored pairs >= {DYNAMIC_MIN_CHANGE}")
     settings = {
-            "split": split, "n_pairs": len(ids), "n_patients": int(trip["subject_id"].nunique()),
-            "labels": list(labels), "evaluate": cfg.model_dump(mode="json"), "run_info": run_info,
-            "evaluator": {"dir": str(evaluator_dir), "arch": meta["arch"], "image_size": meta["image_size"],
-                          "feature_dim": meta["feature_dim"], "n_train_images": meta.get("n_train_images")},
-            "fid_protocol": frechet.PROTOCOL, "fid_halves": {"n_a": len(halves[0]), "n_b": len(halves[1]), "seed": cfg.seed},
-            "subsets": "per label: all = target label known; diff = target != previous (previous NULL -> 0); same = target == previous",
-            "coverage": coverage, "seconds": time.time() - t0,
+        "split": split, "n_pairs": len(ids), "n_patients": int(trip["subject_id"].nunique()),
+        "labels": list(labels), "evaluate": cfg.model_dump(mode="json"), "run_info": run_info,
+        "evaluator": {"dir": str(evaluator_dir), "arch": meta["arch"], "image_size": meta["image_size"],
+                      "feature_dim": meta["feature_dim"], "n_train_images": meta.get("n_train_images")},
+        "fid_protocol": frechet.PROTOCOL, "fid_halves": {"n_a": len(halves[0]), "n_b": len(halves[1]), "seed": cfg.seed},
+        "fid_images": "seed 0 of each generated pair (scores are averaged over seeds; features are not)",
+        "subsets": "per label: all = target label known; diff = target != previous (previous NULL -> 0); same = target == previous",
+        "bootstrap": {"n_boot": cfg.bootstrap, "resampling": "patients with replacement, paired across methods", "seed": cfg.seed},
+        "coverage": coverage, "seconds": time.time() - t0,
     }
-    for block in methods.values():
-        block["settings"] = settings
-    if model_name:
-        methods[model_name]["vs_previous_image"] = headline
-    result = methods
-    write_json(result, Path(out_json))
-    return to_json(result)
+    result = MetricsFile.model_validate(to_json({
+        "model": model_name, "methods": methods, "comparisons": comps, "headline_metrics": dict(comparisons.METRIC_TEXT),
+        "label_sets": {"rule": rule, "auroc": label_sets, "truth": truth_set, "candidates": candidates},
+        "truth": truth_info, "settings": settings,
+    }))
+    payload = result.model_dump(mode="json")
+    write_json(payload, Path(out_json))
+    for name, entries in comps.items():
+        for e in entries:
+            ci = e["ci95"]
+            log.info("evaluate: %s %s delta=%s ci95=%s -> %s", name, e["metric"],
+                     None if e["delta"] is None else round(e["delta"], 4), None if ci is None else [round(c, 4) for c in ci], e["verdict"])
+    return payload
