@@ -197,6 +197,8 @@ class TextConfig(Section):
     rewrite: RewriteConfig = RewriteConfig()
     cache_dir: str = "results/embeddings/cache"  # persistent content-addressed cache (survives reruns)
     cache_shard_texts: int = Field(50_000, ge=1)  # new texts encoded per cache shard (unit of resumable work)
+    # per-text value features beside the embedding (docs/numeric_features.md); the paper used text only
+    numeric_features: bool = True
 
 
 # ------------------------------------------------------------------------------------------- models

@@ -65,7 +65,8 @@ def check_images_h5(path: Path, size: int, dicom_ids: set[str]) -> None:
         assert pixels[: min(4, len(ids))].std() > 0
 
 
-def check_embeddings_h5(path: Path, events: pd.DataFrame) -> None:
+def check_embeddings_h5(path: Path, events: pd.DataFrame, numeric: bool | None = None) -> None:
+    """`numeric`: whether `texts/numeric` must be present (True) or absent (False); None: checked when present."""
     with h5py.File(path, "r") as f:
         texts, pairs = f["texts"], f["pairs"]
         emb = texts["embedding"]
@@ -81,6 +82,20 @@ def check_embeddings_h5(path: Path, events: pd.DataFrame) -> None:
         for i, pid in enumerate(pair_ids):
             assert offsets[i + 1] - offsets[i] == counts[pid]
         assert rows.max() < emb.shape[0]
+        if numeric is not None:
+            assert ("numeric" in texts) == numeric, f"texts/numeric {'missing' if numeric else 'present'}"
+        if "numeric" in texts:
+            num = texts["numeric"]
+            names = json.loads(num.attrs["features"])
+            assert num.dtype == np.float32 and num.shape == (emb.shape[0], len(names))
+            assert {"has_value", "value_z", "abnormal"} <= set(names)
+            for key in ("standardisation", "scale", "clip"):
+                assert key in num.attrs, f"texts/numeric attr {key} missing"
+            x = num[:]
+            assert np.isfinite(x).all() and (np.abs(x) <= float(num.attrs["clip"])).all()
+            has = x[:, names.index("has_value")]
+            assert set(np.unique(has)) <= {0.0, 1.0} and (x[has == 0] == 0).all()
+            assert set(np.unique(x[:, names.index("abnormal")])) <= {-1.0, 0.0, 1.0}
 
 
 def check_metrics(path: Path, controls: tuple[str, ...] = ("previous_image", "previous_vae", "previous_blur")) -> MetricsFile:

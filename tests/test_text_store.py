@@ -115,7 +115,7 @@ def test_reader_padding_mask_truncation(stage):
     tr = pd.DataFrame({"pair_id": ["a", "b"], "n_events": [5, 2]})
     _, path = stage(ev, tr)
     h = read_h5(path)
-    r = EmbeddingReader(path)
+    r = EmbeddingReader(path, numeric=False)  # the text embeddings alone (numeric features: test_text_numeric.py)
     assert r.dim == 16 and r.pair_ids == ["a", "b"] and "a" in r and "zz" not in r and len(r) == 2
     x, mask = r.batch(["b", "a"], 3)
     assert x.shape == (2, 3, 16) and x.dtype == torch.float32 and mask.dtype == torch.bool
@@ -129,6 +129,10 @@ def test_reader_padding_mask_truncation(stage):
     assert rows_b[1] == rows_a[0]  # the repeated text shares a row
     x8, m8 = r.batch(["a"], 8)
     assert m8.sum().item() == 5 and (x8[0, 5:] == 0).all()
+    wide = EmbeddingReader(path)  # default: numeric features on, appended after the embedding, padding still zero
+    xw, mw = wide.batch(["b", "a"], 3)
+    assert wide.dim == 16 + 4 and xw.shape == (2, 3, 20) and torch.equal(mw, mask)
+    assert torch.equal(xw[..., :16], x) and (xw[0, 2] == 0).all()
     with pytest.raises(KeyError, match="zz"):
         r.batch(["zz"], 4)
 

@@ -85,6 +85,7 @@ class TabularEncoder(nn.Module):
 
     def __init__(self, event_dim: int, cfg: ClipConfig):
         super().__init__()
+        self.event_dim = event_dim
         width = cfg.tab_width or event_dim
         if width % cfg.tab_heads:
             raise ValueError(f"clip.tab_heads ({cfg.tab_heads}) must divide the transformer width {width} (clip.tab_width or the event dim)")
@@ -95,6 +96,9 @@ class TabularEncoder(nn.Module):
 
     def tokens(self, events: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-event outputs (B, L, embed_dim); `mask` True = real. Empty rows attend position 0 (no NaN)."""
+        if events.shape[-1] != self.event_dim:  # e.g. a store re-embedded with other text.numeric_features
+            raise ValueError(f"event vectors are {events.shape[-1]} wide but this model was trained on {self.event_dim}; "
+                             "re-embed with the same text settings (encoder, text.numeric_features) or retrain")
         keep = mask.clone()
         keep[~keep.any(1), 0] = True
         return self.proj(self.encoder(self.inp(events), src_key_padding_mask=~keep))

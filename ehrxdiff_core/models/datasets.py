@@ -29,7 +29,7 @@ class ImageSource(Protocol):
 
 
 class EventSource(Protocol):
-    dim: int
+    dim: int  # width of one event vector: text embedding (+ numeric features when the store has them)
 
     def __contains__(self, pair_id: str) -> bool: ...
     def batch(self, pair_ids: list[str], max_events: int) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -42,11 +42,16 @@ def open_image_store(path: str | Path) -> ImageSource:
     return ImageStore(path)
 
 
-def open_embedding_reader(path: str | Path) -> EventSource:
-    """The event-embedding store of the embed stage (`embeddings/events.h5`)."""
+def open_embedding_reader(path: str | Path, numeric: bool | None = None) -> EventSource:
+    """The event-embedding store of the embed stage (`embeddings/events.h5`).
+
+    Event vectors are the text embedding followed by the store's numeric features when it has them
+    (`text.numeric_features`), so `dim` = D + K and the models need no switch of their own; `numeric=False`
+    reads the text embedding only, `True` requires the features.
+    """
     from ehrxdiff_core.text.store import EmbeddingReader
 
-    return EmbeddingReader(path)
+    return EmbeddingReader(path, numeric=numeric)
 
 
 def load_pairs(

@@ -37,6 +37,14 @@ TABLE_COLUMNS: dict[str, list[str]] = {
 }
 ITEM_TABLES = {"chartevents": "d_items", "inputevents": "d_items", "outputevents": "d_items",
                "procedureevents": "d_items", "labevents": "d_labitems"}
+# The (number, unit) columns of each table's serialized event. Only measurements are compared with reference
+# ranges (the abnormality flag); doses, amounts and durations feed the numeric features alone.
+QUANTITY_FIELDS: dict[str, tuple[str, str]] = {
+    "chartevents": ("valuenum", "valueuom"), "labevents": ("valuenum", "valueuom"),
+    "outputevents": ("value", "valueuom"), "inputevents": ("amount", "amountuom"),
+    "procedureevents": ("value", "valueuom"), "prescriptions": ("dose_val_rx", "dose_unit_rx"),
+}
+MEASUREMENT_TABLES = ("chartevents", "labevents", "outputevents")
 _ALL_COLUMNS = sorted({c for cols in TABLE_COLUMNS.values() for c in cols})
 _NORM_RE = re.compile(r"[^a-z0-9%]+")
 
@@ -97,7 +105,11 @@ def _opt(x) -> float | None:
 
 @dataclass
 class EventItem:
-    """What an event is about and its measured value, as parsed from its text (and code)."""
+    """What an event is about and its number, as parsed from its text (and code).
+
+    `quantity` is any number the event carries (measurement, dose, amount, duration) with its `unit`; `value`
+    is that number only for measurements, the ones a reference range applies to.
+    """
 
     table: str
     label: str | None
@@ -106,6 +118,7 @@ class EventItem:
     ref_low: float | None = None
     ref_high: float | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    quantity: float | None = None
 
 
 def event_item(text: str, source: str | None = None, code: str | None = None) -> EventItem:
@@ -119,13 +132,14 @@ def event_item(text: str, source: str | None = None, code: str | None = None) ->
         label = f.get("org_name") or f.get("test_name") or f.get("spec_type_desc")
     else:
         label = None
-    value = unit = None
-    if table in ("chartevents", "labevents"):
-        value, unit = _number(f.get("valuenum")), f.get("valueuom")
-    elif table == "outputevents":
-        value, unit = _number(f.get("value")), f.get("valueuom")
+    quantity = unit = None
+    if table in QUANTITY_FIELDS:
+        number_col, unit_col = QUANTITY_FIELDS[table]
+        quantity, unit = _number(f.get(number_col)), f.get(unit_col)
+    value = quantity if table in MEASUREMENT_TABLES else None
     return EventItem(table=table, label=label or None, value=value, unit=unit,
-                     ref_low=_number(f.get("ref_range_lower")), ref_high=_number(f.get("ref_range_upper")), fields=f)
+                     ref_low=_number(f.get("ref_range_lower")), ref_high=_number(f.get("ref_range_upper")), fields=f,
+                     quantity=quantity)
 
 
 class KnowledgeLookup:
@@ -160,6 +174,35 @@ class KnowledgeLookup:
                     break
         self._gloss_cache[norm] = hit
         return hit
+
+    def reference_range(self, item: EventItem, dict_row: int | None, gloss_row: int | None):
+        """The event's own lab range, else the d_items normal range, else the glossary's; units must agree."""
+        k = self.k
+        candidates = [(item.ref_low, item.ref_high, item.unit)]
+        if dict_row is not None:
+            candidates.append((_opt(k.at[dict_row, "low"]), _opt(k.at[dict_row, "high"]), k.at[dict_row, "unit"]))
+        if gloss_row is not None and k.at[gloss_row, "kind"] in MEASUREMENT_KINDS:
+            candidates.append((_opt(k.at[gloss_row, "low"]), _opt(k.at[gloss_row, "high"]), k.at[gloss_row, "unit"]))
+        for low, high, unit in candidates:
+            if low is None and high is None:
+                continue
+            if _unit(unit) and _unit(item.unit) and _unit(unit) != _unit(item.unit):
+                continue
+            return low, high, unit
+        return None, None, None
+
+    def resolve(self, text: str, source: str | None = None, code: str | None = None):
+        """(parsed item, its glossary row, its dictionary row): everything retrieval and range flags start from."""
+        item = event_item(text, source, code)
+        gloss = self.glossary_for(item.label) if item.label else None
+        return item, gloss, self.dictionary_for(item.table, item.label, code)
+
+    def flag(self, item: EventItem, dict_row: int | None, gloss_row: int | None):
+        """(flag, low, high, unit) of a measurement against its reference range; flag None without value or range."""
+        if item.value is None:
+            return None, None, None, None
+        low, high, unit = self.reference_range(item, dict_row, gloss_row)
+        return abnormality_flag(item.value, low, high), low, high, unit
 
     def dictionary_for(self, table: str, label: str | None, code: str | None) -> int | None:
         dict_source = ITEM_TABLES.get(table)
@@ -199,20 +242,8 @@ class Augmenter:
             raise ValueError("text.rag.enabled with top_k > 0 needs an encoder and a FAISS index")
 
     def reference_range(self, item: EventItem, dict_row: int | None, gloss_row: int | None):
-        """The event's own lab range, else the d_items normal range, else the glossary's; units must agree."""
-        k = self.lookup.k
-        candidates = [(item.ref_low, item.ref_high, item.unit)]
-        if dict_row is not None:
-            candidates.append((_opt(k.at[dict_row, "low"]), _opt(k.at[dict_row, "high"]), k.at[dict_row, "unit"]))
-        if gloss_row is not None and k.at[gloss_row, "kind"] in MEASUREMENT_KINDS:
-            candidates.append((_opt(k.at[gloss_row, "low"]), _opt(k.at[gloss_row, "high"]), k.at[gloss_row, "unit"]))
-        for low, high, unit in candidates:
-            if low is None and high is None:
-                continue
-            if _unit(unit) and _unit(item.unit) and _unit(unit) != _unit(item.unit):
-                continue
-            return low, high, unit
-        return None, None, None
+        """See `KnowledgeLookup.reference_range`."""
+        return self.lookup.reference_range(item, dict_row, gloss_row)
 
     def _retrieve(self, queries: list[str], exclude: list[list[int]]) -> list[list[int]]:
         """FAISS top hits per query with score >= min_score, skipping snippets already chosen lexically."""
@@ -237,9 +268,7 @@ class Augmenter:
         k = self.lookup.k
         items, own = [], []
         for text, src, code in zip(texts, sources, codes):
-            item = event_item(text, src, code)
-            gloss = self.lookup.glossary_for(item.label) if item.label else None
-            dict_row = self.lookup.dictionary_for(item.table, item.label, code)
+            item, gloss, dict_row = self.lookup.resolve(text, src, code)
             items.append((item, gloss, dict_row))
             own.append([i for i in (gloss, dict_row) if i is not None])
 
@@ -256,9 +285,8 @@ class Augmenter:
         for j, text in enumerate(texts):
             item, gloss, dict_row = items[j]
             flag, flag_txt = None, ""
-            if self.rag.abnormal_flag and item.value is not None:
-                low, high, unit = self.reference_range(item, dict_row, gloss)
-                flag = abnormality_flag(item.value, low, high)
+            if self.rag.abnormal_flag:
+                flag, low, high, unit = self.lookup.flag(item, dict_row, gloss)
                 if flag is not None:
                     rng = f"{'' if low is None else f'{low:g}'} to {'' if high is None else f'{high:g}'}".strip()
                     unit_txt = f" {unit}" if unit and not pd.isna(unit) else ""

@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ehrxdiff_core.config import TextConfig
-from ehrxdiff_core.text.augment import Augmenter
+from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup
 from ehrxdiff_core.text.encoders import load_encoder
 from ehrxdiff_core.text.index import (check_index_matches, knowledge_digest, make_index, read_index,
                                       write_index)
 from ehrxdiff_core.text.knowledge import build_knowledge_table, read_knowledge, write_knowledge
+from ehrxdiff_core.text.numeric import input_scale, numeric_features
 from ehrxdiff_core.text.rewrite import Rewriter, rewrite_id
 from ehrxdiff_core.text.store import EmbeddingCache, settings_key, text_hashes, write_store
 
@@ -70,6 +71,19 @@ def _read_pairs(triplets_parquet: Path) -> list[str]:
     if len(set(pairs)) != len(pairs):
         raise ValueError(f"{path}: duplicate pair_id values")
     return pairs
+
+
+def _train_pairs(triplets_parquet: Path, pairs: list[str]) -> tuple[np.ndarray, str]:
+    """Which pairs statistics may be learned from: the train split when the triplets have one, else all pairs."""
+    path = Path(triplets_parquet)
+    if "split" not in pq.read_schema(path).names:
+        return np.ones(len(pairs), dtype=bool), "all pairs (triplets have no split column)"
+    t = pq.read_table(path, columns=["pair_id", "split"]).to_pandas()
+    split = dict(zip(t["pair_id"], t["split"]))
+    train = np.array([split.get(p) == "train" for p in pairs], dtype=bool)
+    if not train.any():
+        return np.ones(len(pairs), dtype=bool), "all pairs (no train pairs)"
+    return train, "train pairs"
 
 
 @dataclass
@@ -131,7 +145,10 @@ def augmentation_settings(cfg: TextConfig, digest: str | None) -> dict:
 
 def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet: Path, index_path: Path,
                  cfg: TextConfig, out_h5: Path) -> dict:
-    """Write embeddings/events.h5 for the pairs of events/triplets.parquet, encoding only texts not yet cached."""
+    """Write embeddings/events.h5 for the pairs of events/triplets.parquet, encoding only texts not yet cached.
+
+    With `text.numeric_features` the file also holds per-text numeric features (`ehrxdiff_core.text.numeric`).
+    """
     t0 = time.perf_counter()
     pairs = _read_pairs(Path(triplets_parquet))
     ev = _read_events(Path(events_parquet), pairs)
@@ -140,7 +157,8 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
     encoder = load_encoder(cfg.encoder)
     use_rag = cfg.rag.enabled and cfg.rag.top_k > 0
     needs_knowledge = cfg.rag.enabled and (use_rag or cfg.rag.abnormal_flag)
-    knowledge = read_knowledge(Path(knowledge_parquet)) if needs_knowledge else None
+    corpus = read_knowledge(Path(knowledge_parquet)) if needs_knowledge or cfg.numeric_features else None
+    knowledge = corpus if needs_knowledge else None  # what augments texts (and keys the cache); numeric: `corpus`
     digest = knowledge_digest(knowledge) if knowledge is not None else None
     index = None
     if use_rag:
@@ -178,8 +196,15 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     attrs = {"encoder": encoder.encoder_id, "dim": encoder.dim, "pooling": cfg.encoder.pooling,
              "rag": json.dumps(aug_settings, sort_keys=True)}
+    numeric = numeric_attrs = None
+    if cfg.numeric_features:  # fresh from this run's events each time; the cache stays text-only
+        train, stats_from = _train_pairs(Path(triplets_parquet), pairs)
+        weights = np.bincount(ev.rows[np.repeat(train, counts)], minlength=len(uniques))
+        numeric, numeric_attrs = numeric_features(uniques, ev.sources, ev.codes, weights, KnowledgeLookup(corpus),
+                                                  stats_from)
+        numeric_attrs["scale"] = input_scale(embeddings, numeric.shape[1])
     write_store(Path(out_h5), hashes=hashes, embeddings=embeddings, pair_ids=pairs, offsets=offsets,
-                rows=ev.rows, attrs=attrs)
+                rows=ev.rows, attrs=attrs, numeric=numeric, numeric_attrs=numeric_attrs)
     n_empty = int((counts == 0).sum())
     if n_empty:
         log.warning("embed: %d of %d pairs have no events in %s", n_empty, len(pairs), events_parquet)
@@ -190,6 +215,7 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
         "n_encoded": int(len(todo)),
         "n_reused": int(len(uniques) - len(todo)),
         "dim": encoder.dim,
+        "numeric_features": 0 if numeric is None else int(numeric.shape[1]),
         "encoder": encoder.encoder_id,
         "encode_seconds": round(encode_s, 3),
         "seconds": round(time.perf_counter() - t0, 3),
