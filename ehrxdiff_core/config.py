@@ -294,6 +294,7 @@ class SampleConfig(Section):
     batch_size: int = Field(16, ge=1)
     use_ema: bool = True
     max_pairs: int | None = None
+    n_seeds: int = Field(2, ge=1)  # seeds per pair; the evaluation averages the evaluator's scores over them
 
 
 # --------------------------------------------------------------------------------------- evaluation

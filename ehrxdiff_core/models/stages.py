@@ -32,7 +32,7 @@ from ehrxdiff_core.models.datasets import (
 )
 from ehrxdiff_core.models.ddp import barrier, init_distributed
 from ehrxdiff_core.models.ldm import LatentDiffusion, build_unet, load_ldm
-from ehrxdiff_core.models.sampling import timed_sample
+from ehrxdiff_core.models.sampling import MANIFEST_SCHEMA, sample_path, sample_seeds
 from ehrxdiff_core.models.training import TrainResult, run_training, trainable_params
 from ehrxdiff_core.models.vae import CHEFF_SCALE, VaeTrainer, build_vae, estimate_scale, import_pretrained
 
@@ -216,7 +216,10 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
 
 
 def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConfig, max_events: int, out_dir, device="auto") -> dict:
-    """Predict target images for the pairs of `cfg.split`: `{pair_id}.png` + `manifest.parquet`, atomically."""
+    """Predict target images for the pairs of `cfg.split`, `cfg.n_seeds` per pair, atomically: seed index 0 at
+    `{pair_id}.png`, k ≥ 1 at `seed{k}/{pair_id}.png`, one `manifest.parquet` row per image (`MANIFEST_SCHEMA`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from PIL import Image
     from tqdm import tqdm
 
@@ -239,12 +242,17 @@ def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConf
     with atomic_dir(out_dir) as tmp:
         for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="sample", mininterval=2.0):
             idx = np.arange(start, min(start + cfg.batch_size, len(pairs)))
-            batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in data.get(idx, with_events=use_ehr).items()}
-            seeds = [pair_seed(cfg.seed, p) for p in batch["pair_id"]]
-            imgs, secs = timed_sample(model, batch, cfg, seeds, dev)
-            for pid, seed, img in zip(batch["pair_id"], seeds, imgs):
-                Image.fromarray(img, mode="L").save(tmp / f"{pid}.png")
-                rows.append({"pair_id": pid, "seed": seed, "sampler": cfg.sampler, "steps": cfg.steps,
-                             "guidance": cfg.guidance_scale, "seconds": secs / len(idx)})
-        pd.DataFrame(rows, columns=["pair_id", "seed", "sampler", "steps", "guidance", "seconds"]).to_parquet(tmp / "manifest.parquet", index=False)
-    return {"n": len(rows), "seconds_per_image": float(np.mean([r["seconds"] for r in rows])), "sampler": cfg.sampler, "steps": cfg.steps}
+            batch = {key: (v.to(dev) if torch.is_tensor(v) else v) for key, v in data.get(idx, with_events=use_ehr).items()}
+            seed_lists = [[pair_seed(cfg.seed + k, p) for p in batch["pair_id"]] for k in range(cfg.n_seeds)]
+            results = sample_seeds(model, batch, cfg, seed_lists, dev)
+            for i, pid in enumerate(batch["pair_id"]):
+                for k, ((imgs, secs), seeds) in enumerate(zip(results, seed_lists)):
+                    path = sample_path(pid, k)
+                    (tmp / path).parent.mkdir(exist_ok=True)
+                    Image.fromarray(imgs[i], mode="L").save(tmp / path)
+                    rows.append({"pair_id": pid, "seed_index": k, "seed": seeds[i], "path": path, "sampler": cfg.sampler,
+                                 "steps": cfg.steps, "guidance": cfg.guidance_scale, "seconds": secs / len(idx)})
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        pq.write_table(table, tmp / "manifest.parquet")
+    return {"n": len(rows), "n_pairs": len(pairs), "n_seeds": cfg.n_seeds,
+            "seconds_per_image": float(np.mean([r["seconds"] for r in rows])), "sampler": cfg.sampler, "steps": cfg.steps}
