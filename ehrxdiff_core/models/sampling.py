@@ -61,7 +61,7 @@ def condition_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig) -
     null = torch.zeros(prev_mode.shape[0], dtype=torch.bool, device=prev_mode.device)
     cond = model.condition(batch, prev_mode, null)
     uncond = None
-    if sample.guidance_scale != 1.0:
+    if sample.guidance_scale != 1.0 and not model.mask_events:  # image-only: both branches are the same input
         uncond = model.condition(batch, prev_mode, torch.ones_like(null))
     return cond, uncond
 
