@@ -194,9 +194,10 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
     model, spec = build_latent_diffusion(cfg, vae, clip, store.size, max_events, mask_events)
     if cfg.train.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-    res = run_training(model, make_batch_fn(data, cfg.train, with_events), cfg.train, work_dir,
-                       {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale, "mask_events": mask_events},
-                       info, name="ldm")
+    run_config = {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale}
+    if mask_events:  # only then: ehrxdiff's resume key stays what its existing checkpoints carry
+        run_config["mask_events"] = True
+    res = run_training(model, make_batch_fn(data, cfg.train, with_events), cfg.train, work_dir, run_config, info, name="ldm")
     out = {**_summary(res), "n_pairs": len(pairs), "n_null": int(pairs.get("null", pd.Series(dtype=bool)).sum()), "mask_events": mask_events,
            "unet_params": sum(p.numel() for p in model.unet.parameters()),
            "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter))}
