@@ -296,6 +296,13 @@ class SampleConfig(Section):
     batch_size: int = Field(16, ge=1)
     use_ema: bool = True
     max_pairs: int | None = None
+    n_seeds: int = Field(2, ge=1)  # seeds per pair; the evaluation averages the evaluator's scores over them
+
+
+class ControlsConfig(Section):
+    """Control models trained and scored beside ehrxdiff, to show whether a prediction follows the events."""
+
+    image_only: bool = True  # the same LDM, same budget and seed, trained and sampled with every event masked
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -340,6 +347,7 @@ class PipelineConfig(Section):
     clip: ClipConfig = ClipConfig()
     ldm: LdmConfig = LdmConfig()
     sample: SampleConfig = SampleConfig()
+    controls: ControlsConfig = ControlsConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()

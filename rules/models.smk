@@ -83,8 +83,23 @@ rule train_ldm:
         ldm=sec("ldm"),
         max_events=CFG.events.max_events,
         work=f"{RESULTS}/work/ldm-{params_hash(sec('ldm'), CFG.events.max_events)}",
+        mask_events=False,
     script:
         "../workflow_scripts/train_ldm.py"
+
+
+# The image-only control: the same LDM (config, budget, seed, pairs) with every event masked, so the
+# comparison with ehrxdiff shows what the events add. Its spec records mask_events; sampling reads it.
+use rule train_ldm as train_ldm_image_only with:
+    output:
+        model=directory(f"{RESULTS}/models/ldm_image_only"),
+    log:
+        "logs/train_ldm_image_only.log",
+    benchmark:
+        "benchmarks/train_ldm_image_only.tsv"
+    params:
+        work=f"{RESULTS}/work/ldm_image_only-{params_hash(sec('ldm'), CFG.events.max_events, 'mask_events')}",
+        mask_events=True,
 
 
 rule sample:
@@ -113,3 +128,19 @@ rule sample:
         max_events=CFG.events.max_events,
     script:
         "../workflow_scripts/sample.py"
+
+
+use rule sample as sample_image_only with:
+    input:
+        images=IMAGES_H5,
+        embeddings=rules.embed.output.h5,
+        triplets=EVENTS_TRIPLETS,
+        vae=rules.train_vae.output.model,
+        ldm=rules.train_ldm_image_only.output.model,
+        code=code("models/sampling.py", "models/datasets.py") + MODEL_STAGES,
+    output:
+        samples=directory(f"{RESULTS}/samples/image_only/{{split}}"),
+    log:
+        "logs/sample_image_only/{split}.log",
+    benchmark:
+        "benchmarks/sample_image_only/{split}.tsv"

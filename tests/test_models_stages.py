@@ -1,5 +1,5 @@
 """Entry points on a tiny contract-conformant world: artifacts, sampling (determinism, both
-samplers, EMA), missing inputs named by config key, Cheff/LDM autoencoder import."""
+samplers, EMA, several seeds per pair), missing inputs named by config key, Cheff/LDM autoencoder import."""
 
 import json
 import shutil
@@ -38,7 +38,7 @@ def world(tmp_path_factory):
 
 
 def _sample(world, out, ldm="ldm", **kw):
-    cfg = SampleConfig(**{"steps": 4, "batch_size": 3, **kw})
+    cfg = SampleConfig(**{"steps": 4, "batch_size": 3, "n_seeds": 1, **kw})
     info = sample(world["images"], world["embeddings"], world["triplets"], world["root"] / "models" / "vae",
                   world["root"] / "models" / ldm, cfg, ME, world["root"] / out)
     return info, world["root"] / out
@@ -67,7 +67,8 @@ def test_samplers_write_contract_pngs_and_manifest(world):
     for sampler in ("ddim", "dpmsolver++"):
         info, out = _sample(world, f"s_{sampler}", sampler=sampler)
         man = pd.read_parquet(out / "manifest.parquet")
-        assert list(man.columns) == ["pair_id", "seed", "sampler", "steps", "guidance", "seconds"]
+        assert list(man.columns) == ["pair_id", "seed_index", "seed", "path", "sampler", "steps", "guidance", "seconds"]
+        assert set(man["seed_index"]) == {0} and list(man["path"]) == [f"{p}.png" for p in man["pair_id"]]
         test_pairs = pd.read_parquet(world["triplets"]).query("split == 'test'")
         assert len(man) == len(test_pairs) - 1  # the pair with a missing image is dropped
         assert set(man["sampler"]) == {sampler}
@@ -86,6 +87,33 @@ def test_sampling_is_deterministic_and_batch_independent(world):
     assert all(np.array_equal(pa[k], pb[k]) for k in pa)
     assert all(np.abs(pa[k].astype(int) - pc[k].astype(int)).max() <= 1 for k in pa)  # batch composition: float noise only
     assert any(not np.array_equal(pa[k], pd_[k]) for k in pa)
+
+
+def test_several_seeds_per_pair(world):
+    """Seed index 0 is the one-seed image, bit for bit; index k ≥ 1 lies in seed{k}/ with seed `pair_seed(seed + k, pair)`."""
+    import pyarrow.parquet as pq
+
+    from ehrxdiff_core.models.datasets import pair_seed
+
+    _, one = _sample(world, "seeds1", sampler="ddim")
+    info, two = _sample(world, "seeds2", sampler="ddim", n_seeds=2)
+    man = pd.read_parquet(two / "manifest.parquet")
+    pairs = sorted(pd.read_parquet(one / "manifest.parquet")["pair_id"])
+    assert info["n"] == 2 * len(pairs) and info["n_seeds"] == 2 and len(man) == 2 * len(pairs)
+    schema = pq.read_schema(two / "manifest.parquet")
+    assert {f.name: str(f.type) for f in schema} == {
+        "pair_id": "string", "seed_index": "int32", "seed": "int64", "path": "string", "sampler": "string",
+        "steps": "int64", "guidance": "double", "seconds": "double"}
+    assert not man.duplicated(["pair_id", "seed_index"]).any() and set(man["seed_index"]) == {0, 1}
+    for row in man.itertuples():
+        assert row.seed == pair_seed(42 + row.seed_index, row.pair_id)
+        assert row.path == (f"{row.pair_id}.png" if row.seed_index == 0 else f"seed1/{row.pair_id}.png")
+        assert (two / row.path).exists()
+    assert sorted(p.name for p in two.iterdir()) == sorted([f"{p}.png" for p in pairs] + ["manifest.parquet", "seed1"])
+    p1, p2, p2b = _pixels(one), _pixels(two), _pixels(two / "seed1")
+    assert sorted(p2) == sorted(p2b) == pairs
+    assert all(np.array_equal(p1[k], p2[k]) for k in pairs)  # index 0 = today's image
+    assert any(not np.array_equal(p2[k], p2b[k]) for k in pairs)  # another seed, another image
 
 
 def test_guidance_uses_null_condition(world):

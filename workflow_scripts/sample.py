@@ -20,4 +20,4 @@ info = sample(
     Path(snakemake.output.samples),
     device=device_from_config(snakemake.config.get("compute")),
 )
-log.info("sample: %s", info)
+log.info("%s: %s", snakemake.rule, info)

@@ -22,5 +22,6 @@ info = run_stage(  # ldm.train.gpus > 1: torchrun over the job's GPUs
     out_dir=snakemake.output.model,
     device=device_from_config(snakemake.config.get("compute")),
     work_dir=snakemake.params.work,
+    mask_events=snakemake.params.mask_events,  # True: the image-only control (rule train_ldm_image_only)
 )
-log.info("train_ldm: %s", info)
+log.info("%s: %s", snakemake.rule, info)

@@ -1,4 +1,4 @@
-"""Models of issue 4: autoencoder, CXR–EHR CLIP, fusion adapter, latent diffusion, sampling.
+"""Models: autoencoder, CXR–EHR CLIP, fusion adapter, latent diffusion, sampling.
 
 Entry points live in `stages.py` (imported lazily, so `models.training` stays light for other
 users such as the evaluator); see `README.md` here for the faithful-vs-fixed choices table.

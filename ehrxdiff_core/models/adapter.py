@@ -6,8 +6,10 @@ linear (as the original), null/no-event samples are all-zero tables with no padd
 no token-axis linear; tokens are concatenated and padded events are hidden from cross-attention
 by an attention mask, so any number of events works (padding past a batch's longest row is not
 computed at all; the demo default). `use_ehr/use_vit/use_vae` switch the branches
-off for ablations (use_ehr: false = the image-only baseline). ViT tokens: all tokens after the
-encoder, without ln_post (quirk 9); VAE tokens: posterior mode, unscaled (quirk 10).
+off for ablations (use_ehr: false removes the branch and its parameters; the image-only control
+keeps the branch and gives every row the null table, see `LatentDiffusion.mask_events`). A batch
+without events (`events=None`, every row null) gets the null table built here. ViT tokens: all
+tokens after the encoder, without ln_post (quirk 9); VAE tokens: posterior mode, unscaled (quirk 10).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class FusionAdapter(nn.Module):
         c, h, w = latent_shape
         n_tokens = 0
         if cfg.use_ehr:
+            self.event_dim = clip.event_dim
             self.tab = clip.tab
             self.ehr_proj = _proj(clip.cfg.embed_dim, context_dim)
             n_tokens += max_events
@@ -54,7 +57,7 @@ class FusionAdapter(nn.Module):
         parts, masks = [], []
         b = prev.shape[0]
         if self.cfg.use_ehr:
-            mask = mask.clone()
+            events, mask = self._event_table(events, mask, null, b, prev.device)
             if self.cfg.mode == "paper":
                 mask[null] = True  # the original's null table: zeros, no padding → zeros are attended
             else:  # masked: padded events are hidden from cross-attention, so they need not be computed
@@ -74,6 +77,22 @@ class FusionAdapter(nn.Module):
         attn = torch.cat(masks, dim=1)
         attn[~attn.any(1), 0] = True  # a row with nothing to attend (EHR-only, no events) sees one zero token
         return ctx, attn
+
+    def _event_table(self, events: torch.Tensor | None, mask: torch.Tensor | None, null: torch.Tensor, b: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Events and a fresh mask of the shape each mode needs: `paper`'s token-axis linear wants exactly
+        max_events columns, `masked` at least one (the encoders need a position to attend)."""
+        if events is None:  # an image-only batch: no embeddings were read, every row is null
+            if not bool(null.all()):
+                raise ValueError("FusionAdapter: event embeddings are missing for rows that are not null")
+            events = torch.zeros(b, 0, self.event_dim, device=device)
+            mask = torch.zeros(b, 0, dtype=torch.bool, device=device)
+        width = self.max_events if self.cfg.mode == "paper" else max(1, events.shape[1])
+        if events.shape[1] < width:  # zero events padded, hidden by the mask (paper: null rows see zeros, as the original)
+            pad = width - events.shape[1]
+            events = torch.cat([events, events.new_zeros(b, pad, events.shape[2])], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(b, pad)], dim=1)
+        return events, mask.clone()
 
 
 def _proj(d_in: int, d_out: int) -> nn.Module:

@@ -9,7 +9,8 @@ target affine jitter, condition dropout (events replaced by the null table) for 
 guidance. Choice: EMA covers U-Net *and* adapter (the original kept EMA of the U-Net only and
 sampled without it), so sampling with EMA uses a consistent pair. Demo defaults (the config
 classes): `hybrid` + `v_prediction` + masked adapter, which learn the event-driven change within a CPU budget;
-`configs/paper.yaml`: `crossattn` + ε as the original.
+`configs/paper.yaml`: `crossattn` + ε as the original. `mask_events` makes the image-only control:
+the same architecture with every row given the null condition, in training and in sampling.
 """
 
 from __future__ import annotations
@@ -72,11 +73,17 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 
 
 
 class LatentDiffusion(nn.Module):
-    """U-Net + adapter (trainable) and the frozen autoencoder; forward(batch, generator) = (loss, logs)."""
+    """U-Net + adapter (trainable) and the frozen autoencoder; forward(batch, generator) = (loss, logs).
 
-    def __init__(self, cfg: LdmConfig, unet: UNet2DConditionModel, adapter: FusionAdapter, vae: AutoencoderKL, train_clip: bool | None = None):
+    `mask_events=True` is the image-only control: every row gets the null condition (as CFG's
+    unconditional branch), so the parameters are those of the full model but no event reaches them.
+    """
+
+    def __init__(self, cfg: LdmConfig, unet: UNet2DConditionModel, adapter: FusionAdapter, vae: AutoencoderKL, train_clip: bool | None = None,
+                 mask_events: bool = False):
         super().__init__()
         self.cfg, self.unet, self.adapter, self.vae = cfg, unet, adapter, vae
+        self.mask_events = mask_events
         self.vae.requires_grad_(False)
         self.scale = float(vae.config.scaling_factor)
         self.scheduler = noise_scheduler(cfg)
@@ -96,6 +103,8 @@ class LatentDiffusion(nn.Module):
 
     def condition(self, batch: dict, prev_mode: torch.Tensor, null: torch.Tensor):
         """(context, attention mask or None, concat latent or None) for a batch; `null` rows get the null table."""
+        if self.mask_events:  # image-only control: every row, whatever the batch or the caller says
+            null = torch.ones_like(null)
         events, mask = batch.get("events"), batch.get("mask")
         if events is not None and null.any():
             events = events.masked_fill(null[:, None, None], 0.0)
@@ -144,7 +153,8 @@ class LatentDiffusion(nn.Module):
 
 
 def load_ldm(ldm_dir: str | Path, vae: AutoencoderKL, use_ema: bool) -> LatentDiffusion:
-    """Rebuild the trained model from `ldm_dir`; `use_ema` takes `unet_ema/` + `adapter_ema/` when present."""
+    """Rebuild the trained model from `ldm_dir`; `use_ema` takes `unet_ema/` + `adapter_ema/` when present.
+    A model trained image-only (spec `mask_events`) comes back masking every event, so it is never sampled with them."""
     from safetensors.torch import load_file
 
     ldm_dir = Path(ldm_dir)
@@ -160,6 +170,6 @@ def load_ldm(ldm_dir: str | Path, vae: AutoencoderKL, use_ema: bool) -> LatentDi
         raise FileNotFoundError(f"sample.use_ema: {ldm_dir} has no EMA weights (unet_ema/); set sample.use_ema: false")
     unet = UNet2DConditionModel.from_pretrained(ldm_dir / f"unet{suffix}")
     adapter.load_state_dict(load_file(ldm_dir / f"adapter{suffix}" / "model.safetensors"))
-    model = LatentDiffusion(cfg, unet, adapter, vae)
+    model = LatentDiffusion(cfg, unet, adapter, vae, mask_events=bool(spec.get("mask_events", False)))
     model.eval()
     return model

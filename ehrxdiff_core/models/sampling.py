@@ -1,10 +1,12 @@
 """Sampling: DDIM (paper: 100 steps, η = 1) or DPM-Solver++ chosen by `sample.sampler`, optional
-classifier-free guidance against the null-event condition, per-pair seeds, PNG + manifest output.
+classifier-free guidance against the null-event condition, `sample.n_seeds` seeds per pair, PNG +
+manifest output (`MANIFEST_SCHEMA`, `sample_path`: the samples-folder contract).
 
 The scheduler is the only thing that changes between samplers (diffusers' interchangeable
 `set_timesteps` / `step`). Each pair's initial noise and DDIM noise come from its own generator
 (seed + hash(pair_id)), so an image does not depend on which batch it was in. Latents are not
-clipped (quirk 15); decoding uses latents / scale and clamps pixels to [-1, 1].
+clipped (quirk 15); decoding uses latents / scale and clamps pixels to [-1, 1]. Seed index k of a
+pair uses `pair_seed(sample.seed + k, pair_id)`, so index 0 is the one-seed image.
 """
 
 from __future__ import annotations
@@ -12,12 +14,33 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ehrxdiff_core.config import LdmConfig, SampleConfig
 from ehrxdiff_core.models.ldm import LatentDiffusion
 from ehrxdiff_core.models.vae import decode_gray
+
+# samples/…/manifest.parquet: one row per (pair, seed index); `path` is relative to the samples folder
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("seed_index", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("sampler", pa.string(), nullable=False),
+        pa.field("steps", pa.int64(), nullable=False),
+        pa.field("guidance", pa.float64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
+
+def sample_path(pair_id: str, seed_index: int) -> str:
+    """Where image (pair, seed index) lies in a samples folder: index 0 at the top, as the design's
+    `{pair_id}.png` contract says; index k ≥ 1 in `seed{k}/`."""
+    return f"{pair_id}.png" if seed_index == 0 else f"seed{seed_index}/{pair_id}.png"
 
 
 def make_scheduler(sample: SampleConfig, ldm: LdmConfig):
@@ -30,28 +53,35 @@ def make_scheduler(sample: SampleConfig, ldm: LdmConfig):
 
 
 @torch.no_grad()
-def sample_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device) -> torch.Tensor:
-    """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
+def condition_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig) -> tuple[tuple, tuple | None]:
+    """The conditional inputs of a batch and, under guidance, the unconditional ones (null events, same
+    previous image); computed once and shared by every seed of the batch."""
     model.eval()
+    prev_mode = model.encode_prev(batch["prev"])
+    null = torch.zeros(prev_mode.shape[0], dtype=torch.bool, device=prev_mode.device)
+    cond = model.condition(batch, prev_mode, null)
+    uncond = None
+    if sample.guidance_scale != 1.0 and not model.mask_events:  # image-only: both branches are the same input
+        uncond = model.condition(batch, prev_mode, torch.ones_like(null))
+    return cond, uncond
+
+
+@torch.no_grad()
+def denoise(model: LatentDiffusion, cond: tuple, uncond: tuple | None, sample: SampleConfig, seeds: list[int],
+            device: torch.device) -> np.ndarray:
+    """uint8 images (B, S, S) from conditioned inputs; `seeds[i]` drives every random draw of pair i."""
     sched = make_scheduler(sample, model.cfg)
     sched.set_timesteps(sample.steps, device=device)
     gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-    prev = batch["prev"]
-    b = prev.shape[0]
+    b = len(seeds)
     c = model.unet.config.out_channels
     h = w = model.unet.config.sample_size
     z = torch.stack([torch.randn(c, h, w, generator=g) for g in gens]).to(device) * sched.init_noise_sigma
-    prev_mode = model.encode_prev(prev)
-    null = torch.zeros(b, dtype=torch.bool, device=device)
-    cond = model.condition(batch, prev_mode, null)
-    guided = sample.guidance_scale != 1.0
-    if guided:
-        uncond = model.condition(batch, prev_mode, torch.ones_like(null))
     for t in sched.timesteps:
         zin = sched.scale_model_input(z, t)
         tt = t.expand(b).to(device)
         eps = model.eps(zin, tt, *cond)
-        if guided:
+        if uncond is not None:
             eps_u = model.eps(zin, tt, *uncond)
             eps = eps_u + sample.guidance_scale * (eps - eps_u)
         kwargs = {}
@@ -60,6 +90,12 @@ def sample_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig, seed
         z = _step(sched, eps, t, z, kwargs, gens)
     x = decode_gray(model.vae, z / model.scale).clamp(-1, 1)
     return ((x[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+
+
+def sample_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device) -> np.ndarray:
+    """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
+    cond, uncond = condition_batch(model, batch, sample)
+    return denoise(model, cond, uncond, sample, seeds, device)
 
 
 def _step(sched, eps, t, z, kwargs, gens):
@@ -71,7 +107,16 @@ def _step(sched, eps, t, z, kwargs, gens):
     return sched.step(eps, t, z, **({"eta": kwargs["eta"]} if "eta" in kwargs else {})).prev_sample
 
 
-def timed_sample(model, batch, sample: SampleConfig, seeds, device) -> tuple[np.ndarray, float]:
+def sample_seeds(model: LatentDiffusion, batch: dict, sample: SampleConfig, seed_lists: list[list[int]],
+                 device: torch.device) -> list[tuple[np.ndarray, float]]:
+    """(images, seconds) per seed list of one batch: conditioned once, denoised once per list; each list's
+    seconds include an equal share of the conditioning."""
     t0 = time.perf_counter()
-    imgs = sample_batch(model, batch, sample, seeds, device)
-    return imgs, time.perf_counter() - t0
+    cond, uncond = condition_batch(model, batch, sample)
+    share = (time.perf_counter() - t0) / len(seed_lists)
+    out = []
+    for seeds in seed_lists:
+        t1 = time.perf_counter()
+        imgs = denoise(model, cond, uncond, sample, seeds, device)
+        out.append((imgs, share + time.perf_counter() - t1))
+    return out

@@ -32,7 +32,7 @@ from ehrxdiff_core.models.datasets import (
 )
 from ehrxdiff_core.models.ddp import barrier, init_distributed
 from ehrxdiff_core.models.ldm import LatentDiffusion, build_unet, load_ldm
-from ehrxdiff_core.models.sampling import timed_sample
+from ehrxdiff_core.models.sampling import MANIFEST_SCHEMA, sample_path, sample_seeds
 from ehrxdiff_core.models.training import TrainResult, run_training, trainable_params
 from ehrxdiff_core.models.vae import CHEFF_SCALE, VaeTrainer, build_vae, estimate_scale, import_pretrained
 
@@ -155,21 +155,26 @@ def train_clip(images_h5, embeddings_h5, triplets, cfg: ClipConfig, max_events: 
 # ------------------------------------------------------------------------------------------------ LDM
 
 
-def build_latent_diffusion(cfg: LdmConfig, vae, clip: ClipModel, image_size: int, max_events: int) -> tuple[LatentDiffusion, dict]:
+def build_latent_diffusion(cfg: LdmConfig, vae, clip: ClipModel, image_size: int, max_events: int,
+                           mask_events: bool = False) -> tuple[LatentDiffusion, dict]:
     """The U-Net + adapter for a given autoencoder and CLIP; returns the model and its rebuild spec."""
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (vae.config.latent_channels, image_size // f, image_size // f)
     adapter = FusionAdapter(cfg.adapter, clip, latent_shape, cfg.cross_attention_dim, max_events)
     unet = build_unet(cfg, latent_shape[0], latent_shape[1])
-    model = LatentDiffusion(cfg, unet, adapter, vae)
+    model = LatentDiffusion(cfg, unet, adapter, vae, mask_events=mask_events)
     spec = {"ldm": cfg.model_dump(mode="json"), "clip_spec": clip.spec(), "latent_shape": list(latent_shape),
-            "max_events": max_events, "image_size": image_size, "scaling_factor": model.scale}
+            "max_events": max_events, "image_size": image_size, "scaling_factor": model.scale, "mask_events": mask_events}
     return model, spec
 
 
 def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmConfig, max_events: int, out_dir,
-              device="auto", work_dir=None) -> dict:
-    """Train the conditional U-Net and the fusion adapter (CLIP encoders from `clip_dir`, trained jointly)."""
+              device="auto", work_dir=None, mask_events: bool = False) -> dict:
+    """Train the conditional U-Net and the fusion adapter (CLIP encoders from `clip_dir`, trained jointly).
+
+    `mask_events=True` trains the image-only control: same pairs, architecture, budget and seed, with
+    every row given the null condition (its batches carry no event embeddings).
+    """
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
     info = init_distributed(device)
@@ -179,18 +184,21 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
     reader = open_embedding_reader(embeddings_h5) if cfg.adapter.use_ehr else None
     if reader is not None and reader.dim != clip.event_dim:
         raise ValueError(f"{embeddings_h5}: embedding dim {reader.dim} differs from the CLIP model's {clip.event_dim} ({clip_dir}); retrain CLIP")
-    pairs = load_pairs(triplets, "train", store, reader)
+    pairs = load_pairs(triplets, "train", store, reader)  # the image-only control filters the same pairs
     if cfg.null_augmentation:
         pairs = add_null_samples(pairs)
-    data = PairBatches(pairs, images_h5, embeddings_h5 if cfg.adapter.use_ehr else None, max_events)
+    with_events = cfg.adapter.use_ehr and not mask_events
+    data = PairBatches(pairs, images_h5, embeddings_h5 if with_events else None, max_events)
     data.cache_images()
     torch.manual_seed(cfg.train.seed)
-    model, spec = build_latent_diffusion(cfg, vae, clip, store.size, max_events)
+    model, spec = build_latent_diffusion(cfg, vae, clip, store.size, max_events, mask_events)
     if cfg.train.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-    res = run_training(model, make_batch_fn(data, cfg.train, cfg.adapter.use_ehr), cfg.train, work_dir,
-                       {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale}, info, name="ldm")
-    out = {**_summary(res), "n_pairs": len(pairs), "n_null": int(pairs.get("null", pd.Series(dtype=bool)).sum()),
+    run_config = {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale}
+    if mask_events:  # only then: ehrxdiff's resume key stays what its existing checkpoints carry
+        run_config["mask_events"] = True
+    res = run_training(model, make_batch_fn(data, cfg.train, with_events), cfg.train, work_dir, run_config, info, name="ldm")
+    out = {**_summary(res), "n_pairs": len(pairs), "n_null": int(pairs.get("null", pd.Series(dtype=bool)).sum()), "mask_events": mask_events,
            "unet_params": sum(p.numel() for p in model.unet.parameters()),
            "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter))}
     if info.is_main:
@@ -216,7 +224,11 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
 
 
 def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConfig, max_events: int, out_dir, device="auto") -> dict:
-    """Predict target images for the pairs of `cfg.split`: `{pair_id}.png` + `manifest.parquet`, atomically."""
+    """Predict target images for the pairs of `cfg.split`, `cfg.n_seeds` per pair, atomically: seed index 0 at
+    `{pair_id}.png`, k ≥ 1 at `seed{k}/{pair_id}.png`, one `manifest.parquet` row per image (`MANIFEST_SCHEMA`).
+    An image-only model (`ldm_config.json` `mask_events`) is sampled with every event masked."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from PIL import Image
     from tqdm import tqdm
 
@@ -231,20 +243,26 @@ def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConf
         raise ValueError(f"{images_h5}: images are {store.size} px but {ldm_dir} was trained at {trained_size} px (images.size)")
     use_ehr = model.cfg.adapter.use_ehr
     reader = open_embedding_reader(embeddings_h5) if use_ehr else None
-    pairs = load_pairs(triplets, cfg.split, store, reader)
+    pairs = load_pairs(triplets, cfg.split, store, reader)  # the image-only control samples the same pairs
     if cfg.max_pairs is not None:
         pairs = pairs.head(cfg.max_pairs)
-    data = PairBatches(pairs, images_h5, embeddings_h5 if use_ehr else None, max_events)
+    with_events = use_ehr and not model.mask_events
+    data = PairBatches(pairs, images_h5, embeddings_h5 if with_events else None, max_events)
     rows = []
     with atomic_dir(out_dir) as tmp:
         for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="sample", mininterval=2.0):
             idx = np.arange(start, min(start + cfg.batch_size, len(pairs)))
-            batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in data.get(idx, with_events=use_ehr).items()}
-            seeds = [pair_seed(cfg.seed, p) for p in batch["pair_id"]]
-            imgs, secs = timed_sample(model, batch, cfg, seeds, dev)
-            for pid, seed, img in zip(batch["pair_id"], seeds, imgs):
-                Image.fromarray(img, mode="L").save(tmp / f"{pid}.png")
-                rows.append({"pair_id": pid, "seed": seed, "sampler": cfg.sampler, "steps": cfg.steps,
-                             "guidance": cfg.guidance_scale, "seconds": secs / len(idx)})
-        pd.DataFrame(rows, columns=["pair_id", "seed", "sampler", "steps", "guidance", "seconds"]).to_parquet(tmp / "manifest.parquet", index=False)
-    return {"n": len(rows), "seconds_per_image": float(np.mean([r["seconds"] for r in rows])), "sampler": cfg.sampler, "steps": cfg.steps}
+            batch = {key: (v.to(dev) if torch.is_tensor(v) else v) for key, v in data.get(idx, with_events=with_events).items()}
+            seed_lists = [[pair_seed(cfg.seed + k, p) for p in batch["pair_id"]] for k in range(cfg.n_seeds)]
+            results = sample_seeds(model, batch, cfg, seed_lists, dev)
+            for i, pid in enumerate(batch["pair_id"]):
+                for k, ((imgs, secs), seeds) in enumerate(zip(results, seed_lists)):
+                    path = sample_path(pid, k)
+                    (tmp / path).parent.mkdir(exist_ok=True)
+                    Image.fromarray(imgs[i], mode="L").save(tmp / path)
+                    rows.append({"pair_id": pid, "seed_index": k, "seed": seeds[i], "path": path, "sampler": cfg.sampler,
+                                 "steps": cfg.steps, "guidance": cfg.guidance_scale, "seconds": secs / len(idx)})
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        pq.write_table(table, tmp / "manifest.parquet")
+    return {"n": len(rows), "n_pairs": len(pairs), "n_seeds": cfg.n_seeds, "mask_events": model.mask_events,
+            "seconds_per_image": float(np.mean([r["seconds"] for r in rows])), "sampler": cfg.sampler, "steps": cfg.steps}
