@@ -19,7 +19,10 @@ from ehrxdiff_core.synthetic import write_world
 
 pytestmark = pytest.mark.slow
 
-DOWNSTREAM_OF_EVENTS = {"embed", "train_vae", "train_clip", "train_ldm", "sample", "evaluate", "report"}
+# the model, its image-only control and the image controls all read the pairs with events
+LDM_JOBS = {"train_ldm", "sample", "train_ldm_image_only", "sample_image_only", "control_previous_blur"}
+VAE_JOBS = {"train_vae", "control_previous_vae", "vae_quality"}
+DOWNSTREAM_OF_EVENTS = {"embed", "train_clip", "evaluate", "report"} | LDM_JOBS | VAE_JOBS
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +51,15 @@ def test_every_artifact_obeys_its_contract(full_run):
     for model in ("vae", "clip", "ldm"):
         folder = res / "models" / model
         assert (folder / "metrics.csv").exists() and (folder / "loss.png").exists(), model
-    manifest = pd.read_parquet(res / "samples/test/manifest.parquet")
-    assert list(manifest.columns[:6]) == ["pair_id", "seed", "sampler", "steps", "guidance", "seconds"]
-    assert all((res / "samples/test" / f"{p}.png").exists() for p in manifest["pair_id"])
-    assert set(manifest["pair_id"]) <= set(triplets.loc[triplets["split"] == "test", "pair_id"])
-    check_metrics(res / "eval/metrics.json")
+    for folder in ("samples/test", "samples/image_only/test", "samples/previous_vae/test", "samples/previous_blur/test"):
+        manifest = pd.read_parquet(res / folder / "manifest.parquet")
+        assert list(manifest.columns) == ["pair_id", "seed_index", "seed", "path", "sampler", "steps", "guidance", "seconds"]
+        assert all((res / folder / p).exists() for p in manifest["path"]), folder
+        assert set(manifest["pair_id"]) <= set(triplets.loc[triplets["split"] == "test", "pair_id"])
+    assert sorted(pd.read_parquet(res / "samples/test/manifest.parquet")["seed_index"].unique()) == [0, 1]
+    metrics = check_metrics(res / "eval/metrics.json", ("previous_image", "previous_vae", "previous_blur", "image_only"))
+    assert metrics.truth.used and metrics.methods["ehrxdiff"].n_seeds == {"min": 2, "max": 2}
+    assert "oracle" in metrics.methods
     html = (res / "eval/report.html").read_text()
     assert "data:image/png;base64" in html
     for rule in ("cohort", "events", "embed", "train_ldm", "sample", "evaluate"):
@@ -67,13 +74,19 @@ def test_nothing_changed_reruns_nothing(full_run):
 def test_text_encoder_change_reruns_text_stage_and_downstream(full_run):
     work, _, _, mimic = full_run
     cfg = write_config(work.parent / "encoder.yaml", {**mimic, "text": {"encoder": {"tiny_dim": 24}}})
-    assert set(planned_jobs(work, cfg)) == {"rag_index"} | DOWNSTREAM_OF_EVENTS - {"train_vae"}
+    assert set(planned_jobs(work, cfg)) == {"rag_index"} | DOWNSTREAM_OF_EVENTS - VAE_JOBS
 
 
-def test_ldm_hyperparameter_change_reruns_ldm_sample_evaluate_report(full_run):
+def test_ldm_hyperparameter_change_reruns_both_ldms_their_samples_evaluate_report(full_run):
     work, _, _, mimic = full_run
     cfg = write_config(work.parent / "ldm.yaml", {**mimic, "ldm": {"train": {"lr": 3e-4}}})
-    assert set(planned_jobs(work, cfg)) == {"train_ldm", "sample", "evaluate", "report"}
+    assert set(planned_jobs(work, cfg)) == LDM_JOBS | {"evaluate", "report"}
+
+
+def test_evaluation_setting_reruns_only_evaluate_and_report(full_run):
+    work, _, _, mimic = full_run
+    cfg = write_config(work.parent / "boot.yaml", {**mimic, "evaluate": {"bootstrap": 30}})
+    assert set(planned_jobs(work, cfg)) == {"evaluate", "report"}
 
 
 def test_code_change_in_one_stage_reruns_that_stage_and_downstream(full_run):
