@@ -188,8 +188,10 @@ def test_split_without_pairs_names_the_triplets_file(world, tmp_path):
 # ------------------------------------------------------------------------------------- previous_blur
 
 
-def _blurred_samples(world, folder: Path, sigma: float, drop: int) -> list[str]:
-    """A model samples folder whose images are the previous images blurred by `sigma`; the first `drop` pairs lack one."""
+def _blurred_samples(world, folder: Path, sigma: float, drop: int, seed_index: bool = True) -> list[str]:
+    """A model samples folder whose images are the previous images blurred by `sigma`; the first `drop` pairs lack one.
+
+    `seed_index=False` writes a manifest without that column, as the `sample` stage wrote before several seeds."""
     pairs = _test_pairs(world).iloc[drop:]
     folder.mkdir(parents=True)
     imgs = blur_images(_store_pixels(world, pairs["prev_dicom_id"]), sigma)
@@ -197,8 +199,9 @@ def _blurred_samples(world, folder: Path, sigma: float, drop: int) -> list[str]:
         Image.fromarray(img, mode="L").save(folder / f"{pid}.png")
     (folder / "seed1").mkdir()  # another seed's images are ignored by the fit
     Image.fromarray(np.zeros((SIZE, SIZE), np.uint8), mode="L").save(folder / "seed1" / f"{pairs['pair_id'].iloc[0]}.png")
-    pd.DataFrame({"pair_id": pairs["pair_id"], "seed_index": 0, "seed": 7, "sampler": "ddim", "steps": 10,
-                  "guidance": 1.0, "seconds": 0.1}).to_parquet(folder / "manifest.parquet")
+    man = pd.DataFrame({"pair_id": pairs["pair_id"], "seed_index": 0, "seed": 7, "sampler": "ddim", "steps": 10,
+                        "guidance": 1.0, "seconds": 0.1})
+    man.drop(columns=[] if seed_index else ["seed_index"]).to_parquet(folder / "manifest.parquet")
     return pairs["pair_id"].tolist()
 
 
@@ -225,7 +228,7 @@ def test_previous_blur_fits_the_samples_sharpness(world, tmp_path):
 
 
 def test_previous_blur_is_unblurred_when_samples_are_the_previous_images(world, tmp_path):
-    _blurred_samples(world, tmp_path / "s", 0.0, drop=0)
+    _blurred_samples(world, tmp_path / "s", 0.0, drop=0, seed_index=False)
     control_previous_blur(world["h5"], world["triplets"], tmp_path / "s", "test", tmp_path / "o")
     control = json.loads((tmp_path / "o/control.json").read_text())
     assert control["sigma"] == 0.0 and control["sigma_status"] == "no_blur"
