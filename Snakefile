@@ -12,6 +12,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/text.smk"
 include: "rules/models.smk"
+include: "rules/controls.smk"
 include: "rules/evaluate.smk"
 
 
