@@ -85,6 +85,7 @@ rule report:
     input:
         metrics=rules.evaluate.output.metrics,
         vae_quality=f"{RESULTS}/eval/vae_quality.json",
+        blur_control=f"{RESULTS}/samples/previous_blur/{CFG.sample.split}",
         cohort=rules.cohort.output.images,
         events=rules.events.output.events,
         triplets=EVENTS_TRIPLETS,

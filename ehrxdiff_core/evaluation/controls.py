@@ -34,23 +34,10 @@ import torch
 from PIL import Image
 
 from ehrxdiff_core.atomic import atomic_dir, atomic_path
+from ehrxdiff_core.samples_folder import MANIFEST_SCHEMA
 from ehrxdiff_core.evaluation.inputs import InputError, open_images, read_manifest, read_pngs, read_table
 
 log = logging.getLogger(__name__)
-
-# the samples-folder manifest (one row per image), shared with the model's `sample` stage
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("seed_index", pa.int32(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),  # relative to the folder
-        pa.field("sampler", pa.string(), nullable=False),
-        pa.field("steps", pa.int64(), nullable=False),
-        pa.field("guidance", pa.float64()),
-        pa.field("seconds", pa.float64(), nullable=False),
-    ]
-)
 
 # autoencoder quality gate on validation images: reconstructions must keep the evaluator's findings
 # signal (macro AUROC within this of the real images') and its age signal (Pearson r at least this)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.images import ImageStore
+from ehrxdiff_core.samples_folder import sample_path
 
 
 class InputError(DataError):
@@ -58,7 +59,7 @@ def read_manifest(folder: str | Path) -> pd.DataFrame:
     if "seed_index" not in df.columns:
         df["seed_index"] = 0
     if "path" not in df.columns:
-        df["path"] = df["pair_id"].astype(str) + ".png"
+        df["path"] = [sample_path(p, k) for p, k in zip(df["pair_id"], df["seed_index"])]
     return df
 
 

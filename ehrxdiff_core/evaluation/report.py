@@ -259,7 +259,35 @@ def _metrics_section(results: Path) -> str:
     if run_info:
         parts.append("<h3>Run info</h3><pre>" + html.escape(json.dumps(run_info, indent=2)) + "</pre>")
     parts.append(_evaluator_quality(results))
+    parts.append(_controls_quality(results, str(st.get("split", "test"))))
     return "\n".join(parts)
+
+
+def _controls_quality(results: Path, split: str) -> str:
+    """The autoencoder gate and the blur control's fit: what the image controls are measured against."""
+    out = []
+    path = results / "eval/vae_quality.json"
+    if path.exists():
+        q = json.loads(path.read_text())
+        g = q.get("gate", {})
+        rows = [[k, _fmt(q[k]["auroc"]["macro"]), _fmt(q[k]["auroc"]["micro"]), _fmt(q[k]["sex_auroc"]), _fmt(q[k]["age_pearson_r"])]
+                for k in ("real", "reconstructed") if k in q]
+        status = '<span class="better">passed</span>' if g.get("passed") else '<span class="worse">failed</span>'
+        reasons = "; ".join(map(str, g.get("reasons", []))) or ""
+        out.append(f"<h3>Autoencoder quality gate ({q.get('n_images')} {html.escape(str(q.get('split')))} images): {status}</h3>"
+                   + _table(["images", "macro AUROC", "micro AUROC", "sex AUROC", "age r"], rows)
+                   + f"<p>{html.escape(str(g.get('rule', '')))} {html.escape(reasons)}</p>")
+    else:
+        out.append(_missing(f"{path} (autoencoder quality gate)"))
+    path = results / "samples/previous_blur" / split / "control.json"
+    if path.exists():
+        c = json.loads(path.read_text())
+        sh = c.get("sharpness", {})
+        rows = [[html.escape(k), _fmt(v.get("mean") if isinstance(v, dict) else v)] for k, v in sh.items()]
+        out.append(f"<h3>Blur control: Gaussian sigma {c.get('sigma', 0):.2f} px ({html.escape(str(c.get('sigma_status')))})</h3>"
+                   + _table(["images", "mean sharpness"], rows)
+                   + f"<p>{html.escape(str(c.get('sigma_reason', '')))} Statistic: {html.escape(str(c.get('sharpness_statistic', '')))}.</p>")
+    return "\n".join(out)
 
 
 def _evaluator_quality(results: Path) -> str:

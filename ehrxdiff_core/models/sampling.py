@@ -1,6 +1,6 @@
 """Sampling: DDIM (paper: 100 steps, η = 1) or DPM-Solver++ chosen by `sample.sampler`, optional
 classifier-free guidance against the null-event condition, `sample.n_seeds` seeds per pair, PNG +
-manifest output (`MANIFEST_SCHEMA`, `sample_path`: the samples-folder contract).
+manifest output (the samples-folder contract of `ehrxdiff_core.samples_folder`).
 
 The scheduler is the only thing that changes between samplers (diffusers' interchangeable
 `set_timesteps` / `step`). Each pair's initial noise and DDIM noise come from its own generator
@@ -14,33 +14,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pyarrow as pa
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ehrxdiff_core.config import LdmConfig, SampleConfig
 from ehrxdiff_core.models.ldm import LatentDiffusion
 from ehrxdiff_core.models.vae import decode_gray
-
-# samples/…/manifest.parquet: one row per (pair, seed index); `path` is relative to the samples folder
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("seed_index", pa.int32(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("sampler", pa.string(), nullable=False),
-        pa.field("steps", pa.int64(), nullable=False),
-        pa.field("guidance", pa.float64(), nullable=False),
-        pa.field("seconds", pa.float64(), nullable=False),
-    ]
-)
-
-
-def sample_path(pair_id: str, seed_index: int) -> str:
-    """Where image (pair, seed index) lies in a samples folder: index 0 at the top, as the design's
-    `{pair_id}.png` contract says; index k ≥ 1 in `seed{k}/`."""
-    return f"{pair_id}.png" if seed_index == 0 else f"seed{seed_index}/{pair_id}.png"
 
 
 def make_scheduler(sample: SampleConfig, ldm: LdmConfig):

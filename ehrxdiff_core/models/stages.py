@@ -32,7 +32,8 @@ from ehrxdiff_core.models.datasets import (
 )
 from ehrxdiff_core.models.ddp import barrier, init_distributed
 from ehrxdiff_core.models.ldm import LatentDiffusion, build_unet, load_ldm
-from ehrxdiff_core.models.sampling import MANIFEST_SCHEMA, sample_path, sample_seeds
+from ehrxdiff_core.models.sampling import sample_seeds
+from ehrxdiff_core.samples_folder import MANIFEST_SCHEMA, sample_path
 from ehrxdiff_core.models.training import TrainResult, run_training, trainable_params
 from ehrxdiff_core.models.vae import CHEFF_SCALE, VaeTrainer, build_vae, estimate_scale, import_pretrained
 
