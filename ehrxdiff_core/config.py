@@ -80,6 +80,22 @@ class DataConfig(Section):
     duckdb: DuckDBSettings = DuckDBSettings()
 
 
+class TreatmentEffects(Section):
+    """How far each treatment moves a latent finding per hour while it acts (0-1 severity scale).
+
+    All are magnitudes; the direction is fixed by the process (diuretics and tubes lower a finding, fluids
+    raise it). `SyntheticConfig.effect_strength` multiplies every one of them.
+    """
+
+    diuretic_edema: float = Field(0.04, ge=0)  # per hour of a furosemide dose's ~6 h action
+    diuretic_effusion: float = Field(0.018, ge=0)
+    fluids_edema: float = Field(0.035, ge=0)  # per hour of a bolus's ~3 h
+    fluids_effusion: float = Field(0.012, ge=0)
+    antibiotic_consolidation: float = Field(0.03, ge=0)  # at full effect (reached ~8 h into a course)
+    chest_tube_pneumothorax: float = Field(0.14, ge=0)
+    chest_tube_effusion: float = Field(0.04, ge=0)
+
+
 class SyntheticConfig(Section):
     """The MIMIC-shaped synthetic world (demo and tests)."""
 
@@ -89,7 +105,15 @@ class SyntheticConfig(Section):
     admissions_per_patient: tuple[int, int] = (1, 2)
     studies_per_admission: tuple[int, int] = (2, 5)
     effect_strength: float = Field(1.0, ge=0)  # how strongly treatments move the findings
-    label_noise: float = Field(0.05, ge=0, le=0.5)
+    effects: TreatmentEffects = TreatmentEffects()  # per-treatment effect sizes (times effect_strength)
+    # share of diuretic / fluid / antibiotic decisions drawn by a coin flip at a fixed base rate instead of from
+    # the patient's state (a randomised trial inside the world), so the events tell what the previous image
+    # cannot; 0 = every decision from the state (docs/synthetic_world.md has the measured effect)
+    randomized_treatment: float = Field(0.6, ge=0, le=1)
+    label_noise: float = Field(0.05, ge=0, le=0.5)  # share of certain labels flipped
+    uncertain_band: float = Field(0.08, ge=0, le=0.5)  # half-width of the band around a threshold ...
+    uncertain_rate: float = Field(0.5, ge=0, le=1)  # ... inside which a label is -1 (uncertain) this often
+    blank_negative_rate: float = Field(0.6, ge=0, le=1)  # negatives left blank (not mentioned), as reports do
     # vitals density: charting times per ICU hour for each vital sign (~3.9 chartevents rows per unit per ICU
     # hour, ~435 rows per patient per unit with the other defaults); scale up for benchmarks, e.g.
     # 20,000 patients x 12 ~ 100 M rows

@@ -10,7 +10,7 @@ import numpy as np
 
 from .process import AT, CM, CO, ED, EF, PX, SD
 
-MARGIN = 0.08  # half-width of the uncertain band around a threshold
+MARGIN = 0.08  # default half-width of the uncertain band around a threshold (synthetic.uncertain_band)
 # label (alphabetical, as in the file) → (latent index or None, threshold)
 RULES: tuple[tuple[str, int | None, float], ...] = (
     ("Atelectasis", AT, 0.35),
@@ -32,8 +32,13 @@ _RARE = {"Fracture": 0, "Lung Lesion": 1, "Pleural Other": 2}
 
 
 def study_labels(state: np.ndarray, infected: bool, rare: np.ndarray, label_noise: float,
-                 rng: np.random.Generator) -> list[str]:
-    """The 14 label cells of one study as written in the CSV: '1.0', '0.0', '-1.0' or '' (blank)."""
+                 rng: np.random.Generator, uncertain_band: float = MARGIN, uncertain_rate: float = 0.5,
+                 blank_negative_rate: float = 0.6) -> list[str]:
+    """The 14 label cells of one study as written in the CSV: '1.0', '0.0', '-1.0' or '' (blank).
+
+    With `label_noise`, `uncertain_band` and `blank_negative_rate` at 0, a finding's cell is exactly its
+    hidden severity thresholded (1.0 above, else 0.0): the labels a science run scores against.
+    """
     u = rng.random((len(RULES), 3))
     out: list[str] = []
     for k, (name, idx, thr) in enumerate(RULES):
@@ -46,13 +51,13 @@ def study_labels(state: np.ndarray, infected: bool, rare: np.ndarray, label_nois
         x = max(state[CO], state[ED], state[AT]) if idx == -1 else float(state[idx])
         if name == "Pneumonia" and not infected:
             x = min(x, thr)  # an opacity without infection is at most "possible pneumonia"
-        if abs(x - thr) < MARGIN and u[k, 0] < 0.5:
+        if abs(x - thr) < uncertain_band and u[k, 0] < uncertain_rate:
             val = -1.0
         else:
             val = 1.0 if x > thr else 0.0
             if u[k, 1] < label_noise:
                 val = 1.0 - val
-        if val == 0.0 and u[k, 2] < 0.6:
+        if val == 0.0 and u[k, 2] < blank_negative_rate:
             out.append("")  # negatives are mostly not mentioned
         else:
             out.append({1.0: "1.0", 0.0: "0.0", -1.0: "-1.0"}[val])

@@ -1,8 +1,9 @@
 """The hidden clinical process of one admission: latent findings evolving hour by hour under treatment.
 
-Treatments are decided from the current state (as a clinician would) and then change it, scaled by
-`effect_strength`; vitals and labs are noisy functions of the state. This makes the events between two
-chest images carry real information about what changed between them, which the model must learn.
+Treatments are decided from the current state (as a clinician would) and then change it by the sizes in
+`effects` times `effect_strength`; vitals and labs are noisy functions of the state. A state-driven choice
+is partly predictable from the previous image, so `randomized` turns a share of the drug and fluid
+decisions into coin flips: then the events between two images tell what the previous image cannot.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..config import TreatmentEffects
 
 FINDINGS: tuple[str, ...] = (
     "pleural_effusion",
@@ -25,6 +28,8 @@ EF, ED, CO, CM, AT, PX, SD = range(len(FINDINGS))
 ROUND_HOURS = 4  # clinicians reassess every 4 h
 DIURETIC_HOURS = 6.0  # a furosemide dose acts for ~6 h
 FLUID_HOURS = 3.0
+# per-round probability of each decision when it is randomised (not drawn from the state)
+RANDOM_RATE = {"furosemide": 0.25, "fluids": 0.2, "antibiotic_start": 0.15, "antibiotic_stop": 0.1}
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Course:
     chest_tube: np.ndarray  # bool (hours+1,)
     diuretic: np.ndarray  # float (hours+1,) 1 while a diuretic dose acts
     on_abx: np.ndarray  # bool (hours+1,)
+    central_line: np.ndarray  # bool (hours+1,)
     infected: bool
     organism: int
     abx_course: int
@@ -88,20 +94,34 @@ def simulate_course(
     initial: np.ndarray,
     infected: bool,
     effect_strength: float,
+    effects: TreatmentEffects | None = None,
+    randomized: float = 0.0,
 ) -> Course:
-    """Evolve the findings hour by hour; treatments are chosen every ROUND_HOURS from the state."""
+    """Evolve the findings hour by hour; treatments are chosen every ROUND_HOURS from the state.
+
+    With probability `randomized`, each round's diuretic, fluid and antibiotic decision is instead a coin
+    flip at RANDOM_RATE. Those draws come from a child generator, so `rng` advances the same for any
+    `randomized`, and `randomized=0` is the purely state-driven clinician.
+    """
     eff = float(effect_strength)
+    fx = effects or TreatmentEffects()
     noise = rng.normal(0.0, 0.012, size=(hours, len(FINDINGS)))
     u = rng.random((hours, 10))
     organism = int(rng.integers(0, 5))
     abx_course = int(rng.integers(0, 3))
     chf = float(initial[CM] > 0.5 or initial[ED] > 0.45)  # prone to fluid overload
+    trial = rng.spawn(1)[0]  # spawning does not advance `rng`
+    # per round: (is each of diuretic / fluids / antibiotics randomised?, its coin flip)
+    n_rounds = hours // ROUND_HOURS + 1
+    rand = trial.random((n_rounds, 3)) < randomized
+    coin = trial.random((n_rounds, 3))
 
     state = np.empty((hours + 1, len(FINDINGS)))
     intub = np.zeros(hours + 1, bool)
     tube = np.zeros(hours + 1, bool)
     diur = np.zeros(hours + 1)
     abx = np.zeros(hours + 1, bool)
+    line = np.zeros(hours + 1, bool)
     log: list[Treatment] = []
 
     s = [float(x) for x in initial]
@@ -112,20 +132,36 @@ def simulate_course(
         in_icu = icu is not None and icu[0] <= h < icu[1]
         uh = u[h]
         if h % ROUND_HOURS == 0:
+            r = h // ROUND_HOURS
             t = h + uh[9] * ROUND_HOURS * 0.9  # decision time within the round
             resp = 0.45 * s[ED] + 0.5 * s[CO] + 0.3 * s[EF] + 0.6 * s[PX] + 0.2 * s[AT]
-            if ((s[ED] > 0.4 or s[EF] > 0.5) and uh[0] < 0.5) or uh[0] < 0.03:
+            if rand[r, 0]:
+                give = coin[r, 0] < RANDOM_RATE["furosemide"]
+            else:
+                give = ((s[ED] > 0.4 or s[EF] > 0.5) and uh[0] < 0.5) or uh[0] < 0.03
+            if give:
                 log.append(Treatment(t, "furosemide", 40 if uh[1] < 0.7 else 80))
                 last_diuretic = t
-            if s[ED] < 0.55 and ((s[CO] > 0.4 and uh[2] < 0.3) or uh[2] < 0.05):
+            if rand[r, 1]:
+                give = coin[r, 1] < RANDOM_RATE["fluids"]
+            else:
+                give = s[ED] < 0.55 and ((s[CO] > 0.4 and uh[2] < 0.3) or uh[2] < 0.05)
+            if give:
                 log.append(Treatment(t, "fluids", 500 if uh[3] < 0.5 else 1000))
                 last_fluid = t
-            if not on_abx and infected and s[CO] > 0.25 and uh[4] < 0.6:
-                on_abx, abx_since, next_dose = True, t, t
-                log.append(Treatment(t, "antibiotic_start", abx_course))
-                if uh[3] < 0.08:
-                    log.append(Treatment(t, "tobramycin"))
-            elif on_abx and h - abx_since > 48 and (s[CO] < 0.08 or h - abx_since > 168):
+            if not on_abx:
+                if rand[r, 2]:
+                    start = coin[r, 2] < RANDOM_RATE["antibiotic_start"]
+                else:
+                    start = infected and s[CO] > 0.25 and uh[4] < 0.6
+                if start:
+                    on_abx, abx_since, next_dose = True, t, t
+                    log.append(Treatment(t, "antibiotic_start", abx_course))
+                    if uh[3] < 0.08:
+                        log.append(Treatment(t, "tobramycin"))
+            elif rand[r, 2]:
+                on_abx = not (h - abx_since > 24 and coin[r, 2] < RANDOM_RATE["antibiotic_stop"])
+            elif h - abx_since > 48 and (s[CO] < 0.08 or h - abx_since > 168):
                 on_abx = False
             if in_icu and not has_line and uh[5] < 0.3:
                 has_line = True
@@ -152,25 +188,27 @@ def simulate_course(
         d_act = 1.0 if 0 <= h - last_diuretic < DIURETIC_HOURS else 0.0
         f_act = 1.0 if 0 <= h - last_fluid < FLUID_HOURS else 0.0
         state[h] = s
-        intub[h], tube[h], diur[h], abx[h] = is_intub, has_tube, d_act, on_abx
+        intub[h], tube[h], diur[h], abx[h], line[h] = is_intub, has_tube, d_act, on_abx, has_line
 
         n = noise[h]
-        s[ED] += -0.04 * eff * d_act + 0.035 * eff * f_act + 0.006 * chf - 0.002 + n[ED]
-        s[EF] += -0.018 * eff * d_act + 0.012 * eff * f_act + 0.003 * (s[ED] - 0.3) - 0.04 * eff * has_tube + n[EF]
-        if on_abx:
-            s[CO] += -0.03 * eff * min(1.0, (h - abx_since) / 12 + 0.3) + n[CO]
+        s[ED] += -fx.diuretic_edema * eff * d_act + fx.fluids_edema * eff * f_act + 0.006 * chf - 0.002 + n[ED]
+        s[EF] += (-fx.diuretic_effusion * eff * d_act + fx.fluids_effusion * eff * f_act + 0.003 * (s[ED] - 0.3)
+                  - fx.chest_tube_effusion * eff * has_tube + n[EF])
+        if on_abx and infected:  # antibiotics clear an infection, not a sterile opacity
+            s[CO] += -fx.antibiotic_consolidation * eff * min(1.0, (h - abx_since) / 12 + 0.3) + n[CO]
         else:
             s[CO] += (0.008 if infected and s[CO] > 0.1 else -0.004) + n[CO]
         if is_intub and not infected and uh[8] < 0.004:  # ventilator-associated pneumonia
             infected, s[CO] = True, s[CO] + 0.4
-        s[PX] += -0.14 * eff * has_tube - 0.004 + 0.5 * n[PX]
+        s[PX] += -fx.chest_tube_pneumothorax * eff * has_tube - 0.004 + 0.5 * n[PX]
         s[AT] += 0.012 * is_intub + 0.004 * s[EF] - 0.008 * s[AT] + n[AT]
         s[CM] += 0.1 * n[CM]
         s[SD] = max(0.95 * is_intub, 0.85 * has_tube, 0.7 * has_line, 0.02)
         s = [min(1.0, max(0.0, x)) for x in s]
     state[hours] = s
     intub[hours], tube[hours], diur[hours], abx[hours] = is_intub, has_tube, 0.0, on_abx
-    return Course(hours, state, intub, tube, diur, abx, infected, organism, abx_course, log)
+    line[hours] = has_line
+    return Course(hours, state, intub, tube, diur, abx, line, infected, organism, abx_course, log)
 
 
 # ----------------------------------------------------------------------------- observations of the state
@@ -194,7 +232,33 @@ def vital_values(kind: str, st: np.ndarray, intub: np.ndarray, on_abx: np.ndarra
         return np.round(128 - 18 * st[:, CO] + 10 * e)
     if kind == "fio2":
         return np.round(np.clip(35 + 40 * resp + 5 * e, 21, 100))
+    if kind == "cvp":  # filling pressure: rises with pulmonary oedema (fluid overload), falls after diuresis
+        return np.round(np.clip(5 + 12 * st[:, ED] + 2 * st[:, EF] + 3 * intub + 1.5 * e, 0, 30))
     raise KeyError(kind)
+
+
+def lung_sounds(zone: str, st: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Auscultation at the states `st` (n, 7) as a nurse charts it: 'Clear', 'Crackles', 'Diminished', ...
+
+    The bases go dull over fluid or collapsed lung and crackle with oedema or pneumonia; the apex (where the air
+    of a pneumothorax collects) goes silent. Another event that follows the findings without a lab.
+    """
+    u = rng.random((3, len(st)))
+    out = np.full(len(st), "Clear", dtype=object)
+    if zone == "base":
+        dull = np.clip(1.2 * st[:, EF] + 1.6 * st[:, AT] - 0.25, 0, 0.95)
+        crackle = np.clip(1.2 * st[:, ED] + 0.8 * st[:, CO] - 0.2, 0, 0.9)
+        silent_label = "Diminished"
+    elif zone == "apex":
+        dull = np.clip(2.2 * st[:, PX] - 0.25, 0, 0.95)
+        crackle = np.clip(0.9 * st[:, ED] + 0.6 * st[:, CO] - 0.25, 0, 0.9)
+        silent_label = "Absent"
+    else:
+        raise KeyError(zone)
+    out[u[2] < 0.05] = "Rhonchi"
+    out[u[1] < crackle] = "Crackles"
+    out[u[0] < dull] = silent_label
+    return out
 
 
 def lab_values(key: str, st: np.ndarray, intub: np.ndarray, diur: np.ndarray,

@@ -120,6 +120,14 @@ D_ITEMS: dict[str, tuple] = {
     "nbps": (220179, "Non Invasive Blood Pressure systolic", "NBPs", "chartevents", "Routine Vital Signs",
              "mmHg", "Numeric", None, None),
     "fio2": (223835, "Inspired O2 Fraction", "FiO2", "chartevents", "Respiratory", "", "Numeric", None, None),
+    "cvp": (220074, "Central Venous Pressure", "CVP", "chartevents", "Routine Vital Signs", "mmHg", "Numeric",
+            None, None),  # charted while a central line is in
+    # nursing auscultation (text values): bases dull with effusion or atelectasis, crackle with edema or
+    # consolidation; apices silent over a pneumothorax
+    "lll_sounds": (223987, "LLL Lung Sounds", "LLL Lung Sounds", "chartevents", "Respiratory", "", "Text",
+                   None, None),
+    "rul_sounds": (223988, "RUL Lung Sounds", "RUL Lung Sounds", "chartevents", "Respiratory", "", "Text",
+                   None, None),
     "gender": (226228, "Gender", "Gender", "chartevents", "ADT", "", "Text", None, None),
     "gcs_eye": (220739, "GCS - Eye Opening", "GCS - Eye Opening", "chartevents", "Neurological", "",
                 "Text", None, None),

@@ -22,13 +22,15 @@ from tqdm import tqdm
 from ..config import SyntheticConfig
 from . import vocab as V
 from .labels import study_labels
-from .process import CO, ED, EF, FINDINGS, PX, Course, initial_state, lab_values, simulate_course, vital_values
+from .process import (CO, ED, EF, FINDINGS, PX, Course, initial_state, lab_values, lung_sounds, simulate_course,
+                      vital_values)
 from .render import Anatomy, render_chest
 from .writer import CsvGzTable
 
 HOUR = 3600
 _EPOCH_YEAR = np.datetime64("1970-01-01", "s")
-CHART_ITEMS = (("hr", 1.0), ("rr", 1.0), ("spo2", 1.0), ("nbps", 0.5), ("temp", 0.25), ("fio2", 1.0))
+CHART_ITEMS = (("hr", 1.0), ("rr", 1.0), ("spo2", 1.0), ("nbps", 0.5), ("temp", 0.25), ("fio2", 1.0), ("cvp", 0.25))
+LUNG_SOUNDS = (("lll_sounds", "base"), ("rul_sounds", "apex"))  # charted at each 4-hourly nursing assessment
 LAB_PROB = {"crp": 0.5, "bnp": 0.3}  # chemistry items not drawn with every panel
 _CHART_ITEMIDS = np.array(sorted(V.D_ITEMS[k][0] for k, _ in CHART_ITEMS))
 _CHART_ITEMID_TEXT = pa.array([str(i) for i in _CHART_ITEMIDS])
@@ -235,7 +237,8 @@ class _Patient:
         if rng.random() < 0.8 or initial[PX] > 0.3:
             icu_in = rng.uniform(0.2, 4.0)
             icu = (icu_in, max(icu_in + 12.0, los_h - rng.uniform(2, 24)))
-        course = simulate_course(rng, hours, icu, initial, infected, cfg.effect_strength)
+        course = simulate_course(rng, hours, icu, initial, infected, cfg.effect_strength, cfg.effects,
+                                 cfg.randomized_treatment)
         died = rng.random() < 0.02
         edreg = admit - int(rng.uniform(2, 8) * HOUR) if has_ed else None
         if died:
@@ -416,8 +419,8 @@ class _Patient:
             n = int(rng.poisson(rate * mult * dur))
             th = np.sort(i0 + rng.random(n) * dur)
             idx = np.minimum(th.astype(np.int64), c.hours)
-            if key == "fio2":
-                keep = co.intubated[idx]
+            if key in ("fio2", "cvp"):  # set on the ventilator / read from a central line
+                keep = (co.intubated if key == "fio2" else co.central_line)[idx]
                 th, idx = th[keep], idx[keep]
             times.append(th)
             items.append(np.full(len(th), V.D_ITEMS[key][0], np.int64))
@@ -450,6 +453,16 @@ class _Patient:
             storetime=np.array([t0 + 120] + [_minute(c.admit + h * HOUR) + 300 for h in gcs_h], np.int64),
             itemid=np.array([V.D_ITEMS["gender"][0]] + [V.D_ITEMS["gcs_eye"][0]] * len(gcs_h), np.int64),
             value=[self.gender] + gcs_txt.tolist(), valuenum=[None] + gcs_num.tolist(), valueuom=None, warning=0)
+        # auscultation at each nursing assessment (kept category Respiratory): text values, no valuenum
+        exam_h = np.arange(i0 + rng.uniform(0, 1), i1, 4.0)
+        st = co.state[np.minimum(exam_h.astype(int), c.hours)]
+        exam_s = np.array([_minute(c.admit + h * HOUR) for h in exam_h], np.int64)
+        for key, zone in LUNG_SOUNDS:
+            self.s.t["chartevents"].add(
+                len(exam_h), subject_id=self.subject_id, hadm_id=c.hadm_id, stay_id=c.stay_id,
+                caregiver_id=int(self.caregivers[1]), charttime=exam_s, storetime=exam_s + 600,
+                itemid=V.D_ITEMS[key][0], value=lung_sounds(zone, st, rng).tolist(), valuenum=None, valueuom=None,
+                warning=0)
 
     def _ventilation(self, c: "_AdmissionCtx", start_h: float, end_h: float) -> None:
         self._procedure(c, "pr_ventilation", c.admit + start_h * HOUR, c.admit + end_h * HOUR,
@@ -616,7 +629,8 @@ class _Patient:
             PatientOrientationCodeSequence_CodeMeaning=[V.VIEW_META[v][2] or None for v in views])
         s.t["cxr_split"].add(n, dicom_id=dicoms, study_id=study_id, subject_id=self.subject_id, split=self.split)
         for name in ("cxr_chexpert", "cxr_negbio"):
-            labels = study_labels(st, infected, self.rare, cfg.label_noise, rng)
+            labels = study_labels(st, infected, self.rare, cfg.label_noise, rng, cfg.uncertain_band,
+                                  cfg.uncertain_rate, cfg.blank_negative_rate)
             s.t[name].add(1, subject_id=self.subject_id, study_id=study_id,
                           **{col: lab for col, lab in zip(V.CHEXPERT_HEADER[2:], labels)})
 
