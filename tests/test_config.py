@@ -12,7 +12,7 @@ from ehrxdiff_core.config import ConfigError, PipelineConfig, load_config, secti
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "tests/configs/tiny.yaml", "configs/paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "tests/configs/tiny.yaml", "configs/paper.yaml", "configs/science.yaml"])
 def test_shipped_configs_validate(name):
     raw = yaml.safe_load((REPO / name).read_text())
     if name == "configs/paper.yaml":  # points at MIMIC folders that do not exist here
@@ -21,6 +21,19 @@ def test_shipped_configs_validate(name):
     else:
         cfg = load_config(raw)
         assert cfg.data.source == "synthetic"
+
+
+def test_science_config_is_the_fair_world_with_every_control():
+    cfg = load_config(yaml.safe_load((REPO / "configs/science.yaml").read_text()))
+    s = cfg.synthetic
+    assert s.label_noise == s.uncertain_band == s.blank_negative_rate == 0.0 and s.randomized_treatment > 0
+    assert cfg.controls.image_only and cfg.sample.n_seeds >= 2 and cfg.evaluate.bootstrap >= 2000
+    assert s.patients >= 1000
+
+
+def test_paper_preset_keeps_the_paper_conditioning():
+    cfg = load_config(yaml.safe_load((REPO / "configs/paper.yaml").read_text()), check_paths=False)
+    assert cfg.ldm.cond_dropout == 0.0 and cfg.sample.guidance_scale == 1.0 and not cfg.text.numeric_features
 
 
 def test_defaults_are_the_demo():
