@@ -95,7 +95,7 @@ def test_evaluate_records_inception_fid_when_weights_given(standin, tmp_path, mo
     assert not out.exists()
     res = evaluate(samples, world["h5"], world["triplets"], tmp_path / "ev", cfg, {}, out, device="cpu",
                    _inception_sha256_prefix=sha256_of(standin)[:8])
-    fid = res["ehrxdiff"]["fid"]["inception"]
+    fid = res["methods"]["ehrxdiff"]["fid"]["inception"]
     assert fid["computed"] and fid["value"] is not None and fid["floor"] is not None and "pytorch-fid" in fid["extractor"]
-    assert calls == [res["ehrxdiff"]["settings"]["n_pairs"]] * 3  # ehrxdiff, previous_image, real_target
-    assert json.loads(out.read_text())["real_target"]["fid"]["inception"]["computed"]
+    assert calls == [res["settings"]["n_pairs"]] * 3  # ehrxdiff, previous_image, real_target
+    assert json.loads(out.read_text())["methods"]["real_target"]["fid"]["inception"]["computed"]
