@@ -35,6 +35,7 @@ from PIL import Image
 
 from ehrxdiff_core.atomic import atomic_dir, atomic_path
 from ehrxdiff_core.samples_folder import MANIFEST_SCHEMA
+from ehrxdiff_core.evaluation.common import resolve_device, to_json
 from ehrxdiff_core.evaluation.inputs import InputError, open_images, read_manifest, read_pngs, read_table
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,6 @@ SHARPNESS_STATISTIC = (
 )
 
 VAE_BATCH = 32
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -114,20 +109,7 @@ def write_control_folder(out_dir, pair_ids, images: np.ndarray, sampler: str, se
             Image.fromarray(img, mode="L").save(tmp / f"{pid}.png")
         pq.write_table(manifest, tmp / "manifest.parquet")
         if control is not None:
-            (tmp / "control.json").write_text(json.dumps(_plain(control), indent=2, allow_nan=False))
-
-
-def _plain(obj):
-    """numpy scalars to Python, non-finite floats to None (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+            (tmp / "control.json").write_text(json.dumps(to_json(control), indent=2, allow_nan=False))
 
 
 # ---------------------------------------------------------------------------------------- previous_vae
@@ -138,7 +120,7 @@ def previous_vae_images(vae, images: np.ndarray, device: str = "cpu", batch_size
     """uint8 (N, S, S) through the autoencoder: encode, posterior mode, decode, clamp to [-1, 1], round."""
     from ehrxdiff_core.models.vae import decode_gray, encode_gray
 
-    device = _device(device)
+    device = resolve_device(device)
     vae = vae.to(device).eval()
     out = np.empty_like(images, dtype=np.uint8)
     for start in range(0, len(images), batch_size):
@@ -379,7 +361,7 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
     from ehrxdiff_core.models.stages import load_vae
 
     t0 = time.time()
-    device = _device(device)
+    device = resolve_device(device)
     vae = load_vae(vae_dir)
     model, meta = load_evaluator(evaluator_dir, device)
     labels = tuple(meta["labels"])
@@ -416,7 +398,7 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
         "seconds": time.time() - t0,
     }
     with atomic_path(out_json) as tmp:
-        tmp.write_text(json.dumps(_plain(result), indent=2, allow_nan=False))
+        tmp.write_text(json.dumps(to_json(result), indent=2, allow_nan=False))
     d, g = result["difference"], result["gate"]
     log.info("vae_quality on %d %s images: macro AUROC real %s, reconstructed %s (diff %s); sex AUROC real %s, "
              "reconstructed %s; age r real %s, reconstructed %s; pixel MAE %.2f, PSNR %.2f dB",
@@ -424,4 +406,4 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
              real["sex_auroc"]["value"], recon["sex_auroc"]["value"], real["age_pearson_r"]["value"],
              recon["age_pearson_r"]["value"], result["pixels"]["mae"], result["pixels"]["psnr_db"] or float("inf"))
     log.info("vae_quality gate: %s %s", "PASSED" if g["passed"] else "FAILED", "; ".join(g["reasons"]))
-    return _plain(result)
+    return to_json(result)

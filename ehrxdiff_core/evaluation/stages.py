@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -22,9 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ehrxdiff_core.atomic import atomic_dir, atomic_path
+from ehrxdiff_core.atomic import atomic_dir
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig
 from ehrxdiff_core.evaluation import comparisons, frechet, inception, metrics, xrv
+from ehrxdiff_core.evaluation.common import resolve_device, to_json, write_json
 from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, load_evaluator, predict, save_evaluator
 from ehrxdiff_core.evaluation.evaluator_training import train_loop
 from ehrxdiff_core.evaluation.inputs import (
@@ -47,32 +47,6 @@ from ehrxdiff_core.labels import EVAL_LABELS
 log = logging.getLogger(__name__)
 
 PRELOAD_BYTES = 2 << 30  # train images up to 2 GiB are held in memory; larger sets are read per batch
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def to_json(obj):
-    """numpy scalars/arrays to plain Python; NaN/inf must never reach the JSON (they become None)."""
-    if isinstance(obj, dict):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_json(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(to_json(obj), indent=2, allow_nan=False))
 
 
 # ------------------------------------------------------------------------------------ train_evaluator
@@ -256,7 +230,7 @@ def _seed_averaged(model, meta, folder: Path, manifest: pd.DataFrame, ids: list[
     return averaged, seed0, {"min": int(count.min()), "max": int(count.max())}
 
 
-def _truth_block(truth: PairTruth | None, truth_reason: str | None, data: HeadlineData, probs: np.ndarray,
+def _truth_block(truth: PairTruth | None, truth_reason: str | None, data: comparisons.HeadlineData, probs: np.ndarray,
                  change: np.ndarray | None, label_set: list[str]) -> dict:
     if truth is None:
         return {"computed": False, "reason": truth_reason}

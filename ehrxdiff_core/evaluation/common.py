@@ -1,0 +1,40 @@
+"""Small helpers every evaluation stage shares: the device setting, and JSON without NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ehrxdiff_core.atomic import atomic_path
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means CUDA when it is available, else the CPU; anything else is used as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def to_json(obj):
+    """numpy scalars/arrays to plain Python; NaN/inf must never reach the JSON (they become None)."""
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(obj, path: Path) -> None:
+    """Write `obj` as JSON atomically (a killed job leaves no file that looks finished)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_json(obj), indent=2, allow_nan=False))
