@@ -1,7 +1,7 @@
 """The samples-folder contract shared by the model's `sample` stage, the image controls and `evaluate`.
 
 A samples folder holds one PNG per (pair, seed index) and `manifest.parquet`, one row per image.
-Seed index 0 of a pair is `{pair_id}.png` (the design's contract), index k >= 1 is
+Seed index 0 of a pair is `{pair_id}.png` (the path every reader may rely on), index k >= 1 is
 `seed{k}/{pair_id}.png`. Deterministic controls have index 0 only and a null `guidance`.
 """
 

@@ -1,8 +1,9 @@
 # Evaluation: an evaluator trained on real images scores generated images (medical and
 # demographic preservation, Frechet distance) beside the previous-image baseline; HTML report.
 
-# the entry points' own file, listed alone (it imports every evaluation module)
-EVAL_STAGES = [str(LIB / "evaluation/stages.py")]
+# the entry points' own file (listed without its imports, which are every evaluation module) and the
+# helpers it shares with the controls
+EVAL_STAGES = [str(LIB / "evaluation/stages.py"), *code("evaluation/common.py")]
 
 
 rule train_evaluator:
@@ -86,6 +87,8 @@ rule report:
         metrics=rules.evaluate.output.metrics,
         vae_quality=f"{RESULTS}/eval/vae_quality.json",
         blur_control=f"{RESULTS}/samples/previous_blur/{CFG.sample.split}",
+        samples=f"{RESULTS}/samples/{CFG.sample.split}",  # the image grid
+        images=IMAGES_H5,
         cohort=rules.cohort.output.images,
         events=rules.events.output.events,
         triplets=EVENTS_TRIPLETS,

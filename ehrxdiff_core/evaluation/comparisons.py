@@ -16,7 +16,7 @@ import numpy as np
 from ehrxdiff_core.evaluation.metrics import partial_correlation, rank_auroc, subset_masks
 from ehrxdiff_core.evaluation.truth import PairTruth
 
-SUBSETS = ("diff", "all", "same")
+SUBSETS = ("diff", "all", "same")  # the headline order; `metrics.SUBSETS` is the report's
 HEADLINE_METRICS = (
     "auroc_diff_macro",
     "auroc_all_macro",
@@ -115,7 +115,7 @@ def bootstrap(data: HeadlineData, methods: dict[str, tuple[np.ndarray, np.ndarra
     groups = np.asarray(groups)
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     out = {name: {m: np.full(n_boot, np.nan) for m in HEADLINE_METRICS} for name in methods}
-    if len(members) < 2:
+    if len(members) < 2:  # resampling one patient says nothing about other patients
         return out
     rng = np.random.default_rng(seed)
     for b in range(n_boot):
@@ -156,11 +156,15 @@ def compare(model: str, controls: list[str], values: dict[str, dict[str, float |
                 entry["reason"] = f"undefined for {model if a is None else control} on the full sample"
             elif n_boot == 0:
                 entry["reason"] = "bootstrap disabled (evaluate.bootstrap: 0)"
+            elif n_patients < 2:
+                entry["reason"] = f"fewer than 2 patients ({n_patients}): no patient-level interval"
             elif len(d) < max(10, n_boot // 2):
                 entry["reason"] = f"only {len(d)} of {n_boot} resamples had the metric defined for both methods"
             else:
                 entry["ci95"] = [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
                 entry["fraction_delta_le_0"] = float((d <= 0).mean())
+                if not entry["ci95"][0] <= entry["delta"] <= entry["ci95"][1]:
+                    entry["note"] = "the full-sample difference lies outside the percentile interval (a skewed bootstrap)"
             entry["verdict"] = verdict(entry["ci95"])
             entries.append(entry)
         out[f"{model}_vs_{control}"] = entries

@@ -52,7 +52,7 @@ def read_triplets(path: str | Path, labels: tuple[str, ...]) -> pd.DataFrame:
 def read_manifest(folder: str | Path) -> pd.DataFrame:
     """The manifest of a samples folder, one row per (pair, seed_index) with the image's relative `path`.
 
-    Seed 0 of a pair is `{pair_id}.png` (the design's contract), seed k is `seed{k}/{pair_id}.png`;
+    Seed 0 of a pair is `{pair_id}.png`, seed k is `seed{k}/{pair_id}.png` (`samples_folder.py`);
     manifests written before several seeds existed have neither column and mean seed 0 only.
     """
     df = read_table(Path(folder) / "manifest.parquet", ["pair_id", "seed", "sampler", "steps", "guidance"], "sample manifest")

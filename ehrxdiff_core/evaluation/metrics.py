@@ -80,7 +80,7 @@ def finding_aurocs(probs: np.ndarray, trg: np.ndarray, prev: np.ndarray, labels:
         per_label = {l: auroc(probs[keep[:, j], j], trg[keep[:, j], j]) for j, l in enumerate(labels)}
         micro = auroc(probs[keep], trg[keep])
         macro = macro_over(per_label, None if label_sets is None else label_sets[name])
-        result[name] = {"per_label": per_label, "micro": micro, "macro": macro, "n_scored": int(mask.sum())}
+        result[name] = {"per_label": per_label, "micro": micro, "macro": macro, "n_scored": int(keep.sum())}
     return result
 
 
@@ -121,7 +121,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def partial_correlation(pred_change: np.ndarray, true_change: np.ndarray, control: np.ndarray) -> dict:
-    """Pearson r of predicted and true change after regressing both on the previous state (+ intercept).
+    """Pearson r of predicted and true change after regressing both on the previous state (1, c, c²).
 
     Controlling for the previous state removes what any copy-like method gets for free: regression to
     the mean makes the true change depend on the previous severity. A prediction with no change (a
@@ -147,10 +147,12 @@ def partial_correlation(pred_change: np.ndarray, true_change: np.ndarray, contro
 
 
 def _residual(v: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """`v` minus its least-squares fit on [1, c] (closed form: the bootstrap calls it often)."""
-    v0, c0 = v - v.mean(), c - c.mean()
-    cc = c0 @ c0
-    return v0 - (c0 * (v0 @ c0 / cc) if cc > 0 else 0.0)
+    """`v` minus its least-squares fit on [1, c, c²]: the quadratic term also removes the curved link
+    that a sigmoid-like evaluator leaves between a degraded copy's score and the previous state."""
+    design = np.column_stack([np.ones_like(c), c - c.mean(), (c - c.mean()) ** 2])
+    gram = design.T @ design
+    coef = np.linalg.lstsq(gram, design.T @ v, rcond=None)[0]
+    return v - design @ coef
 
 
 def crossing_auroc(scores: np.ndarray, sev_prev: np.ndarray, sev_trg: np.ndarray, threshold: float) -> dict:

@@ -119,6 +119,7 @@ class Comparison(_Strict):
     fraction_delta_le_0: float | None
     verdict: Literal["better", "worse", "no significant difference", "not computable"]
     reason: str | None = None
+    note: str | None = None
 
 
 class LabelSets(_Strict):

@@ -216,17 +216,19 @@ def _seed_averaged(model, meta, folder: Path, manifest: pd.DataFrame, ids: list[
         rows = rows.drop_duplicates("pair_id")
         imgs = read_images(folder, rows["path"].tolist(), size)
         at = rows["pair_id"].map(pos).to_numpy()
+        out = predict(model, meta, imgs, device)
         if k == 0:
             seed0 = np.empty((len(ids), size, size), np.uint8)
             seed0[at] = imgs
-        out = predict(model, meta, imgs, device)
+            features = np.empty((len(ids), out["features"].shape[1]))
+            features[at] = out["features"]
         for key in ("probs", "p_male", "age"):
             if key not in sums:
                 sums[key] = np.zeros((len(ids), *out[key].shape[1:]))
             np.add.at(sums[key], at, out[key])
         count[at] += 1
     averaged = {key: v / count.reshape(-1, *[1] * (v.ndim - 1)) for key, v in sums.items()}
-    averaged["features"] = predict(model, meta, seed0, device)["features"]  # realism: one sample per pair
+    averaged["features"] = features  # realism: one sample (seed 0) per pair, not an average of images
     return averaged, seed0, {"min": int(count.min()), "max": int(count.max())}
 
 
@@ -244,6 +246,19 @@ def _truth_block(truth: PairTruth | None, truth_reason: str | None, data: compar
     return {"computed": True, "per_finding": per,
             "partial_r_macro": metrics.macro_over({f: v["partial_r"] for f, v in per.items()}, label_set),
             "crossing_auroc_macro": metrics.macro_over({f: v["crossing_auroc"] for f, v in per.items()}, label_set)}
+
+
+def _check_same_values(methods: dict, values: dict) -> None:
+    """The method blocks (sklearn's AUROC) and the bootstrap's fast path must agree on the full sample."""
+    for name, block in methods.items():
+        got = {f"auroc_{s}_macro": block["auroc"][s]["macro"]["value"] for s in ("diff", "all", "same")}
+        if block["truth"]["computed"]:
+            got["truth_partial_r_macro"] = block["truth"]["partial_r_macro"]["value"]
+            got["truth_crossing_auroc_macro"] = block["truth"]["crossing_auroc_macro"]["value"]
+        for metric, v in got.items():
+            w = values[name][metric]
+            if (v is None) != (w is None) or (v is not None and abs(v - w) > 1e-9):
+                raise AssertionError(f"evaluate: {name}.{metric} is {v} in its block but {w} in the comparisons")
 
 
 def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: EvaluateConfig, run_info: dict,
@@ -272,13 +287,14 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
         raise InputError(f"{triplets}: no pairs with split == {split!r}")
 
     keep = trip["prev_dicom_id"].map(lambda d: d in store) & trip["trg_dicom_id"].map(lambda d: d in store)
-    pair_ids = set(trip.loc[keep, "pair_id"])
+    with_pixels = set(trip.loc[keep, "pair_id"])
+    pair_ids = set(with_pixels)
     coverage, manifests = {"n_split_pairs": len(trip), "n_without_real_pixels": int((~keep).sum())}, {}
     for name, folder in samples.items():
         folder = Path(folder)
         man = read_manifest(folder)
         have = {p for p in man.loc[man["seed_index"] == 0, "pair_id"] if (folder / f"{p}.png").exists()}
-        coverage[f"n_without_{name}"] = len(pair_ids - have)
+        coverage[f"n_without_{name}"] = len(with_pixels - have)
         manifests[name] = man
         pair_ids &= have
     if not pair_ids:
@@ -382,6 +398,7 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
 
     groups = trip["subject_id"].to_numpy()
     values = {n: comparisons.headline_values(data, preds[n]["probs"], changes[n], np.arange(len(ids))) for n in order}
+    _check_same_values(methods, values)
     controls = [n for n in order if kinds[n] == "control"]
     t_boot = time.time()
     boot = comparisons.bootstrap(data, {n: (preds[n]["probs"], changes[n]) for n in [model_name, *controls]},
