@@ -22,7 +22,7 @@ def main() -> None:
     st = mf.settings
     print(f"{st['n_pairs']} {st['split']} pairs from {st['n_patients']} patients; label sets: "
           + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in mf.label_sets.auroc.items())
-          + f"; truth: {', '.join(mf.label_sets.truth) or 'none'}\n")
+          + "; " + "; ".join(f"truth {k}: {', '.join(v) or 'none'}" for k, v in mf.label_sets.truth.items()) + "\n")
     names = list(mf.methods)
     print("| metric | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))

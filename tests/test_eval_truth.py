@@ -28,7 +28,7 @@ def world(n_patients: int = 120, pairs_per_patient: int = 5, seed: int = 0):
     change = {}
     for j, f in enumerate(LABELS):
         d = np.abs(trg[:, j] - prev[:, j])
-        change[f] = {"mean_abs_change": float(d.mean()), "dynamic": bool(d.mean() >= 0.02),
+        change[f] = {"mean_abs_change": float(d.mean()), "dynamic": bool(d.mean() >= 0.02), "n_pairs": n,
                      "n_cross_up": int(((prev[:, j] <= THR[f]) & (trg[:, j] > THR[f])).sum()),
                      "n_cross_down": int(((prev[:, j] > THR[f]) & (trg[:, j] <= THR[f])).sum()), "threshold": THR[f]}
     truth = PairTruth(list(LABELS), dict(THR), prev, trg, change, n)
@@ -66,13 +66,16 @@ def test_fixed_label_sets_follow_counts_and_dynamics():
     assert truth.dynamic == ["edema", "pleural_effusion"]  # cardiomegaly never changes
     assert set(sets["diff"]) == {"edema", "pleural_effusion"} and "cardiomegaly" not in sets["all"]
     assert comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 10_000, 20) == {"all": [], "diff": [], "same": []}
-    assert comparisons.truth_label_set(truth, 20, 20) == ["edema", "pleural_effusion"]
+    assert comparisons.truth_label_sets(truth, 20, 20) == {"partial_r": ["edema", "pleural_effusion"],
+                                                           "crossing_auroc": ["edema", "pleural_effusion"]}
+    few = comparisons.truth_label_sets(truth, 150, 150)  # crossings are rarer than pairs
+    assert few["crossing_auroc"] == [] and few["partial_r"] == ["edema", "pleural_effusion"]
 
 
 def test_headline_values_and_comparisons_of_known_models():
     prev, trg, yp, yt, groups, truth, rng = world()
     sets = comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 20, 20)
-    data = comparisons.HeadlineData(LABELS, yt, yp, sets, truth, comparisons.truth_label_set(truth, 20, 20))
+    data = comparisons.HeadlineData(LABELS, yt, yp, sets, truth, comparisons.truth_label_sets(truth, 20, 20))
     noise = rng.random(prev.shape)
     methods = {"target": (trg, trg - prev), "copy": (prev, np.zeros_like(prev)), "noise": (noise, noise - prev)}
     idx = np.arange(len(prev))
@@ -116,7 +119,7 @@ def test_verdicts_follow_the_interval():
 def test_one_patient_gives_no_interval():
     prev, trg, yp, yt, groups, truth, _ = world(n_patients=1, pairs_per_patient=600)
     sets = comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 20, 20)
-    data = comparisons.HeadlineData(LABELS, yt, yp, sets, truth, comparisons.truth_label_set(truth, 20, 20))
+    data = comparisons.HeadlineData(LABELS, yt, yp, sets, truth, comparisons.truth_label_sets(truth, 20, 20))
     methods = {"target": (trg, trg - prev), "copy": (prev, np.zeros_like(prev))}
     v = {n: comparisons.headline_values(data, p, c, np.arange(len(prev))) for n, (p, c) in methods.items()}
     boot = comparisons.bootstrap(data, methods, groups, 50, seed=0)

@@ -52,10 +52,18 @@ def fixed_label_sets(trg: np.ndarray, prev: np.ndarray, labels: tuple[str, ...],
     return out
 
 
-def truth_label_set(truth: PairTruth, min_pos: int, min_neg: int) -> list[str]:
-    """Dynamic findings whose hidden state crossed the threshold upwards/downwards often enough."""
-    return [f for f in truth.dynamic
-            if truth.change[f]["n_cross_up"] >= min_pos and truth.change[f]["n_cross_down"] >= min_neg]
+TRUTH_METRICS = ("partial_r", "crossing_auroc")
+
+
+def truth_label_sets(truth: PairTruth, min_pos: int, min_neg: int) -> dict[str, list[str]]:
+    """Per truth metric, the dynamic findings with enough data for it, from the hidden state alone.
+
+    The partial correlation uses every pair (at least `min_pos + min_neg` of them); the crossing
+    AUROC needs `min_pos` upward and `min_neg` downward threshold crossings.
+    """
+    c = truth.change
+    return {"partial_r": [f for f in truth.dynamic if c[f]["n_pairs"] >= min_pos + min_neg],
+            "crossing_auroc": [f for f in truth.dynamic if c[f]["n_cross_up"] >= min_pos and c[f]["n_cross_down"] >= min_neg]}
 
 
 @dataclass
@@ -67,7 +75,7 @@ class HeadlineData:
     prev: np.ndarray  # (N, L)
     label_sets: dict[str, list[str]]
     truth: PairTruth | None = None
-    truth_set: list[str] = field(default_factory=list)
+    truth_sets: dict[str, list[str]] = field(default_factory=lambda: {m: [] for m in TRUTH_METRICS})
 
     def __post_init__(self):
         self.masks = subset_masks(self.trg, self.prev)
@@ -94,10 +102,13 @@ def headline_values(data: HeadlineData, probs: np.ndarray, change: np.ndarray | 
         return out
     t = data.truth
     rs, aucs = [], []
-    for f in data.truth_set:
+    for f in data.truth_sets["partial_r"]:
         j, k = data.labels.index(f), t.column(f)
         sp, st = t.prev[idx, k], t.trg[idx, k]
         rs.append(partial_correlation(change[idx, j], st - sp, sp)["value"])
+    for f in data.truth_sets["crossing_auroc"]:
+        j, k = data.labels.index(f), t.column(f)
+        sp, st = t.prev[idx, k], t.trg[idx, k]
         thr = t.thresholds[f]
         crossed = np.isfinite(sp) & np.isfinite(st) & np.isfinite(p[:, j]) & ((sp > thr) != (st > thr))
         aucs.append(rank_auroc(p[crossed, j], (st[crossed] > thr).astype(np.float64)))

@@ -185,12 +185,12 @@ def _truth_tables(mf: MetricsFile) -> str:
                        ("crossing_auroc", "AUROC on pairs whose hidden state crossed the label threshold")):
         rows = []
         for f in mf.truth.findings:
-            row = [html.escape(f) + (" <small>(in the macro)</small>" if f in mf.label_sets.truth else "")]
+            row = [html.escape(f) + (" <small>(in the macro)</small>" if f in mf.label_sets.truth[key] else "")]
             for n in names:
                 t = mf.methods[n].truth
                 row.append(_fmt(getattr(t.per_finding[f], key).model_dump()) if t.computed and f in t.per_finding else "–")
             rows.append(row)
-        macro = [f"<b>macro over {html.escape(str(mf.label_sets.truth))}</b>"]
+        macro = [f"<b>macro over {html.escape(', '.join(mf.label_sets.truth[key]) or '(none)')}</b>"]
         for n in names:
             t = mf.methods[n].truth
             m = getattr(t, f"{key}_macro") if t.computed else None
@@ -212,7 +212,7 @@ def _metrics_section(results: Path) -> str:
     ls = mf.label_sets
     parts.append("<h3>Label sets (fixed before scoring and resampling)</h3>" + _table(
         ["macro", "labels"], [[k, html.escape(", ".join(v) or "(none: every macro here is undefined)")] for k, v in
-                              [*((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")), ("truth metrics", ls.truth)]])
+                              [*((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")), ("truth: partial correlation", ls.truth["partial_r"]), ("truth: crossing AUROC", ls.truth["crossing_auroc"])]])
         + f"<p>Rule: {html.escape(ls.rule)}.</p>")
     rows, classes = [], []
     for name, r in mf.methods.items():

@@ -125,7 +125,7 @@ class Comparison(_Strict):
 class LabelSets(_Strict):
     rule: str
     auroc: dict[Literal["all", "diff", "same"], list[str]]
-    truth: list[str]
+    truth: dict[Literal["partial_r", "crossing_auroc"], list[str]]
     candidates: list[str]
 
 

@@ -233,7 +233,7 @@ def _seed_averaged(model, meta, folder: Path, manifest: pd.DataFrame, ids: list[
 
 
 def _truth_block(truth: PairTruth | None, truth_reason: str | None, data: comparisons.HeadlineData, probs: np.ndarray,
-                 change: np.ndarray | None, label_set: list[str]) -> dict:
+                 change: np.ndarray | None, label_sets: dict[str, list[str]]) -> dict:
     if truth is None:
         return {"computed": False, "reason": truth_reason}
     per = {}
@@ -244,8 +244,8 @@ def _truth_block(truth: PairTruth | None, truth_reason: str | None, data: compar
                   "partial_r": metrics.partial_correlation(change[:, j], st - sp, sp),
                   "crossing_auroc": metrics.crossing_auroc(probs[:, j], sp, st, truth.thresholds[f])}
     return {"computed": True, "per_finding": per,
-            "partial_r_macro": metrics.macro_over({f: v["partial_r"] for f, v in per.items()}, label_set),
-            "crossing_auroc_macro": metrics.macro_over({f: v["crossing_auroc"] for f, v in per.items()}, label_set)}
+            "partial_r_macro": metrics.macro_over({f: v["partial_r"] for f, v in per.items()}, label_sets["partial_r"]),
+            "crossing_auroc_macro": metrics.macro_over({f: v["crossing_auroc"] for f, v in per.items()}, label_sets["crossing_auroc"])}
 
 
 def _check_same_values(methods: dict, values: dict) -> None:
@@ -325,19 +325,20 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
             pt, truth_reason = None, f"{truth}: no scored pair has hidden severities for both images"
     candidates = pt.dynamic if pt is not None else list(labels)
     label_sets = comparisons.fixed_label_sets(trg, prev, labels, candidates, cfg.min_label_positives, cfg.min_label_negatives)
-    truth_set = comparisons.truth_label_set(pt, cfg.min_label_positives, cfg.min_label_negatives) if pt is not None else []
+    truth_sets = (comparisons.truth_label_sets(pt, cfg.min_label_positives, cfg.min_label_negatives) if pt is not None
+                  else {m: [] for m in comparisons.TRUTH_METRICS})
     rule = (f"{'dynamic findings' if pt is not None else 'all evaluator labels (no ground truth to tell dynamic ones)'} with "
             f">= {cfg.min_label_positives} positive and >= {cfg.min_label_negatives} negative targets in the subset; "
             f"truth metrics: dynamic findings with >= {cfg.min_label_positives} upward and >= {cfg.min_label_negatives} "
-            "downward threshold crossings")
-    log.info("evaluate: label sets %s; truth set %s", label_sets, truth_set)
+            "downward threshold crossings (crossing AUROC) or >= their sum of pairs (partial correlation)")
+    log.info("evaluate: label sets %s; truth sets %s", label_sets, truth_sets)
     if pt is not None:
         oracle = np.full((len(ids), len(labels)), np.nan)
         for f in pt.findings:
             oracle[:, labels.index(f)] = pt.trg[:, pt.column(f)]
         preds["oracle"] = {"probs": oracle}
 
-    data = comparisons.HeadlineData(labels, trg, prev, label_sets, pt, truth_set)
+    data = comparisons.HeadlineData(labels, trg, prev, label_sets, pt, truth_sets)
     base = preds["previous_image"]["probs"]
     changes = {name: p["probs"] - base for name, p in preds.items()}
     if pt is not None:
@@ -393,7 +394,7 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
             "age_pearson_r": metrics.pearson(p["age"], ages) if image_based else na,
             "age_mae_years": float(np.nanmean(np.abs(p["age"] - ages))) if image_based and np.isfinite(ages).any() else None,
             "fid": fid,
-            "truth": _truth_block(pt, truth_reason, data, p["probs"], changes[name], truth_set),
+            "truth": _truth_block(pt, truth_reason, data, p["probs"], changes[name], truth_sets),
         }
 
     groups = trip["subject_id"].to_numpy()
@@ -425,7 +426,7 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
     }
     result = MetricsFile.model_validate(to_json({
         "model": model_name, "methods": methods, "comparisons": comps, "headline_metrics": dict(comparisons.METRIC_TEXT),
-        "label_sets": {"rule": rule, "auroc": label_sets, "truth": truth_set, "candidates": candidates},
+        "label_sets": {"rule": rule, "auroc": label_sets, "truth": truth_sets, "candidates": candidates},
         "truth": truth_info, "settings": settings,
     }))
     payload = result.model_dump(mode="json")
