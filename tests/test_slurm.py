@@ -27,7 +27,8 @@ from contracts import check_metrics
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SLURM_SH = REPO / ".ci/slurm.sh"
-GPU_RULES = {"train_vae", "train_clip", "train_ldm", "sample", "train_evaluator", "embed"}
+GPU_RULES = {"train_vae", "train_clip", "train_ldm", "sample", "train_evaluator", "embed",
+             "train_ldm_image_only", "sample_image_only", "control_previous_vae", "vae_quality"}
 
 
 @pytest.fixture(scope="module")
