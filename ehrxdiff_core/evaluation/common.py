@@ -19,6 +19,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def evaluator_and_images(evaluator_dir, images_h5, device: str):
+    """The trained evaluator (model, meta, its labels) and the image store, checked to share one size."""
+    from ehrxdiff_core.evaluation.evaluator import load_evaluator
+    from ehrxdiff_core.evaluation.inputs import InputError, open_images
+
+    model, meta = load_evaluator(evaluator_dir, device)
+    store = open_images(images_h5)
+    if store.size != meta["image_size"]:
+        raise InputError(f"{images_h5}: images are {store.size} px but the evaluator in {evaluator_dir} expects {meta['image_size']}")
+    return model, meta, tuple(meta["labels"]), store
+
+
 def to_json(obj):
     """numpy scalars/arrays to plain Python; NaN/inf must never reach the JSON (they become None)."""
     if isinstance(obj, dict):

@@ -35,7 +35,7 @@ from PIL import Image
 
 from ehrxdiff_core.atomic import atomic_dir, atomic_path
 from ehrxdiff_core.samples_folder import MANIFEST_SCHEMA
-from ehrxdiff_core.evaluation.common import resolve_device, to_json
+from ehrxdiff_core.evaluation.common import evaluator_and_images, resolve_device, to_json
 from ehrxdiff_core.evaluation.inputs import InputError, open_images, read_manifest, read_pngs, read_table
 
 log = logging.getLogger(__name__)
@@ -357,17 +357,13 @@ def quality_gate(real: dict, recon: dict) -> dict:
 
 def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, device: str = "auto") -> dict:
     """Write `eval/vae_quality.json`: the evaluator on real validation images vs their autoencoder reconstructions."""
-    from ehrxdiff_core.evaluation.evaluator import load_evaluator, predict
+    from ehrxdiff_core.evaluation.evaluator import predict
     from ehrxdiff_core.models.stages import load_vae
 
     t0 = time.time()
     device = resolve_device(device)
     vae = load_vae(vae_dir)
-    model, meta = load_evaluator(evaluator_dir, device)
-    labels = tuple(meta["labels"])
-    store = open_images(images_h5)
-    if store.size != meta["image_size"]:
-        raise InputError(f"{images_h5}: images are {store.size} px but the evaluator in {evaluator_dir} expects {meta['image_size']}")
+    model, meta, labels, store = evaluator_and_images(evaluator_dir, images_h5, device)
     cohort = read_table(cohort_images, ["dicom_id", "split", "age", "gender", *labels], "cohort images table")
     cohort = cohort[cohort["split"] == QUALITY_SPLIT]
     in_store = cohort["dicom_id"].map(lambda d: d in store)

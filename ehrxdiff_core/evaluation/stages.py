@@ -24,8 +24,8 @@ import torch
 from ehrxdiff_core.atomic import atomic_dir
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig
 from ehrxdiff_core.evaluation import comparisons, frechet, inception, metrics, xrv
-from ehrxdiff_core.evaluation.common import resolve_device, to_json, write_json
-from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, load_evaluator, predict, save_evaluator
+from ehrxdiff_core.evaluation.common import evaluator_and_images, resolve_device, to_json, write_json
+from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, predict, save_evaluator
 from ehrxdiff_core.evaluation.evaluator_training import train_loop
 from ehrxdiff_core.evaluation.inputs import (
     InputError,
@@ -271,11 +271,7 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
     """
     t0 = time.time()
     device = resolve_device(device)
-    model, meta = load_evaluator(evaluator_dir, device)
-    labels = tuple(meta["labels"])
-    store = open_images(images_h5)
-    if store.size != meta["image_size"]:
-        raise InputError(f"{images_h5}: images are {store.size} px but the evaluator in {evaluator_dir} expects {meta['image_size']}")
+    model, meta, labels, store = evaluator_and_images(evaluator_dir, images_h5, device)
     if model_name not in samples:
         raise ValueError(f"samples: the model {model_name!r} has no samples folder (got {list(samples)})")
     reserved = {"previous_image", "real_target", "oracle"} & set(samples)
