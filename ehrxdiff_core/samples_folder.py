@@ -7,7 +7,10 @@ Seed index 0 of a pair is `{pair_id}.png` (the path every reader may rely on), i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -26,3 +29,8 @@ MANIFEST_SCHEMA = pa.schema(
 def sample_path(pair_id: str, seed_index: int) -> str:
     """Where image (pair, seed index) lies in a samples folder, relative to it."""
     return f"{pair_id}.png" if seed_index == 0 else f"seed{seed_index}/{pair_id}.png"
+
+
+def write_manifest(folder: str | Path, rows: list[dict]) -> None:
+    """`{folder}/manifest.parquet` from one dict per image, typed by `MANIFEST_SCHEMA` (a missing column fails)."""
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), Path(folder) / "manifest.parquet")

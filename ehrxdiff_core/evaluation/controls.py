@@ -11,7 +11,7 @@ blurring it. Two controls make those shortcuts explicit, scored by `evaluate` be
 `vae_quality` asks whether the autoencoder keeps what the evaluator reads: the evaluator on real
 validation images and on their reconstructions, with a pass/fail gate (`GATE_*` constants).
 
-Both control folders follow the samples-folder contract (`MANIFEST_SCHEMA`), plus `control.json`.
+Both control folders follow the samples-folder contract (`ehrxdiff_core/samples_folder.py`), plus `control.json`.
 Heavy or environment-specific imports (diffusers, scipy, scikit-learn) happen inside the functions
 that need them, so the blur control runs in the evaluation environment and the autoencoder control
 in the models environment. Layout and figures: docs/controls.md.
@@ -19,7 +19,6 @@ in the models environment. Layout and figures: docs/controls.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,14 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from ehrxdiff_core.atomic import atomic_dir, atomic_path
-from ehrxdiff_core.samples_folder import MANIFEST_SCHEMA
-from ehrxdiff_core.evaluation.common import evaluator_and_images, resolve_device, to_json
+from ehrxdiff_core.atomic import atomic_dir
+from ehrxdiff_core.samples_folder import sample_path, write_manifest
+from ehrxdiff_core.evaluation.common import evaluator_and_images, resolve_device, to_json, write_json
 from ehrxdiff_core.evaluation.inputs import InputError, open_images, read_manifest, read_pngs, read_table
 
 log = logging.getLogger(__name__)
@@ -90,26 +87,14 @@ def write_control_folder(out_dir, pair_ids, images: np.ndarray, sampler: str, se
         raise ValueError(f"images must be uint8 (N, S, S), got {images.dtype} {images.shape}")
     if len(pair_ids) != len(images):
         raise ValueError(f"{len(pair_ids)} pair ids for {len(images)} images")
-    n = len(pair_ids)
-    manifest = pa.table(
-        {
-            "pair_id": pair_ids,
-            "seed_index": np.zeros(n, np.int32),
-            "seed": np.zeros(n, np.int64),
-            "path": [f"{p}.png" for p in pair_ids],
-            "sampler": [sampler] * n,
-            "steps": np.zeros(n, np.int64),
-            "guidance": np.full(n, np.nan),
-            "seconds": np.full(n, float(seconds_per_image)),
-        },
-        schema=MANIFEST_SCHEMA,
-    )
+    rows = [{"pair_id": p, "seed_index": 0, "seed": 0, "path": sample_path(p, 0), "sampler": sampler, "steps": 0,
+             "guidance": float("nan"), "seconds": float(seconds_per_image)} for p in pair_ids]
     with atomic_dir(out_dir) as tmp:
         for pid, img in zip(pair_ids, images):
-            Image.fromarray(img, mode="L").save(tmp / f"{pid}.png")
-        pq.write_table(manifest, tmp / "manifest.parquet")
+            Image.fromarray(img, mode="L").save(tmp / sample_path(pid, 0))
+        write_manifest(tmp, rows)
         if control is not None:
-            (tmp / "control.json").write_text(json.dumps(to_json(control), indent=2, allow_nan=False))
+            write_json(control, tmp / "control.json")
 
 
 # ---------------------------------------------------------------------------------------- previous_vae
@@ -393,8 +378,7 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
         "gate": quality_gate(real, recon),
         "seconds": time.time() - t0,
     }
-    with atomic_path(out_json) as tmp:
-        tmp.write_text(json.dumps(to_json(result), indent=2, allow_nan=False))
+    write_json(result, Path(out_json))
     d, g = result["difference"], result["gate"]
     log.info("vae_quality on %d %s images: macro AUROC real %s, reconstructed %s (diff %s); sex AUROC real %s, "
              "reconstructed %s; age r real %s, reconstructed %s; pixel MAE %.2f, PSNR %.2f dB",

@@ -33,7 +33,7 @@ from ehrxdiff_core.models.datasets import (
 from ehrxdiff_core.models.ddp import barrier, init_distributed
 from ehrxdiff_core.models.ldm import LatentDiffusion, build_unet, load_ldm
 from ehrxdiff_core.models.sampling import sample_seeds
-from ehrxdiff_core.samples_folder import MANIFEST_SCHEMA, sample_path
+from ehrxdiff_core.samples_folder import sample_path, write_manifest
 from ehrxdiff_core.models.training import TrainResult, run_training, trainable_params
 from ehrxdiff_core.models.vae import CHEFF_SCALE, VaeTrainer, build_vae, estimate_scale, import_pretrained
 
@@ -228,8 +228,6 @@ def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConf
     """Predict target images for the pairs of `cfg.split`, `cfg.n_seeds` per pair, atomically: seed index 0 at
     `{pair_id}.png`, k ≥ 1 at `seed{k}/{pair_id}.png`, one `manifest.parquet` row per image (`MANIFEST_SCHEMA`).
     An image-only model (`ldm_config.json` `mask_events`) is sampled with every event masked."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from PIL import Image
     from tqdm import tqdm
 
@@ -263,7 +261,6 @@ def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConf
                     Image.fromarray(imgs[i], mode="L").save(tmp / path)
                     rows.append({"pair_id": pid, "seed_index": k, "seed": seeds[i], "path": path, "sampler": cfg.sampler,
                                  "steps": cfg.steps, "guidance": cfg.guidance_scale, "seconds": secs / len(idx)})
-        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-        pq.write_table(table, tmp / "manifest.parquet")
+        write_manifest(tmp, rows)
     return {"n": len(rows), "n_pairs": len(pairs), "n_seeds": cfg.n_seeds, "mask_events": model.mask_events,
             "seconds_per_image": float(np.mean([r["seconds"] for r in rows])), "sampler": cfg.sampler, "steps": cfg.steps}
