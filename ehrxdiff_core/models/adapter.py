@@ -9,7 +9,7 @@ computed at all; the demo default). `use_ehr/use_vit/use_vae` switch the branche
 off for ablations (use_ehr: false removes the branch and its parameters; the image-only control
 keeps the branch and gives every row the null table, see `LatentDiffusion.mask_events`). A batch
 without events (`events=None`, every row null) gets the null table built here. ViT tokens: all
-tokens after the encoder, without ln_post (quirk 9); VAE tokens: posterior mode, unscaled (quirk 10).
+tokens after the encoder, without ln_post (as the original); VAE tokens: posterior mode, unscaled (as the original).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ manifest output (the samples-folder contract of `ehrxdiff_core.samples_folder`).
 The scheduler is the only thing that changes between samplers (diffusers' interchangeable
 `set_timesteps` / `step`). Each pair's initial noise and DDIM noise come from its own generator
 (seed + hash(pair_id)), so an image does not depend on which batch it was in. Latents are not
-clipped (quirk 15); decoding uses latents / scale and clamps pixels to [-1, 1]. Seed index k of a
+clipped (as the original); decoding uses latents / scale and clamps pixels to [-1, 1]. Seed index k of a
 pair uses `pair_seed(sample.seed + k, pair_id)`, so index 0 is the one-seed image.
 """
 
