@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo's config.yaml is the config only when no --configfile is given: a user's file is merged over
+# the defaults of ehrxdiff_core/config.py, never over the demo's settings (`ehrxdiff check-config FILE`
+# validates exactly that merge). `--config key=value` overrides either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

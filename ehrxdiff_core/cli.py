@@ -1,7 +1,7 @@
 """`ehrxdiff` console script: the stand-alone entry points that do not need the workflow.
 
-`ehrxdiff synth` writes the synthetic MIMIC world; `ehrxdiff check-config` validates a config
-file exactly as the Snakefile does; `ehrxdiff to-meds` converts a synthetic world to MEDS.
+`ehrxdiff synth` writes the synthetic MIMIC world; `ehrxdiff check-config` validates the
+config a run gets, exactly as the Snakefile does; `ehrxdiff to-meds` converts a synthetic world to MEDS.
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from ehrxdiff_core.config import ConfigError, load_config
+    from ehrxdiff_core.config import DEMO_CONFIG, ConfigError, load_config, read_config_files
 
-    raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    names = " + ".join(args.config) if args.config else DEMO_CONFIG
     try:
-        load_config(raw)
+        cfg = load_config(read_config_files(args.config))
     except ConfigError as err:
-        print(f"{args.config}: {err}", file=sys.stderr)
+        print(f"{names}: {err}", file=sys.stderr)
         return 1
-    print(f"{args.config}: OK")
+    if args.show:
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    print(f"{names}: OK", file=sys.stderr if args.show else sys.stdout)
     return 0
 
 
@@ -61,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-images", action="store_true", help="skip the JPGs (data benchmarks)")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("check-config", help="validate a config file as the Snakefile does")
-    p.add_argument("config")
+    p = sub.add_parser(
+        "check-config",
+        help="validate the config a run gets from these files (as `snakemake --configfile FILE...`; none: config.yaml)",
+    )
+    p.add_argument("config", nargs="*", help="config files, later ones merged over earlier ones")
+    p.add_argument("--show", action="store_true", help="print the resolved config (every key, defaults filled in)")
     p.set_defaults(func=_cmd_check_config)
 
     p = sub.add_parser("to-meds", help="convert a synthetic world to MEDS shards + an image manifest")

@@ -8,10 +8,22 @@ that read it. Sections exist for every stage of the design.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE.match(value):
+        raise ValueError("device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -132,6 +144,9 @@ class SplitConfig(Section):
     def _check_fractions(self) -> "SplitConfig":
         if set(self.fractions) != {"train", "valid", "test"}:
             raise ValueError("fractions must have exactly the keys train, valid, test")
+        negative = {k: v for k, v in self.fractions.items() if v < 0}
+        if negative:
+            raise ValueError(f"fractions cannot be negative, got {negative}")
         if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
             raise ValueError(f"fractions must sum to 1, got {sum(self.fractions.values())}")
         return self
@@ -139,20 +154,22 @@ class SplitConfig(Section):
 
 class CohortConfig(Section):
     views: list[str] = ["AP", "PA"]
-    min_age: int = 18
+    # admissions of patients younger than this are left out (paper: 18); null keeps every image, including
+    # those of subjects without an age (MEDS data without `age`/MEDS_BIRTH)
+    min_age: int | None = Field(18, ge=0)
     max_gap_hours: float = Field(48.0, gt=0)  # strict: gap < max_gap_hours
     pairing: Literal["all", "consecutive"] = "all"
     split: SplitConfig = SplitConfig()
 
 
 class ImagesConfig(Section):
-    size: int = Field(64, ge=8)
+    size: int = Field(64, ge=8)  # a multiple of the autoencoder's and the U-Net's downsampling (checked below)
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
 
 
 class EventsConfig(Section):
     max_events: int = Field(1024, ge=1)
-    tables: list[
+    tables: Annotated[list[
         Literal[
             "labevents",
             "prescriptions",
@@ -162,7 +179,7 @@ class EventsConfig(Section):
             "microbiologyevents",
             "procedureevents",
         ]
-    ] = [
+    ], Field(min_length=1)] = [
         "labevents",
         "prescriptions",
         "inputevents",
@@ -173,7 +190,13 @@ class EventsConfig(Section):
     ]
     paper_filters: bool = True  # the original's table filters (reference/ehrxdiff.md §2.4)
     prescription_whitelist: str | None = None  # JSON {antibiotic: [...], cardiac_lung: [...]}; default: shipped copy
-    round_decimals: int = 4
+    round_decimals: int = Field(4, ge=0)
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> "EventsConfig":
+        if len(set(self.tables)) != len(self.tables):
+            raise ValueError(f"tables lists a table twice: {self.tables}")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -186,7 +209,7 @@ class EncoderConfig(Section):
     max_length: int = Field(256, ge=8)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(64, ge=1)
-    device: str = "auto"
+    device: Device = "auto"
     tiny_dim: int = Field(32, ge=4)  # width of the tiny-random encoder (tests)
 
 
@@ -203,7 +226,7 @@ class RagIndexConfig(Section):
 class RagConfig(Section):
     enabled: bool = True
     top_k: int = Field(2, ge=0)
-    min_score: float = 0.3
+    min_score: float = Field(0.3, ge=-1, le=1)  # cosine similarity
     template: str = "{event} | context: {snippets}{flag}"
     abnormal_flag: bool = True
     index: RagIndexConfig = RagIndexConfig()
@@ -237,8 +260,8 @@ class TrainLoop(Section):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = 1.0
-    ema_decay: float | None = None
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     seed: int = 0
@@ -250,33 +273,33 @@ class TrainLoop(Section):
     gpus: int = Field(1, ge=1)  # >1: run under torchrun over the allocation's GPUs
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after linear warmup
     cosine_cycle_steps: int | None = Field(None, ge=1)  # cosine restarts every N steps (paper CLIP: 500)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
 
 
 class VaeConfig(Section):
     pretrained: str | None = None  # diffusers folder, or a Cheff/LDM autoencoder checkpoint file
-    latent_channels: int = 3
-    block_out_channels: list[int] = [32, 64, 64]
-    layers_per_block: int = 1
-    kl_weight: float = 1e-6
-    scaling_factor: float | None = None  # None: estimated from data when training (Cheff import: 0.18215)
+    latent_channels: int = Field(3, ge=1)
+    block_out_channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [32, 64, 64]
+    layers_per_block: int = Field(1, ge=1)
+    kl_weight: float = Field(1e-6, ge=0)
+    scaling_factor: float | None = Field(None, gt=0)  # None: estimated from data when training (Cheff import: 0.18215)
     train: TrainLoop = TrainLoop(steps=300, batch_size=16, lr=4e-4)
 
 
 class ClipConfig(Section):
     pretrained_vision: str | None = None  # local OpenAI CLIP folder (transformers layout)
-    image_size: int | None = None  # default: images.size
-    patch_size: int = 8
-    vision_width: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 4
-    tab_width: int | None = 64  # Linear(event dim -> tab_width) before the transformer; None: none (paper)
-    tab_layers: int = 2
-    tab_heads: int = 4
-    tab_ff: int = 128
+    image_size: int | None = Field(None, ge=8)  # default: images.size
+    patch_size: int = Field(8, ge=1)
+    vision_width: int = Field(64, ge=1)
+    vision_layers: int = Field(2, ge=1)
+    vision_heads: int = Field(4, ge=1)
+    tab_width: int | None = Field(64, ge=1)  # Linear(event dim -> tab_width) before the transformer; None: none (paper)
+    tab_layers: int = Field(2, ge=1)
+    tab_heads: int = Field(4, ge=1)
+    tab_ff: int = Field(128, ge=1)
     tab_dropout: float = Field(0.1, ge=0, lt=1)
-    embed_dim: int = 64  # width of the event tokens and of the contrastive embedding (paper 768)
+    embed_dim: int = Field(64, ge=1)  # width of the event tokens and of the contrastive embedding (paper 768)
     pooling: Literal["masked_mean", "paper"] = "masked_mean"
     augment_crop_scale: float | None = Field(0.75, gt=0, le=1)  # RandomResizedCrop min scale; None: off
     train: TrainLoop = TrainLoop(steps=400, batch_size=32, lr=5e-4, weight_decay=0.2, warmup_steps=20)
@@ -287,20 +310,20 @@ class AdapterConfig(Section):
     use_ehr: bool = True
     use_vit: bool = True
     use_vae: bool = True
-    context_tokens: int | None = None  # paper: 1024; default: events.max_events
+    context_tokens: int | None = Field(None, ge=1)  # paper: 1024; default: events.max_events
 
 
 class LdmConfig(Section):
-    block_out_channels: list[int] = [32, 64, 64]
-    attention_levels: list[bool] = [False, True, True]
-    layers_per_block: int = 1
-    num_heads: int = 4  # attention heads per block (diffusers' `attention_head_dim`, which counts heads)
-    cross_attention_dim: int = 64
+    block_out_channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [32, 64, 64]
+    attention_levels: list[bool] = [False, True, True]  # one per block
+    layers_per_block: int = Field(1, ge=1)
+    num_heads: int = Field(4, ge=1)  # attention heads per block (diffusers' `attention_head_dim`, which counts heads)
+    cross_attention_dim: int = Field(64, ge=1)
     conditioning: Literal["crossattn", "hybrid"] = "hybrid"  # demo: hybrid (learns the change in a CPU budget); paper: crossattn
     hybrid_latent_scaled: bool = True  # hybrid concat uses scaled mode latent; False: unscaled (original code)
-    beta_start: float = 0.0015
-    beta_end: float = 0.0295
-    num_train_timesteps: int = 1000
+    beta_start: float = Field(0.0015, gt=0, lt=1)
+    beta_end: float = Field(0.0295, gt=0, lt=1)
+    num_train_timesteps: int = Field(1000, ge=2)
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"  # demo: v (learns in a CPU budget); paper: epsilon
     null_augmentation: bool = False
     target_affine: bool = False  # RandomAffine(±10°, scale 0.9–1.1) on targets (the original's w_null runs)
@@ -309,17 +332,28 @@ class LdmConfig(Section):
     adapter: AdapterConfig = AdapterConfig()
     train: TrainLoop = TrainLoop(steps=1000, batch_size=16, lr=1e-3, ema_decay=0.999)
 
+    @model_validator(mode="after")
+    def _check_unet(self) -> "LdmConfig":
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError(
+                f"attention_levels has {len(self.attention_levels)} entries but block_out_channels has "
+                f"{len(self.block_out_channels)}: give one per block"
+            )
+        if self.beta_end <= self.beta_start:
+            raise ValueError(f"beta_end ({self.beta_end}) must be larger than beta_start ({self.beta_start})")
+        return self
+
 
 class SampleConfig(Section):
     split: Literal["train", "valid", "test"] = "test"
     sampler: Literal["ddim", "dpmsolver++"] = "ddim"
     steps: int = Field(25, ge=1)
-    eta: float = 1.0
-    guidance_scale: float = 1.0
+    eta: float = Field(1.0, ge=0, le=1)
+    guidance_scale: float = Field(1.0, ge=0)  # 1: no guidance
     seed: int = 42
     batch_size: int = Field(16, ge=1)
     use_ema: bool = True
-    max_pairs: int | None = None
+    max_pairs: int | None = Field(None, ge=1)  # null: every pair of the split
     n_seeds: int = Field(2, ge=1)  # seeds per pair; the evaluation averages the evaluator's scores over them
 
 
@@ -357,7 +391,7 @@ class ReportConfig(Section):
 
 
 class ComputeConfig(Section):
-    device: str = "auto"  # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'
+    device: Device = "auto"  # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', 'mps'
 
 
 class PipelineConfig(Section):
@@ -387,6 +421,57 @@ class PipelineConfig(Section):
             for key in ("data_dir", "image_manifest"):
                 if getattr(self.data.meds, key) is None:
                     raise ValueError(f"data.meds.{key} must be set when data.source is 'meds'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_downstream(self) -> "PipelineConfig":
+        """Settings each valid alone that a later stage could not run with: fail here, before any job."""
+        problems = []
+        fractions = self.cohort.split.fractions
+        if self.cohort.split.key_file is None:
+            # train: every model; valid: the autoencoder gate and the evaluator's quality; the sampled split
+            for split, why in (("train", "the models train on it"), ("valid", "the autoencoder gate scores it"),
+                               (self.sample.split, "sample.split generates and scores it")):
+                if fractions[split] <= 0:
+                    problems.append(f"cohort.split.fractions.{split}: must be > 0 ({why}), got {fractions[split]}")
+        size = self.images.size
+        vae_factor = 2 ** (len(self.vae.block_out_channels) - 1)
+        unet_factor = 2 ** (len(self.ldm.block_out_channels) - 1)
+        if self.vae.pretrained is None:  # an imported autoencoder brings its own factor (checked when loaded)
+            if size % vae_factor:
+                problems.append(
+                    f"images.size: {size} is not a multiple of the autoencoder's downsampling factor {vae_factor} "
+                    f"(2 ** (len(vae.block_out_channels) - 1))"
+                )
+            elif (size // vae_factor) % unet_factor:
+                problems.append(
+                    f"images.size: the latent side {size // vae_factor} (images.size / {vae_factor}) is not a multiple "
+                    f"of the U-Net's downsampling factor {unet_factor} (2 ** (len(ldm.block_out_channels) - 1))"
+                )
+        for key, channels in (("vae.block_out_channels", self.vae.block_out_channels),
+                              ("ldm.block_out_channels", self.ldm.block_out_channels)):
+            groups = min(32, min(channels))  # GroupNorm groups, as the models build them
+            if any(c % groups for c in channels):
+                problems.append(f"{key}: every width must be a multiple of {groups} (GroupNorm groups), got {channels}")
+        for c, attn in zip(self.ldm.block_out_channels, self.ldm.attention_levels):
+            if attn and c % self.ldm.num_heads:
+                problems.append(f"ldm.num_heads: {self.ldm.num_heads} does not divide the attention block width {c}")
+        clip_size = self.clip.image_size or size
+        if clip_size % self.clip.patch_size:
+            problems.append(
+                f"clip.patch_size: {self.clip.patch_size} does not divide the ViT input side {clip_size} "
+                f"(clip.image_size, default images.size)"
+            )
+        if self.clip.vision_width % self.clip.vision_heads:
+            problems.append(f"clip.vision_heads: {self.clip.vision_heads} does not divide clip.vision_width "
+                            f"{self.clip.vision_width}")
+        if self.clip.tab_width is not None and self.clip.tab_width % self.clip.tab_heads:
+            problems.append(f"clip.tab_heads: {self.clip.tab_heads} does not divide clip.tab_width {self.clip.tab_width}")
+        if self.sample.steps > self.ldm.num_train_timesteps:
+            problems.append(f"sample.steps: {self.sample.steps} exceeds ldm.num_train_timesteps "
+                            f"{self.ldm.num_train_timesteps}")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -423,10 +508,15 @@ def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown config key")
+        elif path == "<root>":  # cross-section checks name their keys themselves
+            lines.extend(f"  {problem}" for problem in msg.split("\n"))
+        elif isinstance(e.get("input"), dict):  # a section-level check: the section is too long to echo
+            lines.append(f"  {path}: {msg}")
         else:
-            lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  {path}: {msg} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -447,6 +537,45 @@ def load_config(raw: dict[str, Any] | None, check_paths: bool = True, base_dir: 
     return cfg
 
 
+DEMO_CONFIG = "config.yaml"
+
+
+def read_config_files(paths: list[str | Path] | tuple[str | Path, ...] = ()) -> dict[str, Any]:
+    """The raw config a run gets from these files, as the Snakefile builds it.
+
+    Later files are deep-merged over earlier ones (Snakemake's `--configfile A B`); without any file the
+    demo's `config.yaml` is read. The demo file is never merged under a user's file: their keys fall back to
+    the defaults of `PipelineConfig`.
+    """
+    import yaml
+
+    raw: dict[str, Any] = {}
+    for path in list(paths) or [DEMO_CONFIG]:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must be a YAML mapping, got {type(data).__name__}")
+        raw = _deep_merge(raw, data)
+    return raw
+
+
 def section(cfg: PipelineConfig, dotted: str) -> dict[str, Any]:
     """A plain-dict copy of one section, for a rule's `params` (compared by Snakemake on rerun)."""
     return _get_dotted(cfg, dotted).model_dump(mode="json")
+
+
+def write_resolved_config(config: dict[str, Any], out: str | Path) -> None:
+    """The validated config (every key, defaults filled in) as YAML: re-validated first, written atomically."""
+    import yaml
+
+    from ehrxdiff_core.atomic import atomic_path
+
+    resolved = load_config(config, check_paths=False).model_dump(mode="json")
+    header = "# The configuration this run validated: every key, with the defaults filled in.\n"
+    with atomic_path(Path(out)) as tmp:
+        Path(tmp).write_text(header + yaml.safe_dump(resolved, sort_keys=False))

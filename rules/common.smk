@@ -18,7 +18,7 @@ LIB = Path(workflow.basedir) / "ehrxdiff_core"
 SYNTH = f"{RESULTS}/synthetic"
 
 from ehrxdiff_core.data.events import MEDS_EVENTS
-from ehrxdiff_core.data.meds import MEDS_TABLES
+from ehrxdiff_core.data.meds import ID_MAP as MEDS_ID_MAP, MEDS_TABLES
 from ehrxdiff_core.data.stages import TABLE_NAMES, cxr_root, source_path
 
 
@@ -84,3 +84,17 @@ def duckdb_mem_mb():
         if text.endswith(unit):
             return int(float(text[: -len(unit)]) * factor) + 1000
     raise WorkflowError(f"data.duckdb.memory_limit: cannot read {CFG.data.duckdb.memory_limit!r} (e.g. '4GB')")
+
+
+rule resolved_config:
+    """The config this run validated, every key filled in: written beside the results, shown in the report."""
+    output:
+        f"{RESULTS}/config.resolved.yaml",
+    log:
+        "logs/resolved_config.log",
+    localrule: True
+    threads: 1
+    params:
+        config=CFG.model_dump(mode="json"),
+    script:
+        "../workflow_scripts/resolved_config.py"

@@ -98,3 +98,94 @@ def test_compute_section_is_validated():
     assert load_config({"compute": {"device": "cpu"}}).compute.device == "cpu"
     with pytest.raises(ConfigError, match=r"compute\.devise: unknown config key"):
         load_config({"compute": {"devise": "cuda"}})
+
+
+# Settings that each pass a field check but would fail (or silently mislead) in a later job: rejected here.
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"images": {"size": 9}}, r"images\.size: 9 is not a multiple of the autoencoder's downsampling factor 4"),
+        ({"images": {"size": 72}}, r"images\.size: the latent side 18 .* U-Net's downsampling factor 4"),
+        ({"sample": {"max_pairs": 0}}, r"sample\.max_pairs"),
+        ({"sample": {"max_pairs": -2}}, r"sample\.max_pairs"),
+        ({"compute": {"device": "tpu"}}, r"compute\.device: device must be"),
+        ({"text": {"encoder": {"device": "gpu0"}}}, r"text\.encoder\.device"),
+        ({"events": {"tables": []}}, r"events\.tables"),
+        ({"events": {"tables": ["labevents", "labevents"]}}, r"events: tables lists a table twice"),
+        ({"ldm": {"train": {"ema_decay": 2.0}}}, r"ldm\.train\.ema_decay"),
+        ({"clip": {"patch_size": 0}}, r"clip\.patch_size"),
+        ({"clip": {"patch_size": 7}}, r"clip\.patch_size: 7 does not divide the ViT input side 64"),
+        ({"clip": {"vision_heads": 3}}, r"clip\.vision_heads: 3 does not divide clip\.vision_width 64"),
+        ({"vae": {"latent_channels": 0}}, r"vae\.latent_channels"),
+        ({"vae": {"block_out_channels": []}}, r"vae\.block_out_channels"),
+        ({"ldm": {"attention_levels": [False, True]}}, r"ldm: attention_levels has 2 entries"),
+        ({"ldm": {"block_out_channels": [24, 32, 32]}}, r"ldm\.block_out_channels: every width must be a multiple of 24"),
+        ({"ldm": {"num_heads": 5}}, r"ldm\.num_heads: 5 does not divide"),
+        ({"sample": {"steps": 2000}}, r"sample\.steps: 2000 exceeds ldm\.num_train_timesteps"),
+        ({"cohort": {"split": {"fractions": {"train": 1.2, "valid": -0.2, "test": 0.0}}}}, r"cannot be negative"),
+        ({"cohort": {"split": {"fractions": {"train": 1.0, "valid": 0.0, "test": 0.0}}}},
+         r"cohort\.split\.fractions\.valid: must be > 0 .*\n.*cohort\.split\.fractions\.test: must be > 0"),
+        ({"cohort": {"min_age": -1}}, r"cohort\.min_age"),
+    ],
+)
+def test_settings_that_would_fail_later_are_rejected_up_front(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(override)
+
+
+def test_a_zero_test_fraction_is_fine_when_another_split_is_sampled():
+    cfg = load_config({"cohort": {"split": {"fractions": {"train": 0.8, "valid": 0.2, "test": 0.0}}},
+                       "sample": {"split": "valid"}})
+    assert cfg.cohort.split.fractions["test"] == 0.0
+
+
+def test_min_age_null_turns_the_age_filter_off():
+    assert load_config({"cohort": {"min_age": None}}).cohort.min_age is None
+
+
+def test_cross_section_errors_do_not_echo_the_whole_config():
+    with pytest.raises(ConfigError) as err:
+        load_config({"images": {"size": 9}})
+    assert "got {" not in str(err.value) and len(str(err.value)) < 600
+
+
+def test_user_config_files_merge_over_model_defaults_not_the_demo(tmp_path, monkeypatch):
+    from ehrxdiff_core.config import read_config_files
+
+    monkeypatch.chdir(REPO)  # the demo config.yaml is right here
+    demo = load_config(read_config_files([]))
+    assert demo.text.encoder.max_length == 128 and demo.text.rag.top_k == 1  # what config.yaml sets
+    user = tmp_path / "user.yaml"
+    user.write_text("cohort: {max_gap_hours: 24}\n")
+    second = tmp_path / "second.yaml"
+    second.write_text("cohort: {pairing: consecutive}\n")
+    cfg = load_config(read_config_files([user, second]))
+    assert cfg.text.encoder.max_length == 256 and cfg.text.rag.top_k == 2  # the model's defaults
+    assert cfg.cohort.max_gap_hours == 24 and cfg.cohort.pairing == "consecutive"
+    paper = load_config(read_config_files([REPO / "configs/paper.yaml"]), check_paths=False)
+    assert paper.text.encoder.max_length == PipelineConfig().text.encoder.max_length
+
+
+def test_check_config_validates_the_merged_config(tmp_path, capsys):
+    from ehrxdiff_core.cli import main
+
+    base = tmp_path / "base.yaml"
+    base.write_text("images: {size: 64}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("images: {size: 9}\n")
+    assert main(["check-config", str(base)]) == 0
+    assert main(["check-config", str(base), str(bad)]) == 1
+    assert "images.size: 9" in capsys.readouterr().err
+    assert main(["check-config", "--show", str(base)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["text"]["encoder"]["max_length"] == 256 and shown["images"]["size"] == 64
+
+
+def test_resolved_config_file_round_trips(tmp_path):
+    from ehrxdiff_core.config import write_resolved_config
+
+    cfg = load_config({"cohort": {"min_age": None}, "sample": {"n_seeds": 3}})
+    out = tmp_path / "config.resolved.yaml"
+    write_resolved_config(cfg.model_dump(mode="json"), out)
+    again = load_config(yaml.safe_load(out.read_text()))
+    assert again == cfg and again.cohort.min_age is None
