@@ -37,6 +37,7 @@ if CFG.data.source == "meds":
             code=code("data/meds.py"),
         output:
             tables=[ehr(t) for t in MEDS_TABLES],
+            id_map=ehr(MEDS_ID_MAP),  # string subject/study/encounter ids -> the integers used downstream
         log:
             "logs/meds_ingest.log",
         benchmark:
@@ -101,6 +102,8 @@ rule cohort:
     params:
         cohort=sec("cohort"),
         duck=sec("data.duckdb"),
+        # training, the autoencoder gate and sampling read these; an empty one fails here
+        required_splits=sorted({"train", "valid", CFG.sample.split}),
     script:
         "../workflow_scripts/cohort.py"
 

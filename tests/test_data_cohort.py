@@ -222,3 +222,38 @@ def test_empty_cohort_error_names_filter_and_writes_nothing(tmp_path):
     assert not (tmp_path / "cohort" / "images.parquet").exists()
     with pytest.raises(DataError, match=r"cohort.views"):
         run(tmp_path / "v", imgs, cfg=CohortConfig(views=["LL"]))
+
+
+def test_subjects_without_an_age_fail_the_age_filter_with_a_reason(tmp_path):
+    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 5, "AP")]
+    with pytest.raises(DataError, match=r"1 of 1 admissions have no age .* cohort\.min_age: null"):
+        run(tmp_path, imgs, patients=[(10000001, "F", None, None)])
+
+
+def test_min_age_null_keeps_subjects_without_an_age_and_counts_them(tmp_path):
+    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 5, "AP"),
+            ("c", 10000002, 50000003, 0, "AP"), ("d", 10000002, 50000004, 5, "AP")]
+    rows, images, counts = run(tmp_path, imgs, CohortConfig(min_age=None),
+                               patients=[(10000001, None, None, None), (10000002, "M", 40, 2150)])
+    assert pair_ids(rows) == ["b_a", "d_c"]
+    ages = {r["subject_id"]: r["age"] for r in rows}
+    assert ages == {10000001: None, 10000002: 40}  # nothing invented
+    assert counts["subjects_without_age"] == 1 and counts["subjects_without_sex"] == 1
+    assert counts["admissions_without_age"] == 1
+
+
+def test_min_age_still_applies_to_those_with_an_age(tmp_path):
+    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 5, "AP"),
+            ("c", 10000002, 50000003, 0, "AP"), ("d", 10000002, 50000004, 5, "AP")]
+    rows, _, _ = run(tmp_path, imgs, CohortConfig(min_age=18),
+                     patients=[(10000001, "F", None, None), (10000002, "M", 40, 2150)])
+    assert pair_ids(rows) == ["d_c"]
+
+
+def test_an_empty_required_split_is_an_error_at_the_cohort_stage(tmp_path):
+    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 5, "AP")]
+    write_world(tmp_path / "ehr", imgs)
+    with pytest.raises(DataError, match=r"empty split\(s\) \[.*\].*cohort\.split\.fractions.*by subject"):
+        build_cohort(tmp_path / "ehr", CohortConfig(), DUCK, tmp_path / "i.parquet", tmp_path / "t.parquet",
+                     required_splits=("train", "valid", "test"))
+    assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "i.parquet").exists()

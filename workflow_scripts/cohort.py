@@ -14,5 +14,6 @@ counts = build_cohort(
     DuckDBSettings(**snakemake.params.duck),
     Path(snakemake.output.images),
     Path(snakemake.output.triplets),
+    required_splits=tuple(snakemake.params.required_splits),
 )
 log.info("cohort: %s", counts)

@@ -44,9 +44,14 @@ def _label_select(alias: str, prefix: str) -> str:
 
 
 def build_cohort(
-    ehr_dir: Path, cfg: CohortConfig, duck: DuckDBSettings, out_images: Path, out_triplets: Path
+    ehr_dir: Path, cfg: CohortConfig, duck: DuckDBSettings, out_images: Path, out_triplets: Path,
+    required_splits: tuple[str, ...] = (),
 ) -> dict:
-    """Write cohort/images.parquet and cohort/triplets.parquet; return the row count after each filter."""
+    """Write cohort/images.parquet and cohort/triplets.parquet; return the row count after each filter.
+
+    `required_splits`: the splits the later stages read (training, the autoencoder gate, sampling); an empty
+    one is an error here rather than in a model job hours later.
+    """
     con = connect(duck, spill_near=Path(out_triplets).parent)
     counts: dict[str, int] = {}
 
@@ -75,7 +80,18 @@ def build_cohort(
             "FROM admissions a JOIN patients p USING (subject_id) WHERE a.admittime IS NOT NULL"
         )
         step("admissions", "adm", "joining admissions to patients (no admission has a patient row)")
-        con.execute(f"CREATE TEMP TABLE adult AS SELECT * FROM adm WHERE age >= {int(cfg.min_age)}")
+        counts["admissions_without_age"] = _count(con, "(SELECT * FROM adm WHERE age IS NULL)")
+        if cfg.min_age is None:  # no age filter: subjects without an age stay
+            con.execute("CREATE TEMP VIEW adult AS SELECT * FROM adm")
+        else:
+            con.execute(f"CREATE TEMP TABLE adult AS SELECT * FROM adm WHERE age >= {int(cfg.min_age)}")
+        if cfg.min_age is not None and _count(con, "adult") == 0 and counts["admissions_without_age"]:
+            raise DataError(
+                f"empty cohort: no admission passes cohort.min_age={cfg.min_age}; "
+                f"{counts['admissions_without_age']} of {counts['admissions']} admissions have no age (patients "
+                "without anchor_year/anchor_age; MEDS: no manifest `age` column and no MEDS_BIRTH code). Set "
+                f"cohort.min_age: null to keep subjects without an age; counts so far: {counts}"
+            )
         step("adult_admissions", "adult", f"min_age={cfg.min_age} (cohort.min_age)")
         # strictly inside the hospital stay: admittime < t <= dischtime; one admission per image
         con.execute(
@@ -119,6 +135,16 @@ def build_cohort(
         )
         _assign_split(con, cfg, counts)
         step("pairs_with_split", "pairs4", f"applying the split key file {cfg.split.key_file} (cohort.split.key_file)")
+        per_split = dict(con.execute("SELECT split, count(*) FROM pairs4 GROUP BY split").fetchall())
+        empty = [s for s in required_splits if not per_split.get(s)]
+        if empty:
+            how = (f"the split key file {cfg.split.key_file} (cohort.split.key_file) lists none of them"
+                   if cfg.split.key_file else
+                   f"cohort.split.fractions {cfg.split.fractions} over {counts['pairs_with_split']} pairs of "
+                   f"{_count(con, '(SELECT DISTINCT subject_id FROM pairs4)')} subjects left none (the split is by "
+                   "subject: raise the fraction or use more subjects)")
+            raise DataError(f"empty split(s) {empty}: the later stages need pairs in {list(required_splits)}; {how}; "
+                            f"pairs per split: {per_split}")
 
         # one label row per study (the file has one; guard against duplicates deterministically)
         con.execute(
@@ -152,6 +178,13 @@ def build_cohort(
         for s in ("train", "valid", "test"):
             counts[f"pairs_{s}"] = int(con.execute(f"SELECT count(*) FROM pairs4 WHERE split = '{s}'").fetchall()[0][0])
         counts["subjects"] = int(con.execute("SELECT count(DISTINCT subject_id) FROM pairs4").fetchall()[0][0])
+        # missing demographics are data: counted here, reported as undefined by the evaluation
+        for what, cond in (("age", "age IS NULL"), ("sex", "gender IS NULL OR upper(gender) NOT IN ('M', 'F')")):
+            counts[f"subjects_without_{what}"] = int(con.execute(
+                f"SELECT count(DISTINCT subject_id) FROM pairs4 WHERE {cond}").fetchall()[0][0])
+        if counts["subjects_without_age"] or counts["subjects_without_sex"]:
+            log.warning("cohort: %d of %d subjects have no age and %d no sex (M/F); their age/sex metrics are undefined",
+                        counts["subjects_without_age"], counts["subjects"], counts["subjects_without_sex"])
     finally:
         close(con)
     log.info("cohort: %s", counts)

@@ -67,6 +67,8 @@ def load_pairs(
     if missing:
         raise ValueError(f"{triplets}: columns missing from triplets: {sorted(missing)}")
     df = df[df["split"] == split].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"{triplets}: no '{split}' pairs (see cohort.split.fractions / cohort.split.key_file)")
     has_img = df["prev_dicom_id"].map(lambda d: d in images) & df["trg_dicom_id"].map(lambda d: d in images)
     if (~has_img).any():
         log.warning("dropped %d of %d %s pairs whose images are missing from the image store", (~has_img).sum(), len(df), split)
