@@ -28,7 +28,74 @@ MANIFEST_COLUMNS = ("subject_id", "study_id", "image_id", "path", "study_time", 
 ENCOUNTER_COLUMNS = ("subject_id", "hadm_id", "start", "end")
 # the tables meds_ingest writes (names as the ingest stage's, so cohort/events/knowledge read them unchanged)
 MEDS_TABLES = ("patients", "admissions", "cxr_metadata", "cxr_chexpert", "d_items", "d_labitems", MEDS_EVENTS)
+ID_MAP = "id_map"  # original string id -> the integer the pipeline uses (written beside MEDS_TABLES)
 STATIC_CODES = ("MEDS_BIRTH", "MEDS_DEATH")
+# string ids are hashed into [0, 2**53): stable across runs and dataset versions, exact in JSON and float64
+_ID_MODULUS = 9007199254740881  # the largest prime below 2**53
+_INTEGER_ID = "[+-]?[0-9]{1,18}"
+
+
+def _id_sources(mcols: dict, icols: dict, ecols: dict) -> dict[str, list[tuple[str, str]]]:
+    """(relation, column) of every id of each kind, across the MEDS shards, the manifest and the encounters."""
+    out = {"subject_id": [("meds_raw", mcols["subject_id"]), ("manifest_raw", icols["subject_id"])],
+           "study_id": [("manifest_raw", icols["study_id"])], "hadm_id": []}
+    if "hadm_id" in mcols:
+        out["hadm_id"].append(("meds_raw", mcols["hadm_id"]))
+    if ecols:
+        out["subject_id"].append(("enc_raw", ecols["subject_id"]))
+        out["hadm_id"].append(("enc_raw", ecols["hadm_id"]))
+    return out
+
+
+def _id_values(sources: list[tuple[str, str]]) -> str:
+    return " UNION ".join(
+        f"SELECT DISTINCT trim(CAST({ident(col)} AS VARCHAR)) AS v FROM {rel} WHERE {ident(col)} IS NOT NULL"
+        for rel, col in sources
+    )
+
+
+def _plan_ids(con, sources: dict[str, list[tuple[str, str]]]) -> dict[str, bool]:
+    """Per id kind: True when some value is not an integer, so every id of that kind is mapped by hash.
+
+    Integer ids are kept as they are (MIMIC, most MEDS exports). Other ids (hex hashes, UUIDs, 'P0012') map
+    to the first 53 bits of their MD5 modulo a prime; a collision is an error, and the map is an artifact.
+    """
+    hashed = {}
+    for kind, src in sources.items():
+        if not src:
+            hashed[kind] = False
+            continue
+        bad = con.execute(
+            f"SELECT count(*) FROM ({_id_values(src)}) WHERE NOT regexp_full_match(v, '{_INTEGER_ID}')"
+        ).fetchall()[0][0]
+        hashed[kind] = bool(bad)
+    return hashed
+
+
+def _id_sql(col: str, hashed: bool) -> str:
+    if hashed:
+        return f"CAST(md5_number(trim(CAST({ident(col)} AS VARCHAR))) % {_ID_MODULUS} AS BIGINT)"
+    return f"CAST(trim(CAST({ident(col)} AS VARCHAR)) AS BIGINT)"
+
+
+def _id_map_query(con, sources: dict, hashed: dict) -> str:
+    """The map of every hashed id kind (empty when all ids are integers); fails on a hash collision."""
+    parts = []
+    for kind, src in sources.items():
+        if not hashed[kind]:
+            continue
+        q = (f"SELECT '{kind}' AS kind, v AS original, CAST(md5_number(v) % {_ID_MODULUS} AS BIGINT) AS id "
+             f"FROM ({_id_values(src)})")
+        n, n_ids = con.execute(f"SELECT count(*), count(DISTINCT id) FROM ({q})").fetchall()[0]
+        if n != n_ids:
+            raise DataError(f"meds: {n - n_ids} hash collision(s) among the {n} string {kind} values; "
+                            f"give integer {kind} values in the MEDS shards and the image manifest")
+        log.info("meds: %d %s values are not integers: mapped to stable integers (%s.parquet)", n, kind, ID_MAP)
+        parts.append(q)
+    if not parts:
+        return ("SELECT CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS original, "
+                "CAST(NULL AS BIGINT) AS id LIMIT 0")
+    return " UNION ALL ".join(parts) + " ORDER BY kind, original"
 
 
 def _columns(con, rel: str) -> dict[str, str]:
@@ -83,27 +150,35 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
         mcols = _columns(con, "meds_raw")
         _require(mcols, MEDS_COLUMNS, "MEDS shards in", cfg.data_dir)
         has_hadm = "hadm_id" in mcols
+        icols = _read_csv(con, "manifest_raw", Path(cfg.image_manifest), "image manifest (data.meds.image_manifest)",
+                          MANIFEST_COLUMNS)
+        ecols = {}
+        if cfg.encounters:
+            ecols = _read_csv(con, "enc_raw", Path(cfg.encounters), "encounters (data.meds.encounters)",
+                              ENCOUNTER_COLUMNS)
+        id_sources = _id_sources(mcols, icols, ecols)
+        hashed = _plan_ids(con, id_sources)
+        id_map = _id_map_query(con, id_sources, hashed)
         con.execute(
-            "CREATE TEMP TABLE meds AS SELECT CAST(subject_id AS BIGINT) AS subject_id, "
+            f"CREATE TEMP TABLE meds AS SELECT {_id_sql(mcols['subject_id'], hashed['subject_id'])} AS subject_id, "
             "CAST(time AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code, "
             "CAST(numeric_value AS DOUBLE) AS numeric_value, CAST(text_value AS VARCHAR) AS text_value, "
-            + ("CAST(hadm_id AS BIGINT) AS hadm_id " if has_hadm else "CAST(NULL AS BIGINT) AS hadm_id ")
+            + (f"{_id_sql(mcols['hadm_id'], hashed['hadm_id'])} AS hadm_id " if has_hadm
+               else "CAST(NULL AS BIGINT) AS hadm_id ")
             + "FROM meds_raw"
         )
         counts["meds_rows"] = int(con.execute("SELECT count(*) FROM meds").fetchall()[0][0])
-
-        icols = _read_csv(con, "manifest_raw", Path(cfg.image_manifest), "image manifest (data.meds.image_manifest)",
-                          MANIFEST_COLUMNS)
         label_sources = {}
         for display in CHEXPERT_LABELS:
             for candidate in (display.lower(), label_column(display)):
                 if candidate in icols:
                     label_sources[label_column(display)] = icols[candidate]
         con.execute(
-            "CREATE TEMP TABLE manifest AS SELECT CAST(subject_id AS BIGINT) AS subject_id, "
-            "CAST(study_id AS BIGINT) AS study_id, image_id AS dicom_id, path, "
+            f"CREATE TEMP TABLE manifest AS SELECT {_id_sql(icols['subject_id'], hashed['subject_id'])} AS subject_id, "
+            f"{_id_sql(icols['study_id'], hashed['study_id'])} AS study_id, image_id AS dicom_id, path, "
             "CAST(study_time AS TIMESTAMP) AS study_time, upper(trim(view)) AS viewposition, "
-            + (f"upper(trim({ident(icols['sex'])})) AS sex, " if "sex" in icols else "CAST(NULL AS VARCHAR) AS sex, ")
+            + (f"CASE WHEN upper(trim({ident(icols['sex'])})) IN ('M', 'MALE') THEN 'M' "
+               f"WHEN upper(trim({ident(icols['sex'])})) IN ('F', 'FEMALE') THEN 'F' END AS sex, " if "sex" in icols else "CAST(NULL AS VARCHAR) AS sex, ")
             + (f"TRY_CAST({ident(icols['age'])} AS DOUBLE) AS age, " if "age" in icols else "CAST(NULL AS DOUBLE) AS age, ")
             + ", ".join(
                 f"TRY_CAST(nullif({ident(label_sources[c])}, '') AS DOUBLE) AS {c}" if c in label_sources
@@ -115,10 +190,9 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
         counts["images"] = int(con.execute("SELECT count(*) FROM manifest").fetchall()[0][0])
 
         if cfg.encounters:
-            _read_csv(con, "enc_raw", Path(cfg.encounters), "encounters (data.meds.encounters)", ENCOUNTER_COLUMNS)
             con.execute(
-                "CREATE TEMP TABLE enc AS SELECT CAST(subject_id AS BIGINT) AS subject_id, "
-                "CAST(hadm_id AS BIGINT) AS hadm_id, CAST(start AS TIMESTAMP) AS admittime, "
+                f"CREATE TEMP TABLE enc AS SELECT {_id_sql(ecols['subject_id'], hashed['subject_id'])} AS subject_id, "
+                f"{_id_sql(ecols['hadm_id'], hashed['hadm_id'])} AS hadm_id, CAST(start AS TIMESTAMP) AS admittime, "
                 'CAST("end" AS TIMESTAMP) AS dischtime FROM enc_raw'
             )
         else:  # one encounter per subject spanning all of its events and images
@@ -143,8 +217,11 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
         )
         no_age = con.execute("SELECT count(*) FROM demo WHERE anchor_year IS NULL").fetchall()[0][0]
         if no_age:
-            log.warning("meds: %d subjects have no age (no manifest `age`, no MEDS_BIRTH): they fail cohort.min_age",
-                        no_age)
+            log.warning("meds: %d subjects have no age (no manifest `age`, no MEDS_BIRTH): cohort.min_age leaves them "
+                        "out; set cohort.min_age: null to keep them", no_age)
+        counts["subjects_without_age"] = int(no_age)
+        counts["subjects_without_sex"] = int(con.execute(
+            "SELECT count(*) FROM demo WHERE gender IS NULL OR gender NOT IN ('M', 'F')").fetchall()[0][0])
 
         events = (
             "SELECT coalesce(m.hadm_id, e.hadm_id) AS hadm_id, m.time, lower(split_part(m.code, '//', 1)) AS source, "
@@ -165,6 +242,7 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
             "d_labitems": "SELECT CAST(NULL AS BIGINT) AS itemid, CAST(NULL AS VARCHAR) AS label, "
             "CAST(NULL AS VARCHAR) AS fluid, CAST(NULL AS VARCHAR) AS category LIMIT 0",
             MEDS_EVENTS: events,
+            ID_MAP: id_map,
         }
         for name, query in queries.items():
             with atomic_path(out_dir / f"{name}.parquet") as tmp:
