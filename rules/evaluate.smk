@@ -92,6 +92,7 @@ rule report:
         cohort=rules.cohort.output.images,
         events=rules.events.output.events,
         triplets=EVENTS_TRIPLETS,
+        config=rules.resolved_config.output[0],
         models=[
             rules.train_vae.output.model,
             rules.train_clip.output.model,

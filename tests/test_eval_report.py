@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+import pytest
 import torch
 
 from ehrxdiff_core.config import EvaluateConfig, PipelineConfig
@@ -79,3 +80,29 @@ def test_report_verdicts_follow_the_interval(tmp_path):
     doc = (tmp_path / "r.html").read_text()
     assert "no significant difference" in doc and "[-0.041, +0.149]" in doc
     assert 'class="better"' not in doc and "beats" not in doc
+
+
+@pytest.mark.parametrize("labelled", ["none", "some", "all"])
+def test_report_cohort_section_with_no_some_or_all_labels(tmp_path, labelled):
+    """A dataset without findings labels (all-NULL columns) or without ages still gets its report."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ehrxdiff_core.labels import LABEL_COLUMNS
+
+    (tmp_path / "cohort").mkdir()
+    n = 6
+    cols = {"dicom_id": [f"d{i}" for i in range(n)], "subject_id": pa.array([1, 1, 2, 2, 3, 3], pa.int64()),
+            "split": ["train"] * 4 + ["test"] * 2, "age": pa.array([None] * n, pa.int64()),
+            "gender": [None, None, "F", "F", "M", "M"]}
+    for j, c in enumerate(LABEL_COLUMNS):
+        given = labelled == "all" or (labelled == "some" and j % 2 == 0)
+        cols[c] = pa.array([float(i % 2) for i in range(n)] if given else [None] * n, pa.float64())
+    pq.write_table(pa.table(cols), tmp_path / "cohort/images.parquet")
+    out = tmp_path / "r.html"
+    build_report(tmp_path, {}, out)
+    text = out.read_text()
+    assert "Label prevalence" in text and "nan" not in text.lower().replace("nancy", "")
+    assert "Demographics present" in text
+    demo = text.split("Demographics present", 1)[1]
+    assert "<td>6</td><td>6</td><td>2</td><td>3</td>" in demo  # images, without age, without sex, patients without age

@@ -116,7 +116,9 @@ def _cohort_section(results: Path) -> str:
                              FROM read_parquet('{images}') GROUP BY split ORDER BY split""").df()
         parts.append("<h3>Cohort images (cohort/images.parquet)</h3>" + _df_table(df))
         cols = [c for c in LABEL_COLUMNS if c in pq.read_schema(images).names]
-        sel = ", ".join(f"count_if({c} = 1) AS {c}_pos, count_if({c} = 0) AS {c}_neg, count_if({c} IS NULL) AS {c}_null" for c in cols)
+        # count(*) FILTER is 0 on an all-NULL column (count_if gives NULL there: a dataset without that label)
+        sel = ", ".join(f"count(*) FILTER (WHERE {c} = 1) AS {c}_pos, count(*) FILTER (WHERE {c} = 0) AS {c}_neg, "
+                        f"count(*) FILTER (WHERE {c} IS NULL) AS {c}_null" for c in cols)
         row = con.execute(f"SELECT {sel} FROM read_parquet('{images}')").df().iloc[0]
         rows = []
         for c in cols:
@@ -125,6 +127,12 @@ def _cohort_section(results: Path) -> str:
             rows.append([html.escape(DISPLAY_NAME[c]), str(pos), str(neg), str(null), _fmt(prev)])
         parts.append("<h3>Label prevalence (all cohort images; prevalence = positive / (positive + negative))</h3>"
                      + _table(["label", "positive", "negative", "blank/uncertain", "prevalence"], rows))
+        demo = con.execute(f"""SELECT count(*) AS images, count(*) FILTER (WHERE age IS NULL) AS images_without_age,
+                                      count(*) FILTER (WHERE gender IS NULL OR upper(gender) NOT IN ('M', 'F'))
+                                        AS images_without_sex,
+                                      count(DISTINCT subject_id) FILTER (WHERE age IS NULL) AS patients_without_age
+                               FROM read_parquet('{images}')""").df()
+        parts.append("<h3>Demographics present (age and sex metrics are undefined without them)</h3>" + _df_table(demo))
     else:
         parts.append(_missing(f"{images} (cohort images)"))
     if events.exists():
@@ -397,6 +405,14 @@ def _curves_section(results: Path, figures_dir: Path | None) -> str:
     return "\n".join(parts)
 
 
+def _config_section(results: Path, config: dict | None) -> str:
+    """The resolved config file the run wrote (every key, defaults filled in); else the config passed in."""
+    path = results / "config.resolved.yaml"
+    if path.exists():
+        return f"<p>{html.escape(str(path))}</p><pre>" + html.escape(path.read_text()) + "</pre>"
+    return "<pre>" + html.escape(yaml.safe_dump(config or {}, sort_keys=False)) + "</pre>"
+
+
 def _versions_section() -> str:
     rows = []
     for pkg in PACKAGES:
@@ -420,7 +436,7 @@ def build_report(results_dir: Path, config: dict, out_html: Path, figures_dir: P
         "Metrics": _metrics_section(results),
         "Image grid": _grid_section(results, config or {}, figures_dir),
         "Training curves": _curves_section(results, figures_dir),
-        "Configuration": "<pre>" + html.escape(yaml.safe_dump(config or {}, sort_keys=False)) + "</pre>",
+        "Configuration": _config_section(results, config),
         "Package versions": _versions_section(),
     }
     toc = " · ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, t in enumerate(SECTIONS))

@@ -81,7 +81,7 @@ def _quality(probs_out: dict, df: pd.DataFrame, labels) -> dict:
         "auroc": metrics.finding_aurocs(probs_out["probs"], y, y, labels)["all"],
         "sex_auroc": metrics.sex_auroc(probs_out["p_male"], df["gender"].to_numpy()),
         "age_pearson_r": metrics.pearson(probs_out["age"], age),
-        "age_mae_years": float(np.nanmean(np.abs(probs_out["age"] - age))) if len(df) else None,
+        "age_mae_years": float(np.nanmean(np.abs(probs_out["age"] - age))) if np.isfinite(age).any() else None,
     }
 
 
