@@ -4,6 +4,7 @@ a changed cohort setting reruns cohort and what depends on it only."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -76,3 +77,47 @@ def test_missing_mimic_table_is_a_clear_error(data_run, tmp_path):
     assert proc.returncode != 0
     assert "prescriptions" in out
     assert not (tmp_path / "results/ehr/prescriptions.parquet").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"images": {"size": 9}}, "images.size: 9 is not a multiple"),
+    ({"cohort": {"split": {"fractions": {"train": 1.0, "valid": 0.0, "test": 0.0}}}},
+     "cohort.split.fractions.valid: must be > 0"),
+    ({"sample": {"max_pairs": 0}}, "sample.max_pairs"),
+])
+def test_settings_that_would_fail_late_stop_the_workflow_before_any_job(tmp_path, override, message):
+    cfg = write_config(tmp_path / "user.yaml", override)
+    proc = run_snakemake(tmp_path, cfg, check=False)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_configfile_is_merged_over_model_defaults_not_the_demo_config(tmp_path):
+    """Run where the demo's config.yaml sits (as from the repository root): a --configfile run must not
+    inherit the demo's settings, and `ehrxdiff check-config FILE` must show the config the run resolved."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO, SNAKEMAKE
+
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    user = write_config(tmp_path / "user.yaml")
+    run_snakemake(tmp_path, user, "results/config.resolved.yaml")
+    resolved = yaml.safe_load((tmp_path / "results/config.resolved.yaml").read_text())
+    assert resolved["text"]["encoder"]["max_length"] == 256  # the model's default; the demo sets 128
+    assert resolved["ldm"]["cond_dropout"] == 0.0 and resolved["sample"]["guidance_scale"] == 1.0  # demo: 0.1, 2.0
+    assert resolved["synthetic"]["patients"] == 40  # from the user's file
+    shown = subprocess.run([str(Path(sys.executable).with_name("ehrxdiff")), "check-config", "--show", str(user)],
+                           capture_output=True, text=True, check=True)
+    assert yaml.safe_load(shown.stdout) == resolved
+
+    # without --configfile the demo config is the config
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    shutil.copy(REPO / "config.yaml", demo_dir / "config.yaml")
+    subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(demo_dir), "--cores", "1",
+                    "results/config.resolved.yaml"], capture_output=True, text=True, check=True)
+    demo = yaml.safe_load((demo_dir / "results/config.resolved.yaml").read_text())
+    assert demo["text"]["encoder"]["max_length"] == 128 and demo["ldm"]["cond_dropout"] == 0.1

@@ -387,7 +387,10 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
             "generation": _manifest_settings(manifests[name][manifests[name]["pair_id"].isin(pair_ids)]) if name in samples else None,
             "auroc": metrics.finding_aurocs(p["probs"], trg, prev, labels, label_sets),
             "sex_auroc": metrics.sex_auroc(p["p_male"], trip["gender"].to_numpy()) if image_based else na,
-            "age_pearson_r": metrics.pearson(p["age"], ages) if image_based else na,
+            "age_pearson_r": (metrics.pearson(p["age"], ages) if np.isfinite(ages).sum() >= 3 else
+                              {"value": None, "reason": f"only {int(np.isfinite(ages).sum())} scored targets have an "
+                               "age (the input gives none for the rest; cohort.min_age: null keeps them)"})
+                             if image_based else na,
             "age_mae_years": float(np.nanmean(np.abs(p["age"] - ages))) if image_based and np.isfinite(ages).any() else None,
             "fid": fid,
             "truth": _truth_block(pt, truth_reason, data, p["probs"], changes[name], truth_sets),
