@@ -5,12 +5,25 @@ README's conversion recipe; a training job warns and starts fresh)."""
 
 import ast
 import json
+import logging
 import os
+import random
+import shlex
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
+from ehrxdiff_core.config import TrainLoop, VaeConfig
+from ehrxdiff_core.models.ddp import DistInfo
+from ehrxdiff_core.models.training import _resume_key, _rng_state, _set_rng_state, run_training
+from ehrxdiff_core.models.vae import VaeTrainer, build_vae
+
+torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 STAGE_MODULES = ["ehrxdiff_core.data.stages", "ehrxdiff_core.text.stages", "ehrxdiff_core.models.stages",
                  "ehrxdiff_core.evaluation.stages"]
@@ -103,3 +116,93 @@ def test_offline_flags_win_over_the_environment_and_reach_an_already_imported_hu
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [False, True, "1", "1"]
+
+
+# --------------------------------------------------------------------------- files whose pickle runs code
+
+
+class _Payload:
+    """Unpickling this runs `touch marker`: what a crafted weights file can do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def crafted(path: Path, marker: Path, **content) -> Path:
+    """A torch file with `content` and, beside it, an object whose unpickling creates `marker`."""
+    torch.save({**content, "callbacks": _Payload(marker)}, path)
+    return path
+
+
+def test_the_crafted_file_runs_code_when_unpickled_unsafely(tmp_path):
+    """The payload is live: the tests below mean something when their marker stays absent."""
+    marker = tmp_path / "ran"
+    torch.load(crafted(tmp_path / "x.pt", marker, weights=torch.zeros(2)), weights_only=False)
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- training checkpoints
+
+
+def _tiny_vae():
+    torch.manual_seed(0)
+    return VaeTrainer(build_vae(VaeConfig(block_out_channels=[8, 8], layers_per_block=1), 16), 1e-6)
+
+
+def _images(n=4, size=16):
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+LOOP = TrainLoop(steps=3, batch_size=4, lr=1e-3, checkpoint_every=100)
+CONFIG = {"train": {"steps": 3}, "model": "tiny"}
+
+
+def _batches(step, micro, rank, world):
+    return {"trg": _images()}
+
+
+@pytest.mark.parametrize("kind", ["payload", "numpy_rng"])
+def test_unsafe_training_checkpoint_is_not_run_and_training_starts_fresh(tmp_path, caplog, kind):
+    reference = run_training(_tiny_vae(), _batches, LOOP, tmp_path / "clean", CONFIG, DistInfo())
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "ran"
+    saved = {"model": _tiny_vae().state_dict(), "step": 1, "resume_key": _resume_key(CONFIG), "metrics": []}
+    if kind == "payload":
+        crafted(work / "checkpoint.pt", marker, **saved)
+    else:  # the earlier format: numpy's RNG state as an ndarray, which needs numpy's unpickler
+        torch.save({**saved, "rng": {"numpy": np.random.get_state()}}, work / "checkpoint.pt")
+    with caplog.at_level(logging.WARNING, logger="ehrxdiff_core.models.training"):
+        res = run_training(_tiny_vae(), _batches, LOOP, work, CONFIG, DistInfo())
+    assert not marker.exists()
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "ignoring" in warning and "checkpoint.pt" in warning and "starting fresh" in warning
+    assert ("posix.system" if kind == "payload" else "numpy") in warning
+    assert res.step == 3 and [r["step"] for r in res.metrics] == [0, 1, 2]
+    # trained from scratch: the same run as without any checkpoint
+    np.testing.assert_allclose([r["loss"] for r in res.metrics], [r["loss"] for r in reference.metrics], rtol=1e-6)
+    # and the checkpoint it wrote over the unsafe one is safe to read
+    assert torch.load(work / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_training_checkpoint_loads_with_weights_only_and_restores_every_rng(tmp_path):
+    loop = LOOP.model_copy(update={"ema_decay": 0.9})
+    run_training(_tiny_vae(), _batches, loop, tmp_path, CONFIG, DistInfo())
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert {"model", "ema", "optimizer", "scheduler", "rng", "step", "config", "resume_key", "metrics"} <= set(state)
+    assert state["step"] == 3 and state["config"] == CONFIG and len(state["metrics"]) == 3
+    assert state["ema"] is not None and state["scheduler"]["last_epoch"] == 3
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    np.random.standard_normal()  # odd number of Gaussian draws: numpy caches the second one in its state
+    torch.save({"rng": _rng_state()}, tmp_path / "rng.pt")
+
+    def draws():
+        return random.random(), np.random.standard_normal(), np.random.rand(), torch.rand(3).tolist()
+
+    expected = draws()
+    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert draws() == expected
