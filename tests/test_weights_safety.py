@@ -3,8 +3,10 @@ importing the library, before any Hugging Face package reads them; a weights fil
 checkpoint whose pickle would run code is refused (the autoencoder import names the key and the
 README's conversion recipe; a training job warns and starts fresh)."""
 
+import argparse
 import ast
 import json
+import re
 import logging
 import os
 import random
@@ -21,7 +23,8 @@ import torch
 from ehrxdiff_core.config import TrainLoop, VaeConfig
 from ehrxdiff_core.models.ddp import DistInfo
 from ehrxdiff_core.models.training import _resume_key, _rng_state, _set_rng_state, run_training
-from ehrxdiff_core.models.vae import VaeTrainer, build_vae
+from ehrxdiff_core.models.vae import VaeTrainer, build_vae, import_pretrained
+from test_models_stages import ldm_autoencoder_state
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -206,3 +209,64 @@ def test_training_checkpoint_loads_with_weights_only_and_restores_every_rng(tmp_
     expected = draws()
     _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     assert draws() == expected
+
+
+# --------------------------------------------------------------------------- vae.pretrained
+
+
+def _lightning_checkpoint(path: Path, **extra) -> dict:
+    """A Cheff/LDM-style Lightning checkpoint of a small autoencoder; returns its LDM state dict."""
+    sd = ldm_autoencoder_state()
+    torch.save({"state_dict": {f"first_stage_model.{k}": v for k, v in sd.items()}, "epoch": 3, "global_step": 120,
+                "pytorch-lightning_version": "1.9.0", **extra}, path)
+    return sd
+
+
+def test_vae_pretrained_with_a_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    path = crafted(tmp_path / "cheff.ckpt", marker, state_dict={f"first_stage_model.{k}": v for k, v in ldm_autoencoder_state().items()})
+    with pytest.raises(ValueError) as err:
+        import_pretrained(path, 16)
+    assert not marker.exists()
+    msg = str(err.value)
+    assert msg.startswith("vae.pretrained:") and str(path) in msg and "posix.system" in msg
+    assert "pickled objects other than tensors" in msg and ".safetensors" in msg
+    assert "Offline, and weights files that cannot run code" in msg  # the README section with the recipe
+    assert "### Offline, and weights files that cannot run code" in (REPO / "README.md").read_text()
+
+
+def _readme_recipe() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Offline, and weights files that cannot run code", 1)[1].split("\n#", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1
+    return textwrap.dedent(blocks[0])
+
+
+def test_readme_recipe_converts_a_refused_lightning_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "cheff_autoencoder.pt"
+    sd = _lightning_checkpoint(ckpt, hyper_parameters=argparse.Namespace(embed_dim=3, lr=4.5e-6))
+    with pytest.raises(ValueError, match=r"vae\.pretrained: .*cheff_autoencoder\.pt contains pickled objects other than tensors"):
+        import_pretrained(ckpt, 16)
+    recipe = _readme_recipe()
+    assert len(recipe.strip().splitlines()) == 3 and "cheff_autoencoder.safetensors" in recipe
+    monkeypatch.chdir(tmp_path)  # the recipe names the files relative to the working folder
+    exec(recipe, {})
+    vae = import_pretrained(tmp_path / "cheff_autoencoder.safetensors", 16)
+    got = vae.state_dict()
+    assert len(got) == len(sd) and list(vae.config.block_out_channels) == [32, 64]
+    torch.testing.assert_close(got["encoder.conv_in.weight"], sd["encoder.conv_in.weight"])
+    torch.testing.assert_close(got["decoder.conv_out.bias"], sd["decoder.conv_out.bias"])
+
+
+def test_vae_pretrained_of_tensors_and_plain_values_still_imports(tmp_path):
+    sd = _lightning_checkpoint(tmp_path / "plain.ckpt", callbacks={"ModelCheckpoint": {"best_model_score": torch.tensor(0.5)}})
+    vae = import_pretrained(tmp_path / "plain.ckpt", 16)
+    torch.testing.assert_close(vae.state_dict()["encoder.conv_in.weight"], sd["encoder.conv_in.weight"])
+    vae.save_pretrained(tmp_path / "folder")  # a diffusers folder (safetensors inside)
+    again = import_pretrained(tmp_path / "folder", 16).state_dict()
+    for k, v in vae.state_dict().items():
+        assert torch.equal(again[k], v), k
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(ValueError, match=r"vae\.pretrained: .*tensor\.pt holds a Tensor"):
+        import_pretrained(tmp_path / "tensor.pt", 16)
