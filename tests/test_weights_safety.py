@@ -14,6 +14,8 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import types
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ import pytest
 import torch
 
 from ehrxdiff_core.config import TrainLoop, VaeConfig
+from ehrxdiff_core.evaluation.inception import WeightsError
+from ehrxdiff_core.evaluation.xrv import load_xrv_densenet
 from ehrxdiff_core.models.ddp import DistInfo
 from ehrxdiff_core.models.training import _resume_key, _rng_state, _set_rng_state, run_training
 from ehrxdiff_core.models.vae import VaeTrainer, build_vae, import_pretrained
@@ -238,7 +242,7 @@ def test_vae_pretrained_with_a_pickle_that_runs_code_is_refused(tmp_path):
 def _readme_recipe() -> str:
     readme = (REPO / "README.md").read_text()
     section = readme.split("### Offline, and weights files that cannot run code", 1)[1].split("\n#", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "cheff_autoencoder" in b]
     assert len(blocks) == 1
     return textwrap.dedent(blocks[0])
 
@@ -270,3 +274,63 @@ def test_vae_pretrained_of_tensors_and_plain_values_still_imports(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     with pytest.raises(ValueError, match=r"vae\.pretrained: .*tensor\.pt holds a Tensor"):
         import_pretrained(tmp_path / "tensor.pt", 16)
+
+
+# --------------------------------------------------------------------------- evaluate.xrv_weights
+
+XRV_FILE = "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+
+
+@pytest.fixture
+def fake_xrv(monkeypatch):
+    """A stand-in `torchxrayvision` package (not installed here) whose DenseNet pickles as the real one's name."""
+    models = types.ModuleType("torchxrayvision.models")
+
+    class DenseNet(torch.nn.Module):
+        def __init__(self, weights=None, cache_dir=None):
+            super().__init__()
+            self.features = torch.nn.Sequential(OrderedDict(conv0=torch.nn.Conv2d(1, 4, 3, bias=False),
+                                                            norm0=torch.nn.BatchNorm2d(4)))
+            self.classifier = torch.nn.Linear(4, 18)
+            self.register_buffer("op_threshs", None)
+            if weights is not None:  # what torchxrayvision 1.5 does with its weights file
+                saved = torch.load(os.path.join(cache_dir, XRV_FILE), map_location="cpu", weights_only=False)
+                self.load_state_dict(saved.state_dict())
+
+    DenseNet.__module__, DenseNet.__qualname__ = models.__name__, "DenseNet"
+    models.DenseNet = DenseNet
+    models.model_urls = {"densenet121-res224-all": {"weights_url": f"https://example.invalid/v1/{XRV_FILE}"}}
+    package = types.ModuleType("torchxrayvision")
+    package.models = models
+    monkeypatch.setitem(sys.modules, "torchxrayvision", package)
+    monkeypatch.setitem(sys.modules, "torchxrayvision.models", models)
+    torch.manual_seed(3)
+    return DenseNet()  # as released: random here
+
+
+def test_xrv_weights_as_released_or_as_state_dict_load_without_unpickling_code(fake_xrv, tmp_path):
+    (tmp_path / "module").mkdir(), (tmp_path / "state").mkdir()
+    torch.save(fake_xrv, tmp_path / "module" / XRV_FILE)  # the released files pickle the whole module
+    # the README's conversion: the state dict of a loaded model, where torchxrayvision has set the calibration
+    torch.save({**fake_xrv.state_dict(), "op_threshs": torch.rand(18)}, tmp_path / "state" / XRV_FILE)
+    for folder in ("module", "state"):
+        got = load_xrv_densenet(tmp_path / folder / XRV_FILE).state_dict()
+        assert set(got) == set(fake_xrv.state_dict()) and len(got) == 8
+        for k, v in got.items():
+            assert torch.equal(v, fake_xrv.state_dict()[k]), (folder, k)
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")  # the stand-in class has no source file
+@pytest.mark.parametrize("kind", ["payload", "legacy_format"])
+def test_xrv_weights_that_pickle_more_are_refused_naming_the_key(fake_xrv, tmp_path, kind):
+    marker, path = tmp_path / "ran", tmp_path / XRV_FILE
+    if kind == "payload":
+        crafted(path, marker, model=fake_xrv)
+    else:  # torch's pre-zip format stores a module's class with its source code, which weights_only cannot read
+        torch.save(fake_xrv, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsError) as err:
+        load_xrv_densenet(path)
+    assert not marker.exists()
+    msg = str(err.value)
+    assert msg.startswith("evaluate.xrv_weights:") and str(path) in msg and "Offline, and weights files that cannot run code" in msg
+    assert ("posix.system" if kind == "payload" else "legacy format") in msg
