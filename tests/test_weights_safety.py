@@ -1,15 +1,15 @@
-"""Loading never runs code and never reaches the network: the Hugging Face offline flags are set by
-importing the library, before any Hugging Face package reads them; a weights file or a training
-checkpoint whose pickle would run code is refused (the autoencoder import names the key and the
-README's conversion recipe; a training job warns and starts fresh)."""
+"""Loading never runs code from a file and never reaches the network: importing the library sets the
+Hugging Face offline flags before any Hugging Face package reads them; a torch file whose pickle
+would run code is refused (`vae.pretrained`, `evaluate.xrv_weights`: an error naming the key and the
+README's conversion recipe; a training checkpoint: a warning and a fresh start)."""
 
 import argparse
 import ast
 import json
-import re
 import logging
 import os
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -75,7 +75,7 @@ OFFLINE_CHILD = textwrap.dedent(
     socket.socket.connect = refuse
     socket.create_connection = refuse
 
-    import importlib, json, os, sys
+    import importlib, json, os
 
     for name in {modules!r}:
         importlib.import_module(name)
