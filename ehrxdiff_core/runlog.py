@@ -10,12 +10,16 @@ import logging
 import os
 import sys
 
+from ehrxdiff_core import set_offline_flags
+
 
 def start_job(log_path: str, threads: int = 1) -> logging.Logger:
-    """Send all output of this job to `log_path`, forbid hub downloads, and cap CPU threads."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    """Send all output of this job to `log_path`, forbid hub downloads, and cap CPU threads.
+
+    The offline flags were set when `ehrxdiff_core` was imported; setting them again here keeps
+    them on for the job and what it starts, should anything have changed the environment since.
+    """
+    set_offline_flags()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     stream = open(log_path, "w", buffering=1)
     sys.stdout = stream

@@ -58,7 +58,7 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     init = _Linear().state_dict()
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k])

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ehrxdiff_core.safe_load import UnsafePickleError, load_module_tensors
+
 CONFIG_KEY = "evaluate.xrv_weights"
 WEIGHTS_NAME = "densenet121-res224-all"
+CONVERSION_DOC = "README.md, section 'Offline, and weights files that cannot run code'"
 
 
 def unavailable_reason(weights: str | None) -> str | None:
@@ -28,7 +31,12 @@ def unavailable_reason(weights: str | None) -> str | None:
 
 
 def load_xrv_densenet(weights: str | Path) -> torch.nn.Module:
-    """DenseNet(weights='densenet121-res224-all') reading the file's folder as its cache (no download)."""
+    """torchxrayvision's DenseNet-121 with the weights of `weights`, read without running the file's pickle.
+
+    torchxrayvision unpickles its weights file (a whole pickled module) with `weights_only=False`, so
+    the file is read here instead: `weights_only=True` with only torch's and torchxrayvision's module
+    classes allowed, and the tensors copied into a model built without weights.
+    """
     import torchxrayvision as xrv
 
     from ehrxdiff_core.evaluation.inception import WeightsError
@@ -37,7 +45,20 @@ def load_xrv_densenet(weights: str | Path) -> torch.nn.Module:
     expected = os.path.basename(xrv.models.model_urls[WEIGHTS_NAME]["weights_url"])
     if weights.name != expected or not weights.is_file():
         raise WeightsError(f"{CONFIG_KEY}: expected an existing file named {expected}, got {weights}")
-    return xrv.models.DenseNet(weights=WEIGHTS_NAME, cache_dir=str(weights.parent)).eval()
+    classes = [c for mod in (torch.nn, xrv.models) for c in vars(mod).values()
+               if isinstance(c, type) and issubclass(c, torch.nn.Module)]
+    try:
+        state = load_module_tensors(weights, classes)
+    except UnsafePickleError as err:
+        raise WeightsError(f"{CONFIG_KEY}: {err}; save its state dict once, in an environment where you trust the file, "
+                           f"as {CONVERSION_DOC} shows") from None
+    state.pop("op_threshs", None)  # the classifier's output calibration, set by torchxrayvision; features do not use it
+    model = xrv.models.DenseNet(weights=None)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # wrong keys or shapes
+        raise WeightsError(f"{CONFIG_KEY}: {weights} does not hold a DenseNet-121 ({WEIGHTS_NAME}): {err}") from None
+    return model.eval()
 
 
 @torch.no_grad()

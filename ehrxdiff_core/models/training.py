@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import TrainLoop
 from ehrxdiff_core.models.ddp import DistInfo, any_flag, barrier, wrap
+from ehrxdiff_core.safe_load import UnsafePickleError, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global RNG states as tensors and plain values, so that the checkpoint loads with `weights_only=True`."""
+    np_state = np.random.get_state(legacy=False)  # MT19937: key (624 uint32), position, cached Gaussian
+    state = {
+        "python": random.getstate(),  # (version, tuple of ints, float or None): plain already
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -97,7 +105,9 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"], "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -145,6 +155,7 @@ def write_metrics(rows: list[dict], csv_path: Path, png_path: Path | None = None
 
 
 def save_checkpoint(path: Path, model, ema, opt, sched, step: int, config: dict, metrics: list[dict]) -> None:
+    """Everything a resume needs, as tensors and plain containers only: `load_checkpoint` reads it without unpickling code."""
     state = {
         "model": model.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
@@ -152,12 +163,29 @@ def save_checkpoint(path: Path, model, ema, opt, sched, step: int, config: dict,
         "scheduler": sched.state_dict(),
         "rng": _rng_state(),
         "step": step,
-        "config": config,
+        "config": json.loads(json.dumps(config, default=str)),  # plain containers, as the resume key sees it
         "resume_key": _resume_key(config),
-        "metrics": metrics,
+        "metrics": [{k: (v if isinstance(v, int | str | None) else float(v)) for k, v in r.items()} for r in metrics],
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, config: dict, name: str) -> dict | None:
+    """The state saved at `path` when it can be resumed: read with `weights_only=True` and written for `config`.
+
+    A checkpoint that pickles anything else (an older format, or a crafted file) is not unpickled, and
+    one written for another config is not used; either is a warning, and training starts fresh.
+    """
+    try:
+        state = load_tensors(path)
+    except UnsafePickleError as err:
+        log.warning("%s: ignoring %s; starting fresh", name, err)
+        return None
+    if not isinstance(state, dict) or state.get("resume_key") != _resume_key(config):
+        log.warning("%s: ignoring %s (written for a different config); starting fresh", name, path)
+        return None
+    return state
 
 
 def run_training(
@@ -192,21 +220,18 @@ def run_training(
         ema = EMAModel(params, decay=loop.ema_decay)
 
     step, metrics = 0, []
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state.get("resume_key") == _resume_key(config):
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if ema is not None and state["ema"] is not None:
-                ema.load_state_dict(state["ema"])
-                ema.to(dev)
-            _set_rng_state(state["rng"])
-            step, metrics = state["step"], [r for r in state["metrics"] if r["step"] < state["step"]]
-            log.info("%s: resumed from %s at step %d", name, ckpt_path, step)
-        else:
-            log.warning("%s: ignoring %s (written for a different config); starting fresh", name, ckpt_path)
-    else:
+    state = load_checkpoint(ckpt_path, config, name) if ckpt_path.exists() else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if ema is not None and state["ema"] is not None:
+            ema.load_state_dict(state["ema"])
+            ema.to(dev)
+        _set_rng_state(state["rng"])
+        step, metrics = state["step"], [r for r in state["metrics"] if r["step"] < state["step"]]
+        log.info("%s: resumed from %s at step %d", name, ckpt_path, step)
+    else:  # a fresh start draws the same numbers whether or not an unusable checkpoint was there
         torch.manual_seed(loop.seed + info.rank)
 
     runner = wrap(model, info)

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from ehrxdiff_core.config import VaeConfig
+from ehrxdiff_core.safe_load import UnsafePickleError, load_tensors
 
 log = logging.getLogger(__name__)
 
 CHEFF_SCALE = 0.18215  # Stable-Diffusion constant used by Cheff/EHRXDiff (not re-estimated)
+CONVERSION_DOC = "README.md, section 'Offline, and weights files that cannot run code'"
 
 
 def build_vae(cfg: VaeConfig, sample_size: int) -> AutoencoderKL:
@@ -115,7 +117,11 @@ def convert_ldm_state_dict(state: dict, config: dict) -> dict:
 
 
 def import_pretrained(path: str | Path, sample_size: int) -> AutoencoderKL:
-    """`vae.pretrained`: a diffusers folder, or a Cheff/LDM checkpoint file (.pt/.ckpt/.safetensors)."""
+    """`vae.pretrained`: a diffusers folder, or a Cheff/LDM checkpoint file (.pt/.ckpt/.safetensors).
+
+    A .pt/.ckpt file is read with `weights_only=True`: one that pickles anything but tensors and plain
+    values (e.g. a Lightning checkpoint's hyper-parameter objects) is refused, never unpickled.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"vae.pretrained: pretrained autoencoder not found: {path}")
@@ -127,7 +133,15 @@ def import_pretrained(path: str | Path, sample_size: int) -> AutoencoderKL:
 
         state = load_file(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = load_tensors(path)
+        except UnsafePickleError as err:
+            raise ValueError(
+                f"vae.pretrained: {err}. Convert it to .safetensors once, in an environment where you trust the "
+                f"file, with the three lines in {CONVERSION_DOC}, and set vae.pretrained to the .safetensors file"
+            ) from None
+        if not isinstance(state, dict):
+            raise ValueError(f"vae.pretrained: {path} holds a {type(state).__name__}, not a checkpoint dict")
     state = ldm_autoencoder_keys(state)
     try:
         config = cheff_vae_config(sample_size, **ldm_geometry(state))

