@@ -1,7 +1,18 @@
 """The cohort's chest X-rays, resized once into one HDF5 file that training reads fast.
 
-Resizing follows the paper (reference/ehrxdiff.md §2.2): grayscale, bicubic, aspect ratio not preserved.
-Missing or corrupt JPEGs are counted, logged and left out; too many of them fail the stage.
+Pixels become 8-bit grayscale first:
+
+- 8-bit modes (`L`, `LA`, `P`, `RGB`, `RGBA`, …) go through Pillow's `convert("L")`: `L` is kept
+  as it is (a MIMIC-CXR-JPG or synthetic JPEG gives exactly the pixels it holds), colour becomes
+  ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B) and alpha is dropped.
+- High-bit-depth and numeric modes (`I;16`, `I;16B`, `I;16L`, `I`, `F`: 12- or 16-bit PNGs and
+  TIFFs) are windowed over the image's own pixel range: min → 0, max → 255, linear in between,
+  rounded. A 12-bit image stored in 16 bits (values 0..4095) spans 0..255 instead of being
+  clipped at 255. Min–max keeps every pixel's relative intensity and needs no setting; a few
+  extreme pixels (burned-in markers) narrow the contrast of the rest. A constant image becomes 0.
+
+Then, as in the paper, the image is resized bicubic to size × size, aspect ratio not kept.
+Missing or corrupt images are counted, logged and left out; too many of them fail the stage.
 """
 
 from __future__ import annotations
@@ -23,12 +34,31 @@ from ehrxdiff_core.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+WINDOWED_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def to_gray8(img: Image.Image) -> Image.Image:
+    """Any supported mode → mode `L` by the rule in the module docstring."""
+    if img.mode in EIGHT_BIT_MODES:
+        return img.convert("L")
+    if img.mode not in WINDOWED_MODES:
+        raise ValueError(f"unsupported image mode {img.mode!r}")
+    x = np.asarray(img, dtype=np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"non-finite pixel values in a mode {img.mode!r} image")
+    if hi == lo:
+        return Image.new("L", img.size, 0)
+    gray = np.rint((x - lo) * (255.0 / (hi - lo)))
+    return Image.fromarray(gray.astype(np.uint8), "L")
+
 
 def load_resized(path: Path, size: int) -> np.ndarray:
-    """One JPG → uint8 (size, size): grayscale, bicubic resize without keeping the aspect ratio."""
+    """One image file → uint8 (size, size): 8-bit grayscale, bicubic resize without keeping the aspect ratio."""
     with Image.open(path) as img:
         img.load()
-        gray = img.convert("L")
+        gray = to_gray8(img)
     return np.asarray(gray.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
