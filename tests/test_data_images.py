@@ -1,5 +1,5 @@
-"""Image store: bit depth to 8-bit grayscale, resize into HDF5, corrupt/missing JPEGs counted and
-dropped, threshold enforced."""
+"""Image store: bit depth to 8-bit grayscale, the resize policies, resize into HDF5, corrupt/missing
+JPEGs counted and dropped, threshold enforced."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ehrxdiff_core.config import ImagesConfig
+from ehrxdiff_core.config import ConfigError, ImagesConfig, load_config
 from ehrxdiff_core.data import DataError
 from ehrxdiff_core.data.images import ImageStore, load_resized, to_gray8
 from ehrxdiff_core.data.stages import build_image_store
@@ -46,10 +46,10 @@ def test_store_contract_and_reader(tmp_path):
     assert counts["stored"] == 6 and counts["n_bad"] == 0
     with h5py.File(out) as h5:
         assert h5["pixels"].dtype == np.uint8 and h5["pixels"].shape == (6, 16, 16)
-        assert h5.attrs["size"] == 16 and h5.attrs["n_bad"] == 0
+        assert h5.attrs["size"] == 16 and h5.attrs["n_bad"] == 0 and h5.attrs["resize"] == "stretch"
         assert h5["dicom_id"].dtype.kind == "O" or h5py.check_string_dtype(h5["dicom_id"].dtype)
     store = ImageStore(out)
-    assert store.size == 16 and store.dicom_ids == [f"dcm{k:02d}" for k in range(6)]
+    assert store.size == 16 and store.resize == "stretch" and store.dicom_ids == [f"dcm{k:02d}" for k in range(6)]
     assert "dcm03" in store and "nope" not in store
     x = store.load(["dcm05", "dcm01", "dcm05"])
     assert x.shape == (3, 16, 16) and x.dtype == np.uint8
@@ -177,7 +177,7 @@ def test_unsupported_mode_is_an_error():
 
 @pytest.mark.parametrize("size", [16, 37])
 def test_8bit_jpeg_pixels_unchanged(tmp_path, size):
-    """MIMIC-CXR-JPG and the synthetic world are 8-bit L JPEGs: they give exactly what they always gave."""
+    """MIMIC-CXR-JPG and the synthetic world are 8-bit L JPEGs: stretch gives exactly what it always gave."""
     rng = np.random.default_rng(0)
     arr = (rng.normal(120, 40, (90, 70)).clip(0, 255)).astype(np.uint8)
     path = tmp_path / "cxr.jpg"
@@ -187,3 +187,66 @@ def test_8bit_jpeg_pixels_unchanged(tmp_path, size):
         want = np.asarray(img.convert("L").resize((size, size), BICUBIC))
     got = load_resized(path, size)
     assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert np.array_equal(load_resized(path, size, "stretch"), want)
+
+
+def white_wide(tmp_path, w=200, h=100):
+    path = tmp_path / f"white_{w}x{h}.png"
+    Image.new("L", (w, h), 255).save(path)
+    return path
+
+
+def test_resize_policies_on_a_wide_image(tmp_path):
+    path = white_wide(tmp_path)
+    stretch, pad, crop = (load_resized(path, 32, r) for r in ("stretch", "pad", "center_crop"))
+    assert stretch.shape == pad.shape == crop.shape == (32, 32)
+    assert stretch.min() == 255 and crop.min() == 255  # no bands
+    # pad: the 2:1 image fits as 32 × 16, centred; 8 black rows above and below
+    black_rows = np.flatnonzero(pad.max(axis=1) == 0)
+    assert black_rows.tolist() == list(range(8)) + list(range(24, 32))
+    assert pad[8:24].min() == 255
+    assert (pad.max(axis=0) == 255).all()  # full width: no side bands
+
+
+def test_pad_on_a_tall_image_pads_the_sides_symmetrically(tmp_path):
+    path = white_wide(tmp_path, w=60, h=100)  # 60 × 100 → 19 or 20 px wide in 32
+    pad = load_resized(path, 32, "pad")
+    cols = np.flatnonzero(pad.max(axis=0) == 255)
+    left, right = cols[0], 31 - cols[-1]
+    assert abs(left - right) <= 1 and left >= 6 and len(cols) == 32 - left - right
+    assert pad[:, :left].max() == 0 and pad[:, 32 - right :].max() == 0
+
+
+def test_center_crop_keeps_the_central_square(tmp_path):
+    """200 × 100, black outside the central 100 × 100: center_crop sees only white, stretch and
+    pad keep the black sides."""
+    arr = np.zeros((100, 200), np.uint8)
+    arr[:, 50:150] = 255
+    path = tmp_path / "framed.png"
+    Image.fromarray(arr, "L").save(path)
+    crop = load_resized(path, 32, "center_crop")
+    assert crop.min() == 255
+    stretch = load_resized(path, 32, "stretch")
+    assert stretch[:, :6].max() == 0 and stretch[:, -6:].max() == 0 and stretch[:, 10:22].min() == 255
+    pad = load_resized(path, 32, "pad")
+    assert pad[:8].max() == 0 and pad[24:].max() == 0 and pad[8:24, :6].max() == 0
+
+
+def test_resize_setting_reaches_the_store(tmp_path):
+    root = make_images(tmp_path, n=3)  # 60 wide × 40 high, dark left half, bright right half
+    out = tmp_path / "cxr_16.h5"
+    build_image_store(tmp_path / "images.parquet", root, ImagesConfig(size=16, resize="pad"), out)
+    with h5py.File(out) as h5:
+        assert h5.attrs["resize"] == "pad" and h5.attrs["size"] == 16
+    store = ImageStore(out)
+    assert store.resize == "pad"
+    x = store.load(["dcm01"])[0]
+    # 60 × 40 fits as 16 × 11 (rounded from 10.7): 2 or 3 black rows on each side of the image rows
+    bright = np.flatnonzero(x.max(axis=1) > 100)
+    assert 10 <= len(bright) <= 11 and x[: bright[0]].max() == 0 and x[bright[-1] + 1 :].max() == 0
+
+
+def test_resize_setting_is_validated():
+    assert ImagesConfig().resize == "stretch"
+    with pytest.raises(ConfigError, match=r"images\.resize"):
+        load_config({"images": {"resize": "crop"}}, check_paths=False)

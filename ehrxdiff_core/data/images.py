@@ -11,7 +11,9 @@ Pixels become 8-bit grayscale first:
   clipped at 255. Min–max keeps every pixel's relative intensity and needs no setting; a few
   extreme pixels (burned-in markers) narrow the contrast of the rest. A constant image becomes 0.
 
-Then, as in the paper, the image is resized bicubic to size × size, aspect ratio not kept.
+Then `images.resize` makes it square (bicubic throughout): `stretch` (the paper: the whole image
+to size × size, aspect ratio not kept), `pad` (aspect ratio kept, the long side fits, the short
+side padded symmetrically with black) or `center_crop` (the central square of the short side).
 Missing or corrupt images are counted, logged and left out; too many of them fail the stage.
 """
 
@@ -21,11 +23,12 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import get_args
 
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ehrxdiff_core.atomic import atomic_path
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
 WINDOWED_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+RESIZE_POLICIES = get_args(ImagesConfig.model_fields["resize"].annotation)  # stretch, pad, center_crop
 
 
 def to_gray8(img: Image.Image) -> Image.Image:
@@ -54,23 +58,37 @@ def to_gray8(img: Image.Image) -> Image.Image:
     return Image.fromarray(gray.astype(np.uint8), "L")
 
 
-def load_resized(path: Path, size: int) -> np.ndarray:
-    """One image file → uint8 (size, size): 8-bit grayscale, bicubic resize without keeping the aspect ratio."""
+def square(gray: Image.Image, size: int, resize: str = "stretch") -> Image.Image:
+    """A grayscale image → size × size by the `images.resize` policy, bicubic."""
+    if resize == "stretch":
+        return gray.resize((size, size), Image.Resampling.BICUBIC)
+    if resize == "pad":
+        return ImageOps.pad(gray, (size, size), Image.Resampling.BICUBIC, color=0)
+    if resize == "center_crop":  # crop first, so no pixel outside the square reaches the edges
+        w, h = gray.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return gray.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    raise ValueError(f"images.resize must be one of {RESIZE_POLICIES}, not {resize!r}")
+
+
+def load_resized(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
+    """One image file → uint8 (size, size): 8-bit grayscale, then squared by `resize`."""
     with Image.open(path) as img:
         img.load()
         gray = to_gray8(img)
-    return np.asarray(gray.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return np.asarray(square(gray, size, resize), dtype=np.uint8)
 
 
-def _try_load(path: Path, size: int):
+def _try_load(path: Path, size: int, resize: str):
     try:
-        return load_resized(path, size), None
+        return load_resized(path, size, resize), None
     except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, truncated, not an image
         return None, f"{type(err).__name__}: {err}"
 
 
 def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, out_h5: Path) -> dict:
-    """Write images/cxr_{size}.h5 (pixels uint8 (N, size, size), dicom_id, attrs size/n_bad)."""
+    """Write images/cxr_{size}.h5 (pixels uint8 (N, size, size), dicom_id, attrs size/resize/n_bad)."""
     table = pq.read_table(images_parquet, columns=["dicom_id", "path"])
     # one entry per image even if the cohort lists it twice
     seen: dict[str, str] = {}
@@ -79,7 +97,7 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
     dicom_ids = sorted(seen)
     if not dicom_ids:
         raise DataError(f"no images listed in {images_parquet} (run the cohort stage)")
-    size = int(cfg.size)
+    size, resize = int(cfg.size), cfg.resize
     root = Path(cxr_root)
     bad: list[tuple[str, str]] = []
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
@@ -104,7 +122,7 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
             with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc=f"images {size}px", unit="img") as bar:
                 for start in range(0, len(paths), chunk):
                     batch = paths[start : start + chunk]
-                    for d, p, (arr, err) in zip(dicom_ids[start:], batch, pool.map(lambda q: _try_load(q, size), batch)):
+                    for d, p, (arr, err) in zip(dicom_ids[start:], batch, pool.map(lambda q: _try_load(q, size, resize), batch)):
                         bar.update(1)
                         if arr is None:
                             bad.append((str(p), err))
@@ -123,6 +141,7 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
                 )
             h5.create_dataset("dicom_id", data=np.array(kept, dtype=object), dtype=h5py.string_dtype("utf-8"))
             h5.attrs["size"] = size
+            h5.attrs["resize"] = resize
             h5.attrs["n_bad"] = len(bad)
     counts = {"images": len(dicom_ids), "stored": len(kept), "n_bad": len(bad), "bad_fraction": round(frac, 6)}
     log.info("images: %s", counts)
@@ -139,6 +158,7 @@ class ImageStore:
         with h5py.File(self.path, "r") as h5:
             self.dicom_ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in h5["dicom_id"][:]]
             self.size = int(h5.attrs["size"])
+            self.resize = str(h5.attrs.get("resize", "stretch"))  # stores without the attribute were stretched
             self.n_bad = int(h5.attrs.get("n_bad", 0))
         self._index = {d: i for i, d in enumerate(self.dicom_ids)}
         self._h5 = None
