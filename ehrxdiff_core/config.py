@@ -165,6 +165,9 @@ class CohortConfig(Section):
 class ImagesConfig(Section):
     size: int = Field(64, ge=8)  # a multiple of the autoencoder's and the U-Net's downsampling (checked below)
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    # stretch is what the paper does: bicubic to a square without keeping the aspect ratio;
+    # pad keeps it (black bands on the short side), center_crop keeps the central square
+    resize: Literal["stretch", "pad", "center_crop"] = "stretch"
 
 
 class EventsConfig(Section):

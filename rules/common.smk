@@ -19,7 +19,7 @@ SYNTH = f"{RESULTS}/synthetic"
 
 from ehrxdiff_core.data.events import MEDS_EVENTS
 from ehrxdiff_core.data.meds import ID_MAP as MEDS_ID_MAP, MEDS_TABLES
-from ehrxdiff_core.data.stages import TABLE_NAMES, cxr_root, source_path
+from ehrxdiff_core.data.stages import TABLE_NAMES, cxr_root, image_inventory_hash, source_path
 
 
 wildcard_constraints:
@@ -57,13 +57,24 @@ def cxr_folder():
     return str(cxr_root(CFG.data, Path(SYNTH)))
 
 
-def image_folder():
-    """The JPG folder the images rule reads (an input, so new or changed images rerun it)."""
-    if CFG.data.source == "synthetic":
-        return f"{SYNTH}/mimic-cxr-jpg/files"
-    if CFG.data.source == "mimic":
-        return cxr_folder() + "/files"
-    return cxr_folder()
+def synthetic_jpgs():
+    """The synthetic world's JPG folder, an output of `synthesize`, as an input of the images rule
+    (it ties that rule to the one that draws the images). A real image folder is no input: a
+    folder's mtime does not change when files deeper down change, so `image_inventory` tracks
+    the listed files themselves."""
+    return [f"{SYNTH}/mimic-cxr-jpg/files"] if CFG.data.source == "synthetic" else []
+
+
+def image_inventory(wildcards):
+    """The images rule's params entry that changes when an image of the cohort is added, removed or
+    rewritten (path, size, mtime of every file `cohort/images.parquet` lists), so Snakemake reruns
+    the rule. Evaluated when the DAG is built and again just before the job runs. It takes only
+    `wildcards`: a params function that takes `input` counts as derived from the inputs and is not
+    compared between runs."""
+    listing = Path(f"{RESULTS}/cohort/images.parquet")
+    if not listing.exists():
+        return "no cohort yet"  # the job runs anyway: its input is missing
+    return image_inventory_hash(listing, Path(cxr_folder()))
 
 
 def event_tables():

@@ -111,7 +111,7 @@ rule cohort:
 rule images:
     input:
         images=rules.cohort.output.images,
-        jpgs=image_folder(),
+        jpgs=synthetic_jpgs(),
         code=code("data/images.py"),
     output:
         h5=f"{RESULTS}/images/cxr_{{size}}.h5",
@@ -128,6 +128,7 @@ rule images:
     params:
         images=sec("images"),
         cxr_root=cxr_folder(),
+        inventory=image_inventory,
     script:
         "../workflow_scripts/images.py"
 

@@ -1,6 +1,9 @@
-"""Image store: resize into HDF5, corrupt/missing JPEGs counted and dropped, threshold enforced."""
+"""Image store: bit depth to 8-bit grayscale, the resize policies, resize into HDF5, corrupt/missing
+JPEGs counted and dropped, threshold enforced."""
 
 from __future__ import annotations
+
+import warnings
 
 import h5py
 import numpy as np
@@ -9,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ehrxdiff_core.config import ImagesConfig
+from ehrxdiff_core.config import ConfigError, ImagesConfig, load_config
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.data.images import ImageStore
+from ehrxdiff_core.data.images import ImageStore, load_resized, to_gray8
 from ehrxdiff_core.data.stages import build_image_store
 
 
@@ -43,10 +46,10 @@ def test_store_contract_and_reader(tmp_path):
     assert counts["stored"] == 6 and counts["n_bad"] == 0
     with h5py.File(out) as h5:
         assert h5["pixels"].dtype == np.uint8 and h5["pixels"].shape == (6, 16, 16)
-        assert h5.attrs["size"] == 16 and h5.attrs["n_bad"] == 0
+        assert h5.attrs["size"] == 16 and h5.attrs["n_bad"] == 0 and h5.attrs["resize"] == "stretch"
         assert h5["dicom_id"].dtype.kind == "O" or h5py.check_string_dtype(h5["dicom_id"].dtype)
     store = ImageStore(out)
-    assert store.size == 16 and store.dicom_ids == [f"dcm{k:02d}" for k in range(6)]
+    assert store.size == 16 and store.resize == "stretch" and store.dicom_ids == [f"dcm{k:02d}" for k in range(6)]
     assert "dcm03" in store and "nope" not in store
     x = store.load(["dcm05", "dcm01", "dcm05"])
     assert x.shape == (3, 16, 16) and x.dtype == np.uint8
@@ -74,3 +77,176 @@ def test_above_threshold_error_and_no_file(tmp_path):
     msg = str(err.value)
     assert "3 of 10" in msg and "30.0%" in msg and "images.max_bad_fraction" in msg and "dcm01.jpg" in msg
     assert not out.exists() and not list(tmp_path.glob("*.h5*"))
+
+
+BICUBIC = Image.Resampling.BICUBIC
+
+
+def ramp_12bit(h=96, w=128) -> np.ndarray:
+    """A 12-bit exposure stored in 16 bits: values 0..4095 rising left to right."""
+    return np.tile(np.linspace(0, 4095, w).round().astype(np.uint16), (h, 1))
+
+
+def test_16bit_png_with_12bit_range_spans_the_8bit_range(tmp_path):
+    path = tmp_path / "cxr16.png"
+    Image.fromarray(ramp_12bit()).save(path)
+    with Image.open(path) as img:
+        assert img.mode in ("I;16", "I")  # what Pillow makes of a 16-bit grayscale PNG
+        clipped = np.asarray(img.convert("L"))
+    assert (clipped == 255).mean() > 0.9  # the bug this guards against: "L" clips at 255
+    with Image.open(path) as img:
+        full = np.asarray(to_gray8(img))
+    assert full.min() == 0 and full.max() == 255
+    out = load_resized(path, 64)
+    assert out.dtype == np.uint8 and out.shape == (64, 64)
+    assert out.min() <= 2 and out.max() >= 253  # halving the width averages neighbouring columns
+    assert (out == 255).mean() < 0.05 and (out >= 128).mean() < 0.55
+    assert np.all(np.diff(out[32].astype(int)) >= 0)  # the ramp stays a ramp
+
+
+def test_window_is_min_max_over_the_image():
+    x = np.array([[0, 4095, 2048, 1024]], np.uint16)
+    got = np.asarray(to_gray8(Image.fromarray(x)))
+    assert got.tolist() == [[0, 255, 128, 64]]  # 2048·255/4095 = 127.5 → 128; 1024 → 63.8 → 64
+    # the window is the image's own range, so an offset and a gain change nothing
+    y = np.array([[1000, 1000 + 2 * 4095, 1000 + 2 * 2048, 1000 + 2 * 1024]], np.uint16)
+    assert np.asarray(to_gray8(Image.fromarray(y))).tolist() == got.tolist()
+
+
+@pytest.mark.parametrize("mode", ["I;16B", "I;16L"])
+def test_16bit_byte_orders(mode):
+    x = ramp_12bit(4, 16)
+    img = Image.frombytes(mode, (16, 4), x.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    assert img.mode == mode
+    got = np.asarray(to_gray8(img))
+    assert got.dtype == np.uint8 and got[:, 0].tolist() == [0] * 4 and got[:, -1].tolist() == [255] * 4
+    assert np.array_equal(got, np.asarray(to_gray8(Image.fromarray(x))))
+
+
+def test_int32_and_float_modes():
+    i32 = np.array([[-1000, 0, 3000]], np.int32)
+    img = Image.fromarray(i32)
+    assert img.mode == "I"
+    assert np.asarray(to_gray8(img)).tolist() == [[0, 64, 255]]  # 1000·255/4000 = 63.75 → 64
+    f = np.array([[0.0, 0.25, 1.0]], np.float32)
+    img = Image.fromarray(f)
+    assert img.mode == "F"
+    assert np.asarray(to_gray8(img)).tolist() == [[0, 64, 255]]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_constant_high_depth_image_is_black_without_dividing_by_zero(mode):
+    img = Image.fromarray(np.full((5, 7), 700, {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+    assert img.mode == mode
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = np.asarray(to_gray8(img))
+    assert got.shape == (5, 7) and got.dtype == np.uint8 and not got.any()
+
+
+def test_rgb_becomes_pillow_luminance(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:, :10] = (255, 0, 0)
+    rgb[:, 10:20] = (0, 255, 0)
+    rgb[:, 20:] = (0, 0, 255)
+    path = tmp_path / "rgb.png"
+    Image.fromarray(rgb, "RGB").save(path)
+    gray = np.asarray(to_gray8(Image.open(path)))
+    assert gray[0, [0, 15, 25]].tolist() == [76, 150, 29]  # ITU-R 601-2: 0.299, 0.587, 0.114 of 255
+    with Image.open(path) as img:
+        want = np.asarray(img.convert("L").resize((16, 16), BICUBIC))
+    assert np.array_equal(load_resized(path, 16), want)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_other_8bit_modes_as_pillow_converts_them(tmp_path, mode):
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8), "RGB").convert(mode)
+    path = tmp_path / f"img_{mode}.png"
+    img.save(path)
+    with Image.open(path) as back:
+        assert back.mode == mode
+        want = np.asarray(back.convert("L").resize((12, 12), BICUBIC))
+    assert np.array_equal(load_resized(path, 12), want)
+
+
+def test_unsupported_mode_is_an_error():
+    with pytest.raises(ValueError, match="unsupported image mode 'HSV'"):
+        to_gray8(Image.new("HSV", (4, 4)))
+
+
+@pytest.mark.parametrize("size", [16, 37])
+def test_8bit_jpeg_pixels_unchanged(tmp_path, size):
+    """MIMIC-CXR-JPG and the synthetic world are 8-bit L JPEGs: stretch gives exactly what it always gave."""
+    rng = np.random.default_rng(0)
+    arr = (rng.normal(120, 40, (90, 70)).clip(0, 255)).astype(np.uint8)
+    path = tmp_path / "cxr.jpg"
+    Image.fromarray(arr, "L").save(path, quality=90)
+    with Image.open(path) as img:
+        assert img.mode == "L"
+        want = np.asarray(img.convert("L").resize((size, size), BICUBIC))
+    got = load_resized(path, size)
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert np.array_equal(load_resized(path, size, "stretch"), want)
+
+
+def white_wide(tmp_path, w=200, h=100):
+    path = tmp_path / f"white_{w}x{h}.png"
+    Image.new("L", (w, h), 255).save(path)
+    return path
+
+
+def test_resize_policies_on_a_wide_image(tmp_path):
+    path = white_wide(tmp_path)
+    stretch, pad, crop = (load_resized(path, 32, r) for r in ("stretch", "pad", "center_crop"))
+    assert stretch.shape == pad.shape == crop.shape == (32, 32)
+    assert stretch.min() == 255 and crop.min() == 255  # no bands
+    # pad: the 2:1 image fits as 32 × 16, centred; 8 black rows above and below
+    black_rows = np.flatnonzero(pad.max(axis=1) == 0)
+    assert black_rows.tolist() == list(range(8)) + list(range(24, 32))
+    assert pad[8:24].min() == 255
+    assert (pad.max(axis=0) == 255).all()  # full width: no side bands
+
+
+def test_pad_on_a_tall_image_pads_the_sides_symmetrically(tmp_path):
+    path = white_wide(tmp_path, w=60, h=100)  # 60 × 100 → 19 or 20 px wide in 32
+    pad = load_resized(path, 32, "pad")
+    cols = np.flatnonzero(pad.max(axis=0) == 255)
+    left, right = cols[0], 31 - cols[-1]
+    assert abs(left - right) <= 1 and left >= 6 and len(cols) == 32 - left - right
+    assert pad[:, :left].max() == 0 and pad[:, 32 - right :].max() == 0
+
+
+def test_center_crop_keeps_the_central_square(tmp_path):
+    """200 × 100, black outside the central 100 × 100: center_crop sees only white, stretch and
+    pad keep the black sides."""
+    arr = np.zeros((100, 200), np.uint8)
+    arr[:, 50:150] = 255
+    path = tmp_path / "framed.png"
+    Image.fromarray(arr, "L").save(path)
+    crop = load_resized(path, 32, "center_crop")
+    assert crop.min() == 255
+    stretch = load_resized(path, 32, "stretch")
+    assert stretch[:, :6].max() == 0 and stretch[:, -6:].max() == 0 and stretch[:, 10:22].min() == 255
+    pad = load_resized(path, 32, "pad")
+    assert pad[:8].max() == 0 and pad[24:].max() == 0 and pad[8:24, :6].max() == 0
+
+
+def test_resize_setting_reaches_the_store(tmp_path):
+    root = make_images(tmp_path, n=3)  # 60 wide × 40 high, dark left half, bright right half
+    out = tmp_path / "cxr_16.h5"
+    build_image_store(tmp_path / "images.parquet", root, ImagesConfig(size=16, resize="pad"), out)
+    with h5py.File(out) as h5:
+        assert h5.attrs["resize"] == "pad" and h5.attrs["size"] == 16
+    store = ImageStore(out)
+    assert store.resize == "pad"
+    x = store.load(["dcm01"])[0]
+    # 60 × 40 fits as 16 × 11 (rounded from 10.7): 2 or 3 black rows on each side of the image rows
+    bright = np.flatnonzero(x.max(axis=1) > 100)
+    assert 10 <= len(bright) <= 11 and x[: bright[0]].max() == 0 and x[bright[-1] + 1 :].max() == 0
+
+
+def test_resize_setting_is_validated():
+    assert ImagesConfig().resize == "stretch"
+    with pytest.raises(ConfigError, match=r"images\.resize"):
+        load_config({"images": {"resize": "crop"}}, check_paths=False)

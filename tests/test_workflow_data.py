@@ -1,8 +1,10 @@
-"""The data stages through Snakemake on the tiny synthetic world: contracts, no-op rerun, and
-a changed cohort setting reruns cohort and what depends on it only."""
+"""The data stages through Snakemake on the tiny synthetic world: contracts, no-op rerun, a
+changed cohort setting reruns cohort and what depends on it only, and a changed image file of
+the cohort reruns images."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -44,6 +46,26 @@ def test_artifacts_satisfy_contracts(data_run):
 def test_second_run_does_nothing(data_run):
     work, cfg = data_run
     assert planned_jobs(work, cfg, *TARGETS) == {}
+
+
+def test_changed_listed_jpg_reruns_images_only(data_run):
+    """A listed JPEG with a new mtime changes the images rule's params (the cohort's file
+    inventory); a file the cohort does not list changes nothing."""
+    work, cfg = data_run
+    listed = work / "results/synthetic/mimic-cxr-jpg" / pd.read_parquet(work / "results/cohort/images.parquet")["path"].iloc[0]
+    stray = listed.parent / "stray.jpg"
+    st = listed.stat()
+    try:
+        stray.write_bytes(b"not in the cohort")
+        assert planned_jobs(work, cfg, *TARGETS) == {}
+        os.utime(listed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert planned_jobs(work, cfg, *TARGETS) == {"images": 1}
+        out = run_snakemake(work, cfg, "--dry-run", "results/images/cxr_32.h5")
+        assert "Params have changed since last execution" in out.stdout + out.stderr
+    finally:
+        stray.unlink(missing_ok=True)
+        os.utime(listed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert planned_jobs(work, cfg, *TARGETS) == {}  # back to the recorded inventory
 
 
 def test_changed_gap_reruns_cohort_and_downstream_only(data_run):

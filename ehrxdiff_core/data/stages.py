@@ -11,7 +11,7 @@ from ehrxdiff_core.config import DataConfig, DuckDBSettings
 from ehrxdiff_core.data.cohort import build_cohort
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.events import build_events
-from ehrxdiff_core.data.images import ImageStore, build_image_store
+from ehrxdiff_core.data.images import ImageStore, build_image_store, image_inventory_hash
 from ehrxdiff_core.data.ingest import ingest_table
 from ehrxdiff_core.data.tables import TABLE_NAMES, TABLES
 
@@ -23,6 +23,7 @@ __all__ = [
     "build_events",
     "build_image_store",
     "cxr_root",
+    "image_inventory_hash",
     "ingest",
     "mimiciv_root",
     "source_path",
