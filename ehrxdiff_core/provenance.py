@@ -20,7 +20,10 @@ IGNORED = {"ehrxdiff_core.config", "ehrxdiff_core.runlog", "ehrxdiff_core"}
 
 
 def _module_file(module: str) -> Path | None:
-    rel = Path(*module.split(".")[1:])
+    parts = module.split(".")[1:]
+    if not parts:  # the package itself (`from ehrxdiff_core import set_offline_flags`)
+        return ROOT / "__init__.py"
+    rel = Path(*parts)
     for candidate in (ROOT / rel.with_suffix(".py"), ROOT / rel / "__init__.py"):
         if candidate.is_file():
             return candidate

@@ -27,3 +27,10 @@ def test_events_includes_filters_and_serialization():
 def test_folder_entry_takes_every_module():
     names = _names(stage_sources("data"))
     assert {"data/cohort.py", "data/events.py", "data/ingest.py"} <= names
+
+
+def test_an_import_from_the_package_root_is_followed_without_error():
+    """`from ehrxdiff_core import set_offline_flags` names the package itself (its __init__, ignored)."""
+    files = stage_sources("text/encoders.py")
+    assert any(f.endswith("text/encoders.py") for f in files)
+    assert not any(f.endswith("ehrxdiff_core/__init__.py") for f in files)
