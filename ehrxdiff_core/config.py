@@ -280,14 +280,40 @@ class TrainLoop(Section):
     eps: float = Field(1e-8, gt=0)
 
 
+PRETRAINED_REQUIRED = (
+    "vae.pretrained: must be set, because vae.require_pretrained is true (configs/paper.yaml): point it at Cheff's "
+    "cheff_autoencoder.pt (or a .safetensors conversion, or a diffusers folder). To train an autoencoder here instead "
+    "(L1 + KL loss only, vae.train.steps steps: blurrier than Cheff's), set vae.require_pretrained: false"
+)
+SCALE_WITHOUT_IMPORT = (
+    "vae.scaling_factor: {} is set but vae.pretrained is not; the scale applies to an imported autoencoder only, "
+    "a self-trained one's is estimated from its data. Remove vae.scaling_factor, or set vae.pretrained"
+)
+
+
 class VaeConfig(Section):
     pretrained: str | None = None  # diffusers folder, or a Cheff/LDM autoencoder checkpoint file
     latent_channels: int = Field(3, ge=1)
     block_out_channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [32, 64, 64]
     layers_per_block: int = Field(1, ge=1)
     kl_weight: float = Field(1e-6, ge=0)
-    scaling_factor: float | None = Field(None, gt=0)  # None: estimated from data when training (Cheff import: 0.18215)
+    # latent scale of an imported autoencoder (vae.pretrained) only; None: a Cheff/LDM checkpoint file gets
+    # the Cheff constant 0.18215, a diffusers folder its own config's value. A self-trained autoencoder's
+    # scale is always estimated from its data (1 / std of the latents), so setting it without vae.pretrained
+    # is an error.
+    scaling_factor: float | None = Field(None, gt=0)
+    # true: vae.pretrained must be set (the paper preset: a self-trained autoencoder gets an L1 + KL loss only,
+    # far from Cheff's recipe); false trains one here when vae.pretrained is unset
+    require_pretrained: bool = False
     train: TrainLoop = TrainLoop(steps=300, batch_size=16, lr=4e-4)
+
+    @model_validator(mode="after")
+    def _check_pretrained(self) -> "VaeConfig":
+        if self.pretrained is None and self.require_pretrained:
+            raise ValueError(PRETRAINED_REQUIRED)
+        if self.pretrained is None and self.scaling_factor is not None:
+            raise ValueError(SCALE_WITHOUT_IMPORT.format(self.scaling_factor))
+        return self
 
 
 class ClipConfig(Section):
@@ -517,7 +543,8 @@ def _format_errors(err: ValidationError) -> str:
         elif path == "<root>":  # cross-section checks name their keys themselves
             lines.extend(f"  {problem}" for problem in msg.split("\n"))
         elif isinstance(e.get("input"), dict):  # a section-level check: the section is too long to echo
-            lines.append(f"  {path}: {msg}")
+            # a check that names its own key (`vae.pretrained: ...`) is printed as it is
+            lines.append(f"  {msg}" if msg.startswith(f"{path}.") else f"  {path}: {msg}")
         else:
             lines.append(f"  {path}: {msg} (got {e.get('input')!r})")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The paper's U-Net and fusion adapter, built from configs/paper.yaml on the meta device."""
+"""The paper preset (configs/paper.yaml): its U-Net and fusion adapter on the meta device, its
+autoencoder rules (import required, latent scale) and the stages it runs."""
 
 from pathlib import Path
 
@@ -6,19 +7,28 @@ import pytest
 import torch
 import yaml
 
-from ehrxdiff_core.config import load_config
+from ehrxdiff_core.config import ConfigError, TrainLoop, VaeConfig, _deep_merge, load_config
+from ehrxdiff_core.models import train_vae
 from ehrxdiff_core.models.adapter import FusionAdapter
 from ehrxdiff_core.models.clip import ClipModel
+from ehrxdiff_core.models.datasets import load_pairs, open_image_store, to_unit_range
 from ehrxdiff_core.models.ldm import build_unet
+from ehrxdiff_core.models.stages import load_vae
+from ehrxdiff_core.models.toydata import write_world
+from ehrxdiff_core.models.vae import CHEFF_SCALE, cheff_vae_config, estimate_scale
 
 torch.set_num_threads(1)
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
 
 
+def paper_raw(**sections) -> dict:
+    """configs/paper.yaml as a mapping, with `sections` deep-merged over it."""
+    return _deep_merge(yaml.safe_load(PAPER.read_text()), sections)
+
+
 @pytest.fixture(scope="module")
 def cfg():
-    raw = yaml.safe_load(PAPER.read_text())
-    return load_config(raw, check_paths=False)  # the MIMIC folders of the preset do not exist here
+    return load_config(paper_raw(), check_paths=False)  # the MIMIC folders and Cheff's file do not exist here
 
 
 def _build(cfg, ldm_cfg):
@@ -78,3 +88,65 @@ def test_image_only_ablation_drops_ehr(cfg):
     ldm.adapter.use_ehr = False
     _, adapter, _ = _build(cfg, ldm)
     assert adapter.n_tokens == 65 + 3 and not hasattr(adapter, "tab")
+
+
+# ------------------------------------------------------------------------------------- autoencoder
+
+
+def test_paper_preset_imports_the_autoencoder_and_leaves_its_scale_to_the_import(cfg):
+    assert cfg.vae.require_pretrained and cfg.vae.pretrained.endswith("cheff_autoencoder.pt")
+    assert cfg.vae.scaling_factor is None  # a Cheff checkpoint file gets CHEFF_SCALE on import
+
+
+def test_paper_preset_without_an_autoencoder_is_refused_naming_vae_pretrained():
+    with pytest.raises(ConfigError, match=r"(?m)^  vae\.pretrained: must be set.*vae\.require_pretrained: false"):
+        load_config(paper_raw(vae={"pretrained": None}), check_paths=False)
+    cfg = load_config(paper_raw(vae={"pretrained": None, "require_pretrained": False}), check_paths=False)
+    assert cfg.vae.pretrained is None and cfg.vae.scaling_factor is None  # trained here, scale estimated
+
+
+def test_a_fixed_scale_for_a_self_trained_autoencoder_is_refused():
+    raw = paper_raw(vae={"pretrained": None, "require_pretrained": False, "scaling_factor": 0.18215})
+    with pytest.raises(ConfigError, match=r"vae\.scaling_factor: 0\.18215 is set but vae\.pretrained is not"):
+        load_config(raw, check_paths=False)
+    cfg = load_config(paper_raw(vae={"scaling_factor": 0.2}), check_paths=False)  # an import may set it
+    assert cfg.vae.scaling_factor == 0.2
+
+
+TINY_VAE = VaeConfig(block_out_channels=[8, 8], train=TrainLoop(steps=2, batch_size=4, checkpoint_every=2, log_every=1))
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("world"), n_pairs=16, size=16, dim=8, max_len=4)
+
+
+def test_trained_autoencoder_gets_its_scale_estimated_from_data(tiny_world, tmp_path):
+    info = train_vae(tiny_world["images"], tiny_world["triplets"], TINY_VAE, tmp_path / "vae", device="cpu")
+    vae = load_vae(tmp_path / "vae")
+    store = open_image_store(tiny_world["images"])
+    pairs = load_pairs(tiny_world["triplets"], "train", store)
+    ids = sorted(set(pairs["prev_dicom_id"]) | set(pairs["trg_dicom_id"]))
+    expected = estimate_scale(vae, to_unit_range(store.load(ids)))  # 1 / std of the published model's latents
+    assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"])
+    assert info["scaling_factor"] == pytest.approx(expected, rel=1e-4)
+    assert abs(info["scaling_factor"] - CHEFF_SCALE) > 0.05
+
+
+def test_stage_refuses_a_fixed_scale_without_an_import(tiny_world, tmp_path):
+    cfg = TINY_VAE.model_copy(update={"scaling_factor": CHEFF_SCALE})  # model_copy skips validation
+    with pytest.raises(ValueError, match=r"vae\.scaling_factor: 0\.18215 is set but vae\.pretrained is not"):
+        train_vae(tiny_world["images"], tiny_world["triplets"], cfg, tmp_path / "vae", device="cpu")
+    assert not (tmp_path / "vae").exists() and not (tmp_path / "vae.work").exists()
+
+
+@pytest.mark.parametrize("configured, expected", [(None, 0.3), (0.5, 0.5)])
+def test_imported_folder_keeps_its_scale_unless_configured(tiny_world, tmp_path, configured, expected):
+    from diffusers import AutoencoderKL
+
+    folder = tmp_path / "cheff_diffusers"
+    AutoencoderKL(**{**cheff_vae_config(16, ch=32, ch_mult=(1, 1), num_res_blocks=1), "scaling_factor": 0.3}).save_pretrained(folder)
+    info = train_vae(tiny_world["images"], tiny_world["triplets"], VaeConfig(pretrained=str(folder), scaling_factor=configured),
+                     tmp_path / "vae")
+    assert info["scaling_factor"] == pytest.approx(expected)
+    assert load_vae(tmp_path / "vae").config.scaling_factor == pytest.approx(expected)

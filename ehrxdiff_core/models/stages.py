@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ehrxdiff_core.atomic import atomic_dir
-from ehrxdiff_core.config import ClipConfig, LdmConfig, SampleConfig, TrainLoop, VaeConfig
+from ehrxdiff_core.config import PRETRAINED_REQUIRED, SCALE_WITHOUT_IMPORT, ClipConfig, LdmConfig, SampleConfig, TrainLoop, VaeConfig
 from ehrxdiff_core.models.adapter import FusionAdapter
 from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.datasets import (
@@ -90,9 +90,17 @@ def load_vae(vae_dir: str | Path):
 
 
 def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_dir=None) -> dict:
-    """Train the KL autoencoder on train-split images, or import `cfg.pretrained`; write `out_dir`."""
+    """Train the KL autoencoder on train-split images, or import `cfg.pretrained`; write `out_dir`.
+
+    Latent scale: an import takes `vae.scaling_factor`, else the Cheff constant (checkpoint file) or the
+    folder's own value (diffusers folder); a trained autoencoder's is always estimated from its data.
+    """
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
+    if not cfg.pretrained and cfg.scaling_factor is not None:  # the config refuses it; a copy made without validation too
+        raise ValueError(SCALE_WITHOUT_IMPORT.format(cfg.scaling_factor))
+    if not cfg.pretrained and cfg.require_pretrained:
+        raise ValueError(PRETRAINED_REQUIRED)
     store = open_image_store(images_h5)
     if cfg.pretrained:
         vae = import_pretrained(cfg.pretrained, store.size)
@@ -120,7 +128,8 @@ def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_
     if info.is_main:
         final = res.ema_copy().vae.cpu().eval()
         sample_ids = ids[:: max(1, len(ids) // 512)]
-        scale = cfg.scaling_factor or estimate_scale(final, data.get(np.arange(len(ids))[:: max(1, len(ids) // 512)], False)["trg"])
+        scale = estimate_scale(final, data.get(np.arange(len(ids))[:: max(1, len(ids) // 512)], False)["trg"])
+        log.info("vae: latent scale %.5f estimated from %d training images (1 / std of the latents)", scale, len(sample_ids))
         final.register_to_config(scaling_factor=float(scale))
         f = 2 ** (len(cfg.block_out_channels) - 1)
         out.update(scaling_factor=float(scale), latent_shape=[cfg.latent_channels, store.size // f, store.size // f], n_scale_images=len(sample_ids))

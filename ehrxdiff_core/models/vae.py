@@ -37,7 +37,7 @@ def build_vae(cfg: VaeConfig, sample_size: int) -> AutoencoderKL:
         latent_channels=cfg.latent_channels,
         norm_num_groups=min(32, min(cfg.block_out_channels)),
         sample_size=sample_size,
-        scaling_factor=cfg.scaling_factor or 1.0,
+        scaling_factor=1.0,  # replaced by the estimate from data when training ends (train_vae)
     )
 
 
