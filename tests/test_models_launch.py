@@ -4,10 +4,11 @@ CPU here, NCCL on GPUs), and the result is a normal model folder written by rank
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
-from ehrxdiff_core.config import ClipConfig, TrainLoop
-from ehrxdiff_core.models.launch import run_stage
+from ehrxdiff_core.config import ClipConfig, ConfigError, TrainLoop
+from ehrxdiff_core.models.launch import check_gpus, run_stage
 from ehrxdiff_core.models.toydata import write_world
 
 torch.set_num_threads(1)
@@ -36,3 +37,53 @@ def test_two_processes_under_torchrun(tmp_path, monkeypatch):
     assert (tmp_path / "clip" / "model.safetensors").exists()
     assert len(pd.read_csv(tmp_path / "clip" / "metrics.csv")) == 3
     assert not list(tmp_path.glob(".train_clip.*.json")), "the argument file is removed"
+
+
+def _no_torchrun(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("torchrun must not start")
+
+    monkeypatch.setattr("ehrxdiff_core.models.launch.subprocess.run", refuse)
+
+
+@pytest.mark.parametrize("stage, key", [("train_ldm", "ldm"), ("train_clip", "clip"), ("train_vae", "vae")])
+def test_more_gpus_than_visible_is_refused_before_torchrun(monkeypatch, stage, key):
+    _no_torchrun(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ConfigError, match=rf"{key}\.train\.gpus: 2 GPUs requested, but this job sees 1 \(CUDA_VISIBLE_DEVICES='3'\)"):
+        run_stage(stage, 2, cfg=_clip_cfg(2), device="auto")
+
+
+def test_several_gpus_without_cuda_are_refused(monkeypatch):
+    _no_torchrun(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for device in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=r"ldm\.train\.gpus: 4 GPUs requested, but CUDA is not available .*CUDA_VISIBLE_DEVICES unset"):
+            run_stage("train_ldm", 4, cfg=_clip_cfg(4), device=device)
+    with pytest.raises(ConfigError, match=r"ldm\.train\.gpus: 2 GPUs requested, but compute\.device 'mps' is a single device"):
+        run_stage("train_ldm", 2, cfg=_clip_cfg(2), device="mps")
+
+
+def test_enough_gpus_pass_the_check(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    check_gpus("train_ldm", 4, "auto")
+    check_gpus("train_ldm", 2, "cuda")
+    check_gpus("train_ldm", 1, "auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_gpus("train_ldm", 2, "cpu")  # CPU processes (gloo), as test_two_processes_under_torchrun
+
+
+def test_torchrun_processes_write_to_the_jobs_log(tmp_path, monkeypatch):
+    from ehrxdiff_core.models import launch
+
+    with open(tmp_path / "job.log", "w") as log:
+        monkeypatch.setattr("sys.stdout", log)
+        monkeypatch.setattr("sys.stderr", log)
+        assert launch._job_streams() == {"stdout": log, "stderr": log}
