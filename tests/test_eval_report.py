@@ -106,3 +106,25 @@ def test_report_cohort_section_with_no_some_or_all_labels(tmp_path, labelled):
     assert "Demographics present" in text
     demo = text.split("Demographics present", 1)[1]
     assert "<td>6</td><td>6</td><td>2</td><td>3</td>" in demo  # images, without age, without sex, patients without age
+
+
+def test_report_says_where_model_weights_started(tmp_path):
+    import json
+
+    (tmp_path / "models/vae").mkdir(parents=True)
+    (tmp_path / "models/vae/import.json").write_text(json.dumps({"source": "/w/cheff_autoencoder.pt", "scaling_factor": 0.18215}))
+    (tmp_path / "models/clip").mkdir(parents=True)
+    (tmp_path / "models/clip/clip_config.json").write_text(json.dumps({"vision_init": "random"}))
+    pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}).to_csv(tmp_path / "models/clip/metrics.csv", index=False)
+    build_report(tmp_path, {}, tmp_path / "r.html")
+    doc = (tmp_path / "r.html").read_text()
+    assert "Imported from /w/cheff_autoencoder.pt (not trained here); latent scale 0.18215" in doc
+    assert "models/vae/metrics.csv" not in doc  # an imported autoencoder has no curve to miss
+    assert "ViT initialised from random weights" in doc
+    (tmp_path / "models/clip/clip_config.json").write_text(json.dumps({"vision_init": "/w/clip-vit-base-patch32"}))
+    (tmp_path / "models/vae/import.json").unlink()
+    (tmp_path / "models/vae/config.json").write_text(json.dumps({"scaling_factor": 0.9123}))
+    build_report(tmp_path, {}, tmp_path / "r.html")
+    doc = (tmp_path / "r.html").read_text()
+    assert "ViT initialised from /w/clip-vit-base-patch32" in doc and "random weights" not in doc
+    assert "Trained here (L1 + KL loss); latent scale 0.91230" in doc

@@ -1,14 +1,16 @@
 """The paper preset (configs/paper.yaml): its U-Net and fusion adapter on the meta device, its
 autoencoder rules (import required, latent scale) and the stages it runs."""
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from ehrxdiff_core.config import ConfigError, TrainLoop, VaeConfig, _deep_merge, load_config
-from ehrxdiff_core.models import train_vae
+from ehrxdiff_core.config import ClipConfig, ConfigError, TrainLoop, VaeConfig, _deep_merge, load_config
+from ehrxdiff_core.models import train_clip, train_vae
 from ehrxdiff_core.models.adapter import FusionAdapter
 from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.datasets import load_pairs, open_image_store, to_unit_range
@@ -150,3 +152,39 @@ def test_imported_folder_keeps_its_scale_unless_configured(tiny_world, tmp_path,
                      tmp_path / "vae")
     assert info["scaling_factor"] == pytest.approx(expected)
     assert load_vae(tmp_path / "vae").config.scaling_factor == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------ CLIP's ViT
+
+
+TINY_CLIP = ClipConfig(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2, tab_ff=32,
+                       embed_dim=16, train=TrainLoop(steps=2, batch_size=4, checkpoint_every=2, log_every=1))
+
+
+def test_random_vit_is_logged_and_recorded_in_the_saved_config(tiny_world, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ehrxdiff_core.models.clip")
+    info = train_clip(tiny_world["images"], tiny_world["embeddings"], tiny_world["triplets"], TINY_CLIP, 4, tmp_path / "clip",
+                      device="cpu")
+    assert info["vision_init"] == "random"
+    spec = json.loads((tmp_path / "clip" / "clip_config.json").read_text())
+    assert spec["vision_init"] == "random"
+    assert ClipModel.load(tmp_path / "clip").vision_init == "random"  # kept through save and load
+    msgs = [r for r in caplog.records if "random weights" in r.getMessage()]
+    assert msgs and all(r.levelno == logging.INFO for r in msgs)  # a tiny ViT has no pretrained weights to miss
+
+
+def test_random_vit_of_the_paper_geometry_is_a_warning(cfg, caplog):
+    with torch.device("meta"):
+        ClipModel(cfg.clip.model_copy(update={"pretrained_vision": None}), 1536, 256)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("clip.pretrained_vision is unset" in m and "RANDOM weights" in m for m in warnings), warnings
+
+
+def test_pretrained_vit_records_its_folder(tmp_path, caplog):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(tmp_path / "openai")
+    model = ClipModel(TINY_CLIP.model_copy(update={"pretrained_vision": str(tmp_path / "openai")}), 8, 16)
+    assert model.spec()["vision_init"] == str(tmp_path / "openai")
+    assert not [r for r in caplog.records if "random weights" in r.getMessage()]

@@ -388,19 +388,41 @@ def _grid_section(results: Path, config: dict, figures_dir: Path | None) -> str:
 # ------------------------------------------------------------------------------------------- curves
 
 
+def _model_origin(results: Path, folder: str) -> str:
+    """One line on where a model's weights started, from the metadata its stage saved ('' when none)."""
+    root = results / folder
+    if (root / "import.json").exists():
+        imp = json.loads((root / "import.json").read_text())
+        return (f"Imported from {html.escape(str(imp.get('source')))} (not trained here); latent scale "
+                f"{_fmt(imp.get('scaling_factor'), 5)}.")
+    if folder == MODEL_FOLDERS["VAE"] and (root / "config.json").exists():
+        scale = json.loads((root / "config.json").read_text()).get("scaling_factor")
+        return f"Trained here (L1 + KL loss); latent scale {_fmt(scale, 5)}, estimated from the training images."
+    if (root / "clip_config.json").exists():
+        init = json.loads((root / "clip_config.json").read_text()).get("vision_init")
+        if init == "random":
+            return ('<span class="worse">ViT initialised from random weights</span> (clip.pretrained_vision unset; '
+                    "the paper starts from OpenAI's CLIP ViT-B/32).")
+        if init:
+            return f"ViT initialised from {html.escape(str(init))}."
+    return ""
+
+
 def _curves_section(results: Path, figures_dir: Path | None) -> str:
     parts = []
     for name, folder in MODEL_FOLDERS.items():
         path = results / folder / "metrics.csv"
+        origin = _model_origin(results, folder)
+        origin_html = f"<p>{origin}</p>" if origin else ""
         if not path.exists():
-            parts.append(f"<h3>{name}</h3>" + _missing(f"{path}"))
+            parts.append(f"<h3>{name}</h3>{origin_html}" + ("" if (results / folder / "import.json").exists() else _missing(f"{path}")))
             continue
         df = pd.read_csv(path)
         png = loss_curve_png(df, f"{name} ({folder})")
         if figures_dir is not None:
             (figures_dir / f"curve_{name.lower()}.png").write_bytes(png)
         last = df.iloc[-1]
-        parts.append(f"<h3>{name}</h3>{_b64(png, '', name + ' loss')}<p>{len(df)} log rows, last step {int(last['step'])}, "
+        parts.append(f"<h3>{name}</h3>{origin_html}{_b64(png, '', name + ' loss')}<p>{len(df)} log rows, last step {int(last['step'])}, "
                      f"last loss {_fmt(float(last['loss'])) if 'loss' in df else '–'}.</p>")
     return "\n".join(parts)
 

@@ -13,6 +13,7 @@ transformer for CPU runs (paper: none, d_model = event dim).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -23,7 +24,12 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ehrxdiff_core.config import ClipConfig
 
+log = logging.getLogger(__name__)
+
 LOGIT_MAX = math.log(100.0)
+# the paper's ViT: OpenAI CLIP ViT-B/32 (width 768, 12 layers, 12 heads), started from OpenAI's weights
+PAPER_VIT = {"vision_width": 768, "vision_layers": 12, "vision_heads": 12}
+RANDOM_INIT = "random"  # `vision_init` of a ViT that started from random weights (else: the folder it was read from)
 
 
 def vision_config(cfg: ClipConfig, image_size: int) -> CLIPVisionConfig:
@@ -38,9 +44,23 @@ def vision_config(cfg: ClipConfig, image_size: int) -> CLIPVisionConfig:
     )
 
 
+def is_paper_vit(cfg: ClipConfig) -> bool:
+    return all(getattr(cfg, k) == v for k, v in PAPER_VIT.items())
+
+
 def build_vision(cfg: ClipConfig, image_size: int) -> CLIPVisionModel:
-    """Fresh ViT, or `clip.pretrained_vision` (positional embeddings re-initialised on a size change)."""
+    """Fresh ViT, or `clip.pretrained_vision` (positional embeddings re-initialised on a size change).
+
+    A fresh ViT of the paper's geometry is a warning: the paper starts it from OpenAI's CLIP weights, and
+    a ViT-B trained from random weights on one contrastive task is a different model.
+    """
     if cfg.pretrained_vision is None:
+        if is_paper_vit(cfg):
+            log.warning("clip.pretrained_vision is unset: the ViT-B/%d (width 768, 12 layers) starts from RANDOM weights; "
+                        "the paper starts it from OpenAI's CLIP ViT-B/32. Set clip.pretrained_vision to a local "
+                        "transformers folder of those weights to follow the paper", cfg.patch_size)
+        else:
+            log.info("clip: the ViT starts from random weights (clip.pretrained_vision unset)")
         return CLIPVisionModel(vision_config(cfg, image_size))
     path = Path(cfg.pretrained_vision)
     if not path.exists():
@@ -116,10 +136,13 @@ class TabularEncoder(nn.Module):
 class ClipModel(nn.Module):
     """Image and event encoders + the contrastive loss; forward(batch, generator) = (loss, logs)."""
 
-    def __init__(self, cfg: ClipConfig, event_dim: int, image_size: int, vision: CLIPVisionModel | None = None):
+    def __init__(self, cfg: ClipConfig, event_dim: int, image_size: int, vision: CLIPVisionModel | None = None,
+                 vision_init: str | None = None):
         super().__init__()
         self.cfg, self.event_dim, self.image_size = cfg, event_dim, image_size
         self.vision = vision if vision is not None else build_vision(cfg, image_size)
+        # where the ViT's weights started: "random" or the clip.pretrained_vision folder (kept through save/load)
+        self.vision_init = vision_init or (str(cfg.pretrained_vision) if cfg.pretrained_vision else RANDOM_INIT)
         vw = self.vision.config.hidden_size
         self.vision_proj = nn.Linear(vw, cfg.embed_dim, bias=False) if vw != cfg.embed_dim else nn.Identity()
         self.tab = TabularEncoder(event_dim, cfg)
@@ -145,7 +168,7 @@ class ClipModel(nn.Module):
 
     def spec(self) -> dict:
         return {"clip": self.cfg.model_dump(mode="json"), "event_dim": self.event_dim, "image_size": self.image_size,
-                "vision_config": self.vision.config.to_dict()}
+                "vision_init": self.vision_init, "vision_config": self.vision.config.to_dict()}
 
     def save(self, folder: str | Path) -> None:
         """`clip_config.json` + `model.safetensors` (vision, projections, tabular encoder, logit scale)."""
@@ -161,7 +184,8 @@ class ClipModel(nn.Module):
         cfg = ClipConfig.model_validate({**spec["clip"], "pretrained_vision": None})
         vc = dict(spec["vision_config"])
         vision = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in vc.items() if k not in ("model_type", "transformers_version", "architectures")}))
-        return cls(cfg, spec["event_dim"], spec["image_size"], vision=vision)
+        init = spec.get("vision_init") or spec["clip"].get("pretrained_vision") or RANDOM_INIT  # older folders: from the config
+        return cls(cfg, spec["event_dim"], spec["image_size"], vision=vision, vision_init=init)
 
     @classmethod
     def load(cls, folder: str | Path, key: str = "clip_dir") -> "ClipModel":

@@ -154,7 +154,7 @@ def train_clip(images_h5, embeddings_h5, triplets, cfg: ClipConfig, max_events: 
     model = ClipModel(cfg, reader.dim, cfg.image_size or store.size)
     res = run_training(model, make_batch_fn(data, cfg.train, True), cfg.train, work_dir,
                        {**cfg.model_dump(mode="json"), "max_events": max_events, "event_dim": reader.dim}, info, name="clip")
-    out = {**_summary(res), "n_pairs": len(pairs), "event_dim": reader.dim}
+    out = {**_summary(res), "n_pairs": len(pairs), "event_dim": reader.dim, "vision_init": model.vision_init}
     if info.is_main:
         final = res.ema_copy().cpu().eval()
         _publish(out_dir, work_dir, final.save)
