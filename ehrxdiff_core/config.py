@@ -421,6 +421,10 @@ class ReportConfig(Section):
 
 class ComputeConfig(Section):
     device: Device = "auto"  # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', 'mps'
+    # share of the job's memory (the smallest of RAM, the cgroup / Slurm limit and the memory free now) that a
+    # training stage may fill with its training images, split between the processes of a multi-GPU job; when
+    # they do not fit, batches read them from the image store. Changes speed and memory only, never results.
+    image_cache_fraction: float = Field(0.5, gt=0, le=1)
 
 
 class PipelineConfig(Section):

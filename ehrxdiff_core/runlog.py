@@ -42,3 +42,10 @@ def start_job(log_path: str, threads: int = 1) -> logging.Logger:
 def device_from_config(compute: dict | None) -> str:
     """`compute.device` as configured; the stage entry points resolve 'auto' (CUDA when available)."""
     return (compute or {}).get("device", "auto")
+
+
+def image_cache_fraction_from_config(compute: dict | None) -> float:
+    """`compute.image_cache_fraction` as configured (its default when unset)."""
+    from ehrxdiff_core.config import ComputeConfig
+
+    return ComputeConfig.model_validate(compute or {}).image_cache_fraction

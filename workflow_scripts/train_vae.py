@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import VaeConfig
 from ehrxdiff_core.models.launch import run_stage
-from ehrxdiff_core.runlog import device_from_config, start_job
+from ehrxdiff_core.runlog import device_from_config, image_cache_fraction_from_config, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
 cfg = VaeConfig(**snakemake.params.vae)
@@ -17,6 +17,7 @@ info = run_stage(
     cfg=cfg,
     out_dir=snakemake.output.model,
     device=device_from_config(snakemake.config.get("compute")),
+    image_cache_fraction=image_cache_fraction_from_config(snakemake.config.get("compute")),
     work_dir=snakemake.params.work,
 )
 log.info("train_vae: %s", info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,90 @@ class EventSource(Protocol):
 
     def __contains__(self, pair_id: str) -> bool: ...
     def batch(self, pair_ids: list[str], max_events: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+NO_LIMIT = 2**60  # cgroup v1 writes ~2**63 for "no limit"
+
+
+def physical_memory_bytes() -> int:
+    """RAM of this machine (psutil when installed, else os.sysconf)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory free for new allocations now, page cache included (psutil, else /proc/meminfo); None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cgroup_memory_limits(proc_cgroup: str | Path = "/proc/self/cgroup", fs_root: str | Path = "/sys/fs/cgroup") -> list[int]:
+    """Memory limits of this process's cgroup and its parents (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+
+    Slurm's cgroup plugin and containers enforce `--mem` this way, so the job's share is this, not the RAM.
+    Inside a cgroup namespace the path may not exist under `fs_root`; the namespace root's file is read too.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return []
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # cgroup v2, unified hierarchy
+            base, name = Path(fs_root), "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = Path(fs_root) / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        rel = Path(path.lstrip("/"))
+        for folder in [base / rel, *[base / q for q in rel.parents]]:
+            try:
+                text = (folder / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < NO_LIMIT:
+                limits.append(int(text))
+    return limits
+
+
+def memory_limit_bytes() -> int:
+    """The memory this job may use: the smallest of the RAM, its cgroup limits and Slurm's `--mem` (SLURM_MEM_PER_NODE, MB)."""
+    limits = [physical_memory_bytes(), *cgroup_memory_limits()]
+    slurm = os.environ.get("SLURM_MEM_PER_NODE", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        limits.append(int(slurm) * 2**20)
+    return min(limits)
+
+
+def image_cache_budget(fraction: float, processes: int = 1) -> int:
+    """Bytes one of `processes` training processes on this node may spend keeping images in memory:
+    `fraction` of the job's memory limit, or of the memory free now when that is less."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"compute.image_cache_fraction: must be in (0, 1], got {fraction}")
+    base = memory_limit_bytes()
+    free = available_memory_bytes()
+    if free is not None:
+        base = min(base, free)
+    return int(fraction * base) // max(1, processes)
 
 
 def open_image_store(path: str | Path) -> ImageSource:
@@ -142,11 +227,29 @@ class PairBatches:
             self._events = open_embedding_reader(self.embeddings_h5)
         return self._events
 
-    def cache_images(self, max_bytes: int = 2**30) -> None:
-        """Keep the pixels of every needed image in memory when they fit (demo scale)."""
+    def prepare(self, cache_bytes: int) -> bool:
+        """Open the readers here, before DataLoader workers fork (so they share the event table instead of
+        each loading its own), and cache the images when they fit in `cache_bytes`; True when cached."""
+        if self.embeddings_h5 is not None:
+            _ = self.events  # opens the reader in this process
+        return self.cache_images(cache_bytes)
+
+    def cache_images(self, max_bytes: int) -> bool:
+        """Keep the pixels of every needed image in memory when they fit in `max_bytes`; True when cached.
+
+        Otherwise each batch reads its images from the image store (HDF5), which DataLoader workers
+        (`train.num_workers`) can do ahead of the step.
+        """
         ids = sorted(set(self.pairs["prev_dicom_id"]) | set(self.pairs["trg_dicom_id"]))
-        if len(ids) * self.images.size**2 <= max_bytes:
-            self._cache = dict(zip(ids, self.images.load(ids)))
+        need = len(ids) * self.images.size**2
+        if need > max_bytes:
+            log.info("images not cached: %d images need %.2f GiB, over this process's budget of %.2f GiB "
+                     "(compute.image_cache_fraction); batches read them from %s", len(ids), need / 2**30,
+                     max_bytes / 2**30, self.images_h5)
+            return False
+        self._cache = dict(zip(ids, self.images.load(ids)))
+        log.info("images cached in memory: %d images, %.2f GiB (budget %.2f GiB)", len(ids), need / 2**30, max_bytes / 2**30)
+        return True
 
     def _pixels(self, ids: list[str]) -> np.ndarray:
         if self._cache is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.datasets import (
     PairBatches,
     add_null_samples,
+    image_cache_budget,
     load_pairs,
     open_embedding_reader,
     open_image_store,
@@ -59,6 +61,13 @@ def make_batch_fn(data: PairBatches, loop: TrainLoop, with_events: bool):
     return batch_fn
 
 
+def _prepare_data(data: PairBatches, image_cache_fraction: float, info) -> bool:
+    """Open the readers and cache the images when they fit in this process's share (`compute.image_cache_fraction`
+    of the job's memory, split between the processes torchrun started on this node); True when cached."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    return data.prepare(image_cache_budget(image_cache_fraction, processes))
+
+
 def _publish(out_dir: Path, work_dir: Path, write) -> None:
     """Write the final folder atomically: `write(tmp)` + the training files from the working folder."""
     with atomic_dir(out_dir) as tmp:
@@ -89,7 +98,7 @@ def load_vae(vae_dir: str | Path):
 # ------------------------------------------------------------------------------------------------ VAE
 
 
-def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_dir=None) -> dict:
+def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_dir=None, image_cache_fraction: float = 0.5) -> dict:
     """Train the KL autoencoder on train-split images, or import `cfg.pretrained`; write `out_dir`.
 
     Latent scale: an import takes `vae.scaling_factor`, else the Cheff constant (checkpoint file) or the
@@ -116,7 +125,7 @@ def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_
     ids = sorted(set(pairs["prev_dicom_id"]) | set(pairs["trg_dicom_id"]))
     images = pd.DataFrame({"pair_id": ids, "prev_dicom_id": ids, "trg_dicom_id": ids})
     data = PairBatches(images, images_h5, None, 1)
-    data.cache_images()
+    cached = _prepare_data(data, image_cache_fraction, info)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every run (DDP also broadcasts rank 0's)
     vae = build_vae(cfg, store.size)
     if cfg.train.gradient_checkpointing:
@@ -124,7 +133,7 @@ def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_
     trainer = VaeTrainer(vae, cfg.kl_weight)
     res = run_training(trainer, make_batch_fn(data, cfg.train, False), cfg.train, work_dir,
                        cfg.model_dump(mode="json"), info, name="vae")
-    out = {**_summary(res), "n_images": len(ids)}
+    out = {**_summary(res), "n_images": len(ids), "images_cached": cached}
     if info.is_main:
         final = res.ema_copy().vae.cpu().eval()
         sample_ids = ids[:: max(1, len(ids) // 512)]
@@ -141,7 +150,8 @@ def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_
 # ----------------------------------------------------------------------------------------------- CLIP
 
 
-def train_clip(images_h5, embeddings_h5, triplets, cfg: ClipConfig, max_events: int, out_dir, device="auto", work_dir=None) -> dict:
+def train_clip(images_h5, embeddings_h5, triplets, cfg: ClipConfig, max_events: int, out_dir, device="auto", work_dir=None,
+               image_cache_fraction: float = 0.5) -> dict:
     """Contrastive pretraining of the ViT and the event encoder on (events, previous image) train pairs."""
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
@@ -149,12 +159,13 @@ def train_clip(images_h5, embeddings_h5, triplets, cfg: ClipConfig, max_events: 
     store, reader = open_image_store(images_h5), open_embedding_reader(embeddings_h5)
     pairs = load_pairs(triplets, "train", store, reader)
     data = PairBatches(pairs, images_h5, embeddings_h5, max_events)
-    data.cache_images()
+    cached = _prepare_data(data, image_cache_fraction, info)
     torch.manual_seed(cfg.train.seed)
     model = ClipModel(cfg, reader.dim, cfg.image_size or store.size)
     res = run_training(model, make_batch_fn(data, cfg.train, True), cfg.train, work_dir,
                        {**cfg.model_dump(mode="json"), "max_events": max_events, "event_dim": reader.dim}, info, name="clip")
-    out = {**_summary(res), "n_pairs": len(pairs), "event_dim": reader.dim, "vision_init": model.vision_init}
+    out = {**_summary(res), "n_pairs": len(pairs), "event_dim": reader.dim, "vision_init": model.vision_init,
+           "images_cached": cached}
     if info.is_main:
         final = res.ema_copy().cpu().eval()
         _publish(out_dir, work_dir, final.save)
@@ -179,7 +190,7 @@ def build_latent_diffusion(cfg: LdmConfig, vae, clip: ClipModel, image_size: int
 
 
 def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmConfig, max_events: int, out_dir,
-              device="auto", work_dir=None, mask_events: bool = False) -> dict:
+              device="auto", work_dir=None, mask_events: bool = False, image_cache_fraction: float = 0.5) -> dict:
     """Train the conditional U-Net and the fusion adapter (CLIP encoders from `clip_dir`, trained jointly).
 
     `mask_events=True` trains the image-only control: same pairs, architecture, budget and seed, with
@@ -199,7 +210,7 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
         pairs = add_null_samples(pairs)
     with_events = cfg.adapter.use_ehr and not mask_events
     data = PairBatches(pairs, images_h5, embeddings_h5 if with_events else None, max_events)
-    data.cache_images()
+    cached = _prepare_data(data, image_cache_fraction, info)
     torch.manual_seed(cfg.train.seed)
     model, spec = build_latent_diffusion(cfg, vae, clip, store.size, max_events, mask_events)
     if cfg.train.gradient_checkpointing:
@@ -210,7 +221,7 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
     res = run_training(model, make_batch_fn(data, cfg.train, with_events), cfg.train, work_dir, run_config, info, name="ldm")
     out = {**_summary(res), "n_pairs": len(pairs), "n_null": int(pairs.get("null", pd.Series(dtype=bool)).sum()), "mask_events": mask_events,
            "unet_params": sum(p.numel() for p in model.unet.parameters()),
-           "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter))}
+           "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter)), "images_cached": cached}
     if info.is_main:
         live = res.model.cpu().eval()
 
