@@ -142,6 +142,20 @@ def test_stage_refuses_a_fixed_scale_without_an_import(tiny_world, tmp_path):
     assert not (tmp_path / "vae").exists() and not (tmp_path / "vae.work").exists()
 
 
+@pytest.mark.parametrize("broken", ["copy", "link"])
+def test_publishing_links_the_checkpoint_instead_of_copying_it(tiny_world, tmp_path, monkeypatch, broken):
+    """The paper LDM's checkpoint.pt is ~8 GB: published by a hard link, by a copy only across filesystems."""
+    from ehrxdiff_core.models import stages
+
+    def fail(*a, **k):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(stages.shutil, "copy2", fail) if broken == "copy" else monkeypatch.setattr(stages.os, "link", fail)
+    train_vae(tiny_world["images"], tiny_world["triplets"], TINY_VAE, tmp_path / "vae", device="cpu")
+    assert (tmp_path / "vae" / "checkpoint.pt").stat().st_size > 0 and (tmp_path / "vae" / "metrics.csv").exists()
+    assert not (tmp_path / "vae.work").exists()
+
+
 @pytest.mark.parametrize("configured, expected", [(None, 0.3), (0.5, 0.5)])
 def test_imported_folder_keeps_its_scale_unless_configured(tiny_world, tmp_path, configured, expected):
     from diffusers import AutoencoderKL
@@ -188,3 +202,4 @@ def test_pretrained_vit_records_its_folder(tmp_path, caplog):
     model = ClipModel(TINY_CLIP.model_copy(update={"pretrained_vision": str(tmp_path / "openai")}), 8, 16)
     assert model.spec()["vision_init"] == str(tmp_path / "openai")
     assert not [r for r in caplog.records if "random weights" in r.getMessage()]
+

@@ -68,13 +68,25 @@ def _prepare_data(data: PairBatches, image_cache_fraction: float, info) -> bool:
     return data.prepare(image_cache_budget(image_cache_fraction, processes))
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link when both are on one filesystem (the paper LDM's checkpoint.pt is ~8 GB), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _publish(out_dir: Path, work_dir: Path, write) -> None:
-    """Write the final folder atomically: `write(tmp)` + the training files from the working folder."""
+    """Write the final folder atomically: `write(tmp)` + the training files from the working folder.
+
+    The working folder keeps its own name for each file until the folder is published, so a failure
+    before that leaves it resumable; it is removed after.
+    """
     with atomic_dir(out_dir) as tmp:
         write(tmp)
         for name in TRAIN_FILES:
             if (work_dir / name).exists():
-                shutil.copy2(work_dir / name, tmp / name)
+                _link_or_copy(work_dir / name, tmp / name)
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
