@@ -5,6 +5,7 @@ import json
 import logging
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -203,3 +204,47 @@ def test_pretrained_vit_records_its_folder(tmp_path, caplog):
     assert model.spec()["vision_init"] == str(tmp_path / "openai")
     assert not [r for r in caplog.records if "random weights" in r.getMessage()]
 
+
+# ------------------------------------------------------------------------------ the preset, trained
+
+
+@pytest.mark.slow
+def test_paper_preset_trains_through_the_stages_on_cpu(tmp_path, caplog):
+    """configs/paper.yaml's geometry through the real stages, 2 LDM steps at batch 1: 256 px, an imported
+    autoencoder of Cheff's geometry (random weights), ViT-B/32 from random weights, the paper U-Net and adapter.
+    Only the data, the step counts, the batch sizes and the EMA (memory) are changed."""
+    from diffusers import AutoencoderKL
+
+    from ehrxdiff_core.models import train_ldm
+
+    caplog.set_level(logging.INFO)
+    w = write_world(tmp_path / "world", n_pairs=8, size=256, dim=48, max_len=6)  # 48: the 24 event heads divide it
+    cheff = tmp_path / "cheff"
+    AutoencoderKL(**cheff_vae_config(256)).save_pretrained(cheff)
+    small = {"num_workers": 0, "gpus": 1, "log_every": 1}
+    cfg = load_config(paper_raw(
+        vae={"pretrained": str(cheff)},
+        clip={"train": {**small, "steps": 1, "batch_size": 2, "checkpoint_every": 1}},
+        ldm={"train": {**small, "steps": 2, "batch_size": 1, "grad_accum": 1, "ema_decay": None, "checkpoint_every": 2}},
+    ), check_paths=False)
+    assert cfg.images.size == 256 and cfg.events.max_events == 1024 and cfg.ldm.train.gradient_checkpointing
+    models = tmp_path / "models"
+
+    vae_info = train_vae(w["images"], w["triplets"], cfg.vae, models / "vae", device="cpu")
+    assert vae_info["scaling_factor"] == pytest.approx(CHEFF_SCALE)
+
+    clip_info = train_clip(w["images"], w["embeddings"], w["triplets"], cfg.clip, cfg.events.max_events, models / "clip", device="cpu")
+    assert clip_info["steps"] == 1 and clip_info["vision_init"] == "random"
+    assert any(r.levelno == logging.WARNING and "clip.pretrained_vision is unset" in r.getMessage() for r in caplog.records)
+
+    info = train_ldm(w["images"], w["embeddings"], w["triplets"], models / "vae", models / "clip", cfg.ldm, cfg.events.max_events,
+                     models / "ldm", device="cpu")
+    assert info["steps"] == 2 and info["n_null"] > 0 and info["images_cached"]
+    assert 500e6 < info["unet_params"] < 510e6  # 224/448/896/896 channels, attention at 32², 16², 8²
+    losses = pd.read_csv(models / "ldm" / "metrics.csv")["loss"]
+    assert len(losses) == 2 and losses.notna().all() and (losses > 0).all()
+    spec = json.loads((models / "ldm" / "ldm_config.json").read_text())
+    assert spec["latent_shape"] == [3, 64, 64] and spec["scaling_factor"] == pytest.approx(CHEFF_SCALE)
+    assert spec["ldm"]["adapter"]["mode"] == "paper" and spec["ldm"]["conditioning"] == "crossattn"
+    assert spec["clip_spec"]["vision_init"] == "random"
+    assert not (models / "ldm.work").exists()
