@@ -281,7 +281,7 @@ class TrainLoop(Section):
 
 
 PRETRAINED_REQUIRED = (
-    "vae.pretrained: must be set, because vae.require_pretrained is true (configs/paper.yaml): point it at Cheff's "
+    "vae.pretrained: must be set, because vae.require_pretrained is true (as in configs/paper.yaml): point it at Cheff's "
     "cheff_autoencoder.pt (or a .safetensors conversion, or a diffusers folder). To train an autoencoder here instead "
     "(L1 + KL loss only, vae.train.steps steps: blurrier than Cheff's), set vae.require_pretrained: false"
 )
