@@ -68,6 +68,10 @@ def test_every_artifact_obeys_its_contract(full_run):
         assert (work / "benchmarks" / f"{rule}.tsv").exists() or (work / "benchmarks" / rule).exists(), rule
 
 
+# any changed setting rewrites results/config.resolved.yaml (a cheap local job), and the report shows it
+CONFIG_RECORD = {"resolved_config"}
+
+
 def test_nothing_changed_reruns_nothing(full_run):
     work, cfg, *_ = full_run
     assert planned_jobs(work, cfg) == {}
@@ -76,19 +80,19 @@ def test_nothing_changed_reruns_nothing(full_run):
 def test_text_encoder_change_reruns_text_stage_and_downstream(full_run):
     work, _, _, mimic = full_run
     cfg = write_config(work.parent / "encoder.yaml", {**mimic, "text": {"encoder": {"tiny_dim": 24}}})
-    assert set(planned_jobs(work, cfg)) == {"rag_index"} | DOWNSTREAM_OF_EVENTS - VAE_JOBS
+    assert set(planned_jobs(work, cfg)) == {"rag_index"} | DOWNSTREAM_OF_EVENTS - VAE_JOBS | CONFIG_RECORD
 
 
 def test_ldm_hyperparameter_change_reruns_both_ldms_their_samples_evaluate_report(full_run):
     work, _, _, mimic = full_run
     cfg = write_config(work.parent / "ldm.yaml", {**mimic, "ldm": {"train": {"lr": 3e-4}}})
-    assert set(planned_jobs(work, cfg)) == LDM_JOBS | {"evaluate", "report"}
+    assert set(planned_jobs(work, cfg)) == LDM_JOBS | {"evaluate", "report"} | CONFIG_RECORD
 
 
 def test_evaluation_setting_reruns_only_evaluate_and_report(full_run):
     work, _, _, mimic = full_run
     cfg = write_config(work.parent / "boot.yaml", {**mimic, "evaluate": {"bootstrap": 30}})
-    assert set(planned_jobs(work, cfg)) == {"evaluate", "report"}
+    assert set(planned_jobs(work, cfg)) == {"evaluate", "report"} | CONFIG_RECORD
 
 
 def test_code_change_in_one_stage_reruns_that_stage_and_downstream(full_run):
