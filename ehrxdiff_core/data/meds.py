@@ -72,10 +72,14 @@ def _plan_ids(con, sources: dict[str, list[tuple[str, str]]]) -> dict[str, bool]
     return hashed
 
 
+def _hash_sql(text: str) -> str:
+    """SQL of the stable integer of a string id (`text`: a trimmed VARCHAR expression)."""
+    return f"CAST(md5_number({text}) % {_ID_MODULUS} AS BIGINT)"
+
+
 def _id_sql(col: str, hashed: bool) -> str:
-    if hashed:
-        return f"CAST(md5_number(trim(CAST({ident(col)} AS VARCHAR))) % {_ID_MODULUS} AS BIGINT)"
-    return f"CAST(trim(CAST({ident(col)} AS VARCHAR)) AS BIGINT)"
+    text = f"trim(CAST({ident(col)} AS VARCHAR))"
+    return _hash_sql(text) if hashed else f"CAST({text} AS BIGINT)"
 
 
 def _id_map_query(con, sources: dict, hashed: dict) -> str:
@@ -84,8 +88,7 @@ def _id_map_query(con, sources: dict, hashed: dict) -> str:
     for kind, src in sources.items():
         if not hashed[kind]:
             continue
-        q = (f"SELECT '{kind}' AS kind, v AS original, CAST(md5_number(v) % {_ID_MODULUS} AS BIGINT) AS id "
-             f"FROM ({_id_values(src)})")
+        q = f"SELECT '{kind}' AS kind, v AS original, {_hash_sql('v')} AS id FROM ({_id_values(src)})"
         n, n_ids = con.execute(f"SELECT count(*), count(DISTINCT id) FROM ({q})").fetchall()[0]
         if n != n_ids:
             raise DataError(f"meds: {n - n_ids} hash collision(s) among the {n} string {kind} values; "
