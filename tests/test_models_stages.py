@@ -271,3 +271,24 @@ def test_foreign_checkpoint_is_rejected_naming_the_key(world, tmp_path):
     torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, bad)
     with pytest.raises(ValueError, match=r"vae\.pretrained|LDM autoencoder"):
         train_vae(world["images"], world["triplets"], VaeConfig(pretrained=str(bad)), tmp_path / "v")
+
+
+def test_tab_attention_dropout_is_separate_from_the_other_dropout():
+    """`clip.tab_attention_dropout` sets only the attention-weight dropout of every layer (0 lets
+    the fused attention kernel run); unset, it is `tab_dropout`, as torch's layer does; outputs
+    of real events do not depend on padding either way."""
+    from ehrxdiff_core.config import ClipConfig
+    from ehrxdiff_core.models.clip import ClipModel
+
+    base = dict(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2,
+                tab_ff=32, tab_layers=2, embed_dim=16, tab_dropout=0.1)
+    for attn, want in ((None, 0.1), (0.0, 0.0), (0.3, 0.3)):
+        clip = ClipModel(ClipConfig(**base, tab_attention_dropout=attn), 8, 16)
+        layers = clip.tab.encoder.layers
+        assert len(layers) == 2
+        assert all(layer.self_attn.dropout == want and layer.dropout1.p == 0.1 for layer in layers), attn
+    clip = ClipModel(ClipConfig(**base, tab_attention_dropout=0.0), 8, 16).eval()
+    ev, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    padded = torch.cat([ev, torch.randn(2, 3, 8)], 1), torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        assert torch.allclose(clip.tab.tokens(ev, mask)[0, :3], clip.tab.tokens(*padded)[0, :3], atol=1e-5)

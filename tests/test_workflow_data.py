@@ -1,6 +1,6 @@
 """The data stages through Snakemake on the tiny synthetic world: contracts, no-op rerun, a
-changed cohort setting reruns cohort and what depends on it only, and a changed image file of
-the cohort reruns images."""
+changed cohort setting reruns cohort and what depends on it only (and decodes no image again), and
+a changed image file of the cohort reruns images."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 
@@ -68,11 +69,24 @@ def test_changed_listed_jpg_reruns_images_only(data_run):
     assert planned_jobs(work, cfg, *TARGETS) == {}  # back to the recorded inventory
 
 
-def test_changed_gap_reruns_cohort_and_downstream_only(data_run):
-    work, _ = data_run
+def test_changed_gap_reruns_cohort_and_downstream_but_decodes_no_image(data_run):
+    """A new pairing rule reruns the images job, which assembles the store from the decoded-image
+    cache: no JPEG is decoded again, and going back decodes none either."""
+    work, cfg = data_run
     cfg2 = write_config(work / "config_gap.yaml", {"cohort": {"max_gap_hours": 24}})
     jobs = planned_jobs(work, cfg2, *TARGETS)
     assert set(jobs) == {"cohort", "events", "images"}, jobs
+    store = work / "results/images/cxr_32.h5"
+    with h5py.File(store) as h5:
+        assert h5.attrs["decoded"] == len(h5["dicom_id"]) > 0  # the first run decoded everything
+    for config in (cfg2, cfg):
+        run_snakemake(work, config, *TARGETS)
+        images = pd.read_parquet(work / "results/cohort/images.parquet")
+        with h5py.File(store) as h5:
+            assert h5.attrs["decoded"] == 0
+            assert h5.attrs["from_cache"] == len(h5["dicom_id"]) == images["dicom_id"].nunique()
+        check_images_h5(store, 32, set(images["dicom_id"]))
+    assert planned_jobs(work, cfg, *TARGETS) == {}
 
 
 def test_unknown_config_key_fails_before_any_job(tmp_path):

@@ -20,10 +20,12 @@ Missing or corrupt images are counted, logged and left out; too many of them fai
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import multiprocessing
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import get_args
 
@@ -75,19 +77,130 @@ def square(gray: Image.Image, size: int, resize: str = "stretch") -> Image.Image
     raise ValueError(f"images.resize must be one of {RESIZE_POLICIES}, not {resize!r}")
 
 
-def load_resized(path: Path, size: int, resize: str = "stretch") -> np.ndarray:
-    """One image file → uint8 (size, size): 8-bit grayscale, then squared by `resize`."""
+def load_resized(path: Path, size: int, resize: str = "stretch", jpeg_draft: bool = False) -> np.ndarray:
+    """One image file → uint8 (size, size): 8-bit grayscale, then squared by `resize`.
+
+    `jpeg_draft` lets a JPEG decode at the smallest DCT scale (1/2, 1/4 or 1/8, libjpeg's scaled
+    IDCT) whose width and height both stay at or above `size`, so a 2,544 × 3,056 MIMIC image
+    headed for 256 px decodes 318 × 382 pixels instead of 7.8 million; the bicubic step then works
+    from that. Other formats ignore it.
+    """
     with Image.open(path) as img:
+        if jpeg_draft and img.format == "JPEG":
+            img.draft(img.mode, (size, size))
         img.load()
         gray = to_gray8(img)
     return np.asarray(square(gray, size, resize), dtype=np.uint8)
 
 
-def _try_load(path: Path, size: int, resize: str):
+def _try_load(path: str, size: int, resize: str, jpeg_draft: bool = False):
     try:
-        return load_resized(path, size, resize), None
+        return load_resized(Path(path), size, resize, jpeg_draft), None
     except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, truncated, not an image
         return None, f"{type(err).__name__}: {err}"
+
+
+def _decoder_id() -> str:
+    """Hash of the source of every function that turns a file into stored pixels: editing one of
+    them starts a new cache folder instead of mixing old and new pixels."""
+    src = "".join(inspect.getsource(f) for f in (to_gray8, square, load_resized))
+    return hashlib.blake2b(src.encode(), digest_size=4).hexdigest()
+
+
+def file_keys(paths: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    """A uint64 identity per file — blake2b of (absolute path, size in bytes, mtime_ns) — and, for
+    files that cannot be stat'ed, the error (their key is 0 and never cached)."""
+    keys = np.zeros(len(paths), dtype=np.uint64)
+    errors: list[str | None] = [None] * len(paths)
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+        except OSError as err:
+            errors[i] = f"{type(err).__name__}: {err}"
+            continue
+        ident = f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+        keys[i] = int.from_bytes(hashlib.blake2b(ident, digest_size=8).digest(), "little") or 1
+    return keys, errors
+
+
+class DecodedImageCache:
+    """Persistent cache of decoded images: append-only HDF5 shards (`key` uint64, `pixels` uint8
+    (n, size, size)) in one subfolder per (size, resize, draft, decoder source).
+
+    An image is keyed by its file (absolute path, size, mtime), not by the cohort that lists it, so
+    the store of any cohort is assembled from here and only files never seen (or rewritten) are
+    decoded. A shard is written to a temporary name and renamed, so a killed job keeps every
+    finished shard and loses at most one shard's work. Only the keys are held in memory.
+    """
+
+    def __init__(self, root: str | Path, size: int, resize: str, jpeg_draft: bool):
+        mode = "draft" if jpeg_draft else "full"
+        self.folder = Path(root) / f"{size}px-{resize}-{mode}-{_decoder_id()}"
+        self.size = size
+        self.shards: list[Path] = []
+        keys, shard, row = [], [], []
+        for k, path in enumerate(sorted(self.folder.glob("shard-*.h5")) if self.folder.is_dir() else []):
+            try:
+                with h5py.File(path, "r") as h5:
+                    ks = h5["key"][:].astype(np.uint64)
+                    if h5["pixels"].shape[1:] != (size, size):
+                        raise ValueError(f"pixels of shape {h5['pixels'].shape[1:]}, not ({size}, {size})")
+            except (OSError, KeyError, ValueError) as err:  # a shard we cannot read is skipped, not trusted
+                log.warning("image cache: skipping unreadable shard %s (%s)", path, err)
+                continue
+            self.shards.append(path)
+            keys.append(ks)
+            shard.append(np.full(len(ks), len(self.shards) - 1, dtype=np.int32))
+            row.append(np.arange(len(ks), dtype=np.int64))
+        self._set(np.concatenate(keys) if keys else np.zeros(0, np.uint64),
+                  np.concatenate(shard) if shard else np.zeros(0, np.int32),
+                  np.concatenate(row) if row else np.zeros(0, np.int64))
+
+    def _set(self, keys: np.ndarray, shard: np.ndarray, row: np.ndarray) -> None:
+        self.keys, first = np.unique(keys, return_index=True)  # sorted; the first shard wins
+        self.shard, self.row = shard[first], row[first]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Index into the cache for each key, -1 where absent."""
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+        return np.where(self.keys[pos] == keys, pos, -1)
+
+    def add(self, keys: np.ndarray, pixels: np.ndarray) -> None:
+        """Write one new shard and index it."""
+        if len(keys) == 0:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = self.folder / f"shard-{time.time_ns():020d}-{os.getpid()}.h5"
+        with atomic_path(name) as tmp:
+            with h5py.File(tmp, "w") as h5:
+                h5.create_dataset("key", data=keys.astype(np.uint64))
+                h5.create_dataset("pixels", data=pixels.astype(np.uint8))  # contiguous: fast row reads
+        self.shards.append(name)
+        self._set(np.concatenate([self.keys, keys.astype(np.uint64)]),
+                  np.concatenate([self.shard, np.full(len(keys), len(self.shards) - 1, np.int32)]),
+                  np.concatenate([self.row, np.arange(len(keys), dtype=np.int64)]))
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 (len(idx), size, size) for cache indices from `lookup`, in that order."""
+        out = np.empty((len(idx), self.size, self.size), dtype=np.uint8)
+        shard, row = self.shard[idx], self.row[idx]
+        for s in np.unique(shard):
+            where = np.flatnonzero(shard == s)
+            rows, inverse = np.unique(row[where], return_inverse=True)  # h5py reads increasing rows
+            with h5py.File(self.shards[s], "r") as h5:
+                out[where] = h5["pixels"][rows][inverse]
+        return out
+
+
+def _decode_pool(workers: int):
+    """A process pool for decoding (Pillow's decoders hold the GIL for part of the work, so threads
+    do not scale on JPEGs). `spawn`: the parent may hold threads (tqdm's monitor), so no fork."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def image_inventory_hash(
@@ -136,8 +249,11 @@ def image_inventory_hash(
     return f"{len(paths)} listed, {n_missing} missing, sha256 {digest}"
 
 
-def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, out_h5: Path) -> dict:
-    """Write images/cxr_{size}.h5 (pixels uint8 (N, size, size), dicom_id, attrs size/resize/n_bad)."""
+def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, out_h5: Path,
+                      workers: int | None = None) -> dict:
+    """Write images/cxr_{size}.h5 (pixels uint8 (N, size, size), dicom_id, attrs size/resize/n_bad/
+    decoded/from_cache) for the images `images_parquet` lists, decoding only those the cache
+    (`images.cache_dir`) does not hold yet; `workers` decode processes (default: the job's CPUs, ≤ 8)."""
     table = pq.read_table(images_parquet, columns=["dicom_id", "path"])
     # one entry per image even if the cohort lists it twice
     seen: dict[str, str] = {}
@@ -148,51 +264,74 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
         raise DataError(f"no images listed in {images_parquet} (run the cohort stage)")
     size, resize = int(cfg.size), cfg.resize
     root = Path(cxr_root)
-    bad: list[tuple[str, str]] = []
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    workers = max(1, min(8, cpus))  # the job's allocation, not the node's core count
+    if workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        workers = max(1, min(8, cpus))  # the job's allocation, not the node's core count
+    paths = [str(root / seen[d]) for d in dicom_ids]
+    keys, stat_errors = file_keys(paths)
+    cache = DecodedImageCache(cfg.cache_dir, size, resize, cfg.jpeg_draft)
+    where = cache.lookup(keys)
+    bad: dict[int, str] = {i: e for i, e in enumerate(stat_errors) if e is not None}
+    todo = [i for i in range(len(paths)) if where[i] < 0 and i not in bad]
+    log.info("images: %d listed, %d in the cache (%s), %d to decode with %d process(es)",
+             len(paths), int((where >= 0).sum()), cache.folder, len(todo), workers)
+
+    # decode what the cache lacks, one cache shard at a time (a killed job keeps finished shards)
+    pool = _decode_pool(workers) if workers > 1 and len(todo) > 32 else None
+    n_decoded = 0
+    try:
+        with tqdm(total=len(todo), desc=f"decode {size}px", unit="img") as bar:
+            for start in range(0, len(todo), cfg.cache_shard_images):
+                part = todo[start : start + cfg.cache_shard_images]
+                args = ([paths[i] for i in part], [size] * len(part), [resize] * len(part),
+                        [cfg.jpeg_draft] * len(part))
+                results = pool.map(_try_load, *args, chunksize=16) if pool else map(_try_load, *args)
+                ok_i, ok_px = [], []
+                for i, (arr, err) in zip(part, results):
+                    bar.update(1)
+                    if arr is None:
+                        bad[i] = err
+                    else:
+                        ok_i.append(i)
+                        ok_px.append(arr)
+                if ok_i:
+                    cache.add(keys[ok_i], np.stack(ok_px))
+                    n_decoded += len(ok_i)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    for i in sorted(bad):
+        log.warning("bad image %s (%s): %s", dicom_ids[i], paths[i], bad[i])
+    frac = len(bad) / len(dicom_ids)
+    if frac > cfg.max_bad_fraction:
+        examples = "; ".join(f"{paths[i]} ({bad[i]})" for i in sorted(bad)[:3])
+        raise DataError(
+            f"{len(bad)} of {len(dicom_ids)} images missing or corrupt ({frac:.1%}) under {root}, above "
+            f"images.max_bad_fraction={cfg.max_bad_fraction}; e.g. {examples}"
+        )
+
+    # assemble the store for this cohort from the cache, in dicom_id order
+    keep = np.array([i for i in range(len(paths)) if i not in bad], dtype=np.int64)
+    idx = cache.lookup(keys[keep])
+    n_from_cache = len(keep) - n_decoded
+    block = max(1, (256 << 20) // (size * size))  # ~256 MB of pixels in memory at a time
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w") as h5:
-            pixels = h5.create_dataset(
-                "pixels", shape=(0, size, size), maxshape=(None, size, size), dtype=np.uint8, chunks=(1, size, size)
-            )
-            kept: list[str] = []
-            buf: list[np.ndarray] = []
-
-            def flush() -> None:
-                if buf:
-                    n0 = pixels.shape[0]
-                    pixels.resize(n0 + len(buf), axis=0)
-                    pixels[n0:] = np.stack(buf)
-                    buf.clear()
-
-            paths = [root / seen[d] for d in dicom_ids]
-            chunk = 64 * workers  # bounded number of decoded images in flight
-            with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc=f"images {size}px", unit="img") as bar:
-                for start in range(0, len(paths), chunk):
-                    batch = paths[start : start + chunk]
-                    for d, p, (arr, err) in zip(dicom_ids[start:], batch, pool.map(lambda q: _try_load(q, size, resize), batch)):
-                        bar.update(1)
-                        if arr is None:
-                            bad.append((str(p), err))
-                            log.warning("bad image %s (%s): %s", d, p, err)
-                            continue
-                        kept.append(d)
-                        buf.append(arr)
-                    flush()
-            flush()
-            frac = len(bad) / len(dicom_ids)
-            if frac > cfg.max_bad_fraction:
-                examples = "; ".join(f"{p} ({e})" for p, e in bad[:3])
-                raise DataError(
-                    f"{len(bad)} of {len(dicom_ids)} images missing or corrupt ({frac:.1%}) under {root}, above "
-                    f"images.max_bad_fraction={cfg.max_bad_fraction}; e.g. {examples}"
-                )
+            pixels = h5.create_dataset("pixels", shape=(len(keep), size, size), dtype=np.uint8,
+                                       chunks=(1, size, size))
+            for b in range(0, len(keep), block):
+                pixels[b : b + block] = cache.read(idx[b : b + block])
+            kept = [dicom_ids[i] for i in keep]
             h5.create_dataset("dicom_id", data=np.array(kept, dtype=object), dtype=h5py.string_dtype("utf-8"))
             h5.attrs["size"] = size
             h5.attrs["resize"] = resize
+            h5.attrs["jpeg_draft"] = bool(cfg.jpeg_draft)
             h5.attrs["n_bad"] = len(bad)
-    counts = {"images": len(dicom_ids), "stored": len(kept), "n_bad": len(bad), "bad_fraction": round(frac, 6)}
+            h5.attrs["decoded"] = n_decoded
+            h5.attrs["from_cache"] = n_from_cache
+    counts = {"images": len(dicom_ids), "stored": len(keep), "n_bad": len(bad), "bad_fraction": round(frac, 6),
+              "decoded": n_decoded, "from_cache": n_from_cache}
     log.info("images: %s", counts)
     return counts
 

@@ -111,6 +111,8 @@ class TabularEncoder(nn.Module):
             raise ValueError(f"clip.tab_heads ({cfg.tab_heads}) must divide the transformer width {width} (clip.tab_width or the event dim)")
         self.inp = nn.Linear(event_dim, width) if cfg.tab_width else nn.Identity()
         layer = nn.TransformerEncoderLayer(width, cfg.tab_heads, cfg.tab_ff, dropout=cfg.tab_dropout, batch_first=True)
+        if cfg.tab_attention_dropout is not None:  # copied into every layer by TransformerEncoder
+            layer.self_attn.dropout = cfg.tab_attention_dropout
         self.encoder = nn.TransformerEncoder(layer, cfg.tab_layers, enable_nested_tensor=False)
         self.proj = nn.Linear(width, cfg.embed_dim)
 
