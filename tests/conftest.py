@@ -31,6 +31,21 @@ def write_config(path: Path, overrides: dict | None = None, base: str = "tests/c
     return path
 
 
+def local_snakemake_env() -> dict[str, str]:
+    """The environment of a local (non-Slurm) Snakemake run in the tests.
+
+    The Slurm executor plugin, installed with the package for `profiles/slurm`, runs `scontrol show
+    config` when Snakemake starts. Where Slurm's client is installed but its controller is not
+    running (CI installs the packages, and the Slurm tests stop their daemons), that call waits
+    9–10 s on every Snakemake start. Local runs do not use Slurm, so `scontrol` gets an empty
+    configuration here and fails at once; the Slurm tests use their own environment.
+    """
+    empty = Path(os.environ.get("TMPDIR", "/tmp")) / "ehrxdiff-tests-empty-slurm.conf"
+    if not empty.exists():
+        empty.write_text("")
+    return dict(os.environ, PYTHONUNBUFFERED="1", SLURM_CONF=str(empty))
+
+
 def run_snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: int = 1800):
     """Run the workflow CLI in `workdir` (outputs under workdir/results)."""
     cmd = [
@@ -41,8 +56,7 @@ def run_snakemake(workdir: Path, configfile: Path, *args: str, check: bool = Tru
         "--cores", "2",
         *args,
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=local_snakemake_env())
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout\n{proc.stdout[-6000:]}"

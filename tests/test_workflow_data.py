@@ -12,7 +12,7 @@ import h5py
 import pandas as pd
 import pytest
 
-from conftest import planned_jobs, run_snakemake, write_config
+from conftest import local_snakemake_env, planned_jobs, run_snakemake, write_config
 from contracts import check_events, check_images_h5, check_triplets
 
 pytestmark = pytest.mark.slow
@@ -154,6 +154,7 @@ def test_configfile_is_merged_over_model_defaults_not_the_demo_config(tmp_path):
     demo_dir.mkdir()
     shutil.copy(REPO / "config.yaml", demo_dir / "config.yaml")
     subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(demo_dir), "--cores", "1",
-                    "results/config.resolved.yaml"], capture_output=True, text=True, check=True)
+                    "results/config.resolved.yaml"], capture_output=True, text=True, check=True,
+                   env=local_snakemake_env())
     demo = yaml.safe_load((demo_dir / "results/config.resolved.yaml").read_text())
     assert demo["text"]["encoder"]["max_length"] == 128 and demo["ldm"]["cond_dropout"] == 0.1
