@@ -359,7 +359,7 @@ def test_missing_files_are_bad_and_never_cached(tmp_path):
     assert (counts["n_bad"], counts["stored"], counts["decoded"], counts["from_cache"]) == (0, 4, 1, 3)
 
 
-def test_the_process_pool_gives_the_serial_pixels(tmp_path):
+def test_the_thread_pool_gives_the_serial_pixels(tmp_path):
     root = tmp_path / "cxr"
     rels = noisy_jpegs(root, 40, shape=(60, 50))
     (root / rels[7]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
