@@ -1,10 +1,11 @@
 """Ingest + cohort + events at full MIMIC-IV size, measured: wall time and peak RSS per stage.
 
-    python bench/full_scale.py --world DIR [--generate] [--memory-limit 4GB] [--threads 2]
+    python bench/full_scale.py --world DIR [--generate [--lab-rate 5.9]] [--memory-limit 4GB] [--threads 2]
 
 `--generate` first writes a synthetic world without images at DIR (gzip 1, 40,000 patients,
-vitals and labs dense enough for ≥ 432,997,491 chartevents and ≥ 158,374,764 labevents rows, the
-MIMIC-IV 2.2 counts; ~18 GB on disk, not committed); without it DIR must hold one. Then every
+vitals and labs dense enough for ~476 M chartevents and, at the default `--lab-rate 5.9`, ~160 M
+labevents rows, above the MIMIC-IV 2.2 counts of 432,997,491 and 158,374,764; ~8 GB on disk, not
+committed); without it DIR must hold one. Then every
 stage runs in its own child process, as the pipeline's jobs do, with `data.duckdb.memory_limit`
 and `threads` as given: the 14 ingests one after another, cohort, events. Each row reports the
 child's wall time and its own peak RSS (`VmHWM`, which DuckDB's buffer pool and the Python
@@ -63,11 +64,11 @@ def run_stage(stage: str, args) -> dict:
     return res
 
 
-def generate(world: Path) -> float:
+def generate(world: Path, lab_rate: float) -> float:
     from ehrxdiff_core.config import SyntheticConfig
     from ehrxdiff_core.synthetic import write_world
 
-    cfg = SyntheticConfig(patients=40_000, chartevent_rate_per_hour=26.5, lab_rate_per_hour=5.8,
+    cfg = SyntheticConfig(patients=40_000, chartevent_rate_per_hour=26.5, lab_rate_per_hour=lab_rate,
                           write_images=False, gzip_level=1, seed=0)
     t = time.perf_counter()
     write_world(world, cfg)
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--world", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: WORLD/../full_scale_results)")
     ap.add_argument("--generate", action="store_true")
+    ap.add_argument("--lab-rate", type=float, default=5.9, help="synthetic.lab_rate_per_hour with --generate")
     ap.add_argument("--memory-limit", default="4GB")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--_stage", help=argparse.SUPPRESS)
@@ -92,7 +94,7 @@ def main() -> None:
     from ehrxdiff_core.data.stages import TABLE_NAMES
 
     if args.generate:
-        print(f"synthesize: {generate(args.world):.0f} s", flush=True)
+        print(f"synthesize: {generate(args.world, args.lab_rate):.0f} s", flush=True)
     rows = [run_stage(f"ingest:{t}", args) for t in TABLE_NAMES]
     rows += [run_stage("cohort", args), run_stage("events", args)]
     by = {r["stage"]: r for r in rows}
