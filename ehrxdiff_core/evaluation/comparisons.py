@@ -16,7 +16,7 @@ import numpy as np
 from ehrxdiff_core.evaluation.metrics import partial_correlation, rank_auroc, subset_masks
 from ehrxdiff_core.evaluation.truth import PairTruth
 
-SUBSETS = ("diff", "all", "same")  # the headline order; `metrics.SUBSETS` is the report's
+SUBSETS = ("diff", "all", "same")  # the headline order; always reported together
 HEADLINE_METRICS = (
     "auroc_diff_macro",
     "auroc_all_macro",

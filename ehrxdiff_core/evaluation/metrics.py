@@ -12,8 +12,6 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-SUBSETS = ("all", "diff", "same")  # always reported together
-
 
 def auroc(scores: np.ndarray, y: np.ndarray) -> dict:
     """AUROC with its counts; undefined (value None + reason) when a class is absent."""

@@ -9,6 +9,7 @@ RNG states are checkpointed, so resuming reproduces the uninterrupted loss traje
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -270,7 +271,7 @@ def run_training(
                 batch = to_device(next(batches), dev)
                 gen = step_generator(loop.seed, step, micro, info.rank, dev)
                 sync = micro == loop.grad_accum - 1 or not info.enabled
-                ctx = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else _null()
+                ctx = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else contextlib.nullcontext()
                 with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and loop.bf16):
                     loss, logs = runner(batch, gen)
                 (loss / loop.grad_accum).backward()
@@ -335,10 +336,3 @@ def _prefetch(batch_fn, first: int, last: int, loop: TrainLoop, info: DistInfo):
     torch.set_rng_state(state)
     return it
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

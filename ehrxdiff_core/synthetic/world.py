@@ -46,10 +46,6 @@ def _year_start(year: int) -> int:
     return int((np.datetime64(f"{year:04d}-01-01", "s") - _EPOCH_YEAR).astype(np.int64))
 
 
-def _year_of(t: int) -> int:
-    return int(str(np.datetime64(int(t), "s"))[:4])
-
-
 def _minute(t: float) -> int:
     return int(t // 60 * 60)
 
