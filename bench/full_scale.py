@@ -21,14 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-FULL_MIMIC = {"chartevents": 432_997_491, "labevents": 158_374_764}
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from data_stage import FULL_MIMIC, peak_rss_mb  # bench/ is on sys.path when this file is run
 
 
 def child(args) -> dict:

@@ -3,7 +3,8 @@
     python bench/image_decode.py [--n 200] [--size 256] [--workers 2] [--keep DIR]
 
 Writes N grayscale JPEGs of MIMIC-CXR-JPG size (2,544 × 3,056, quality 95: a smooth random field
-plus pixel noise, ~1.5 MB each as MIMIC-CXR-JPG's 570 GB / 377,110 files) in the MIMIC layout with a matching images.parquet, then times,
+plus pixel noise, ~1.5 MB each as MIMIC-CXR-JPG's 570 GB / 377,110 files) in the MIMIC layout
+with a matching images.parquet, then times,
 on the same files in the same run (the page cache is warm for all rows: the files were just
 written, so disk reads are not measured):
 
@@ -13,7 +14,7 @@ written, so disk reads are not measured):
   smallest scale (1/8 at 256 px: 318 × 382) that covers the square, then bicubic;
 - `draft, N threads` and `draft, N processes`: the same function on a thread / process pool;
 - `images rule, cold cache`: `build_image_store` end to end (stat + key every file, decode on
-  its process pool, write cache shards, assemble the store);
+  its thread pool, write cache shards, assemble the store);
 - `images rule, warm cache`: the same listing again (nothing decoded: a cohort change).
 
 Images/s are printed with the ratio to the full-decode row and the time the rate would take for
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -111,7 +113,6 @@ def main() -> None:
             ("draft, 1 process", rate(serial(True), n)),
             (f"draft, {args.workers} threads", rate(pooled(ThreadPoolExecutor), n)),
             (f"draft, {args.workers} processes", rate(pooled(ProcessPoolExecutor, mp_context=get_context("spawn")), n))]
-    import shutil
     shutil.rmtree(cache, ignore_errors=True)
     rows.append(("images rule, cold cache", rate(rule("cold.h5"), n)))
     rows.append(("images rule, warm cache (cohort change)", rate(rule("warm.h5"), n)))

@@ -138,7 +138,7 @@ class DecodedImageCache:
         self.size = size
         self.shards: list[Path] = []
         keys, shard, row = [], [], []
-        for k, path in enumerate(sorted(self.folder.glob("shard-*.h5")) if self.folder.is_dir() else []):
+        for path in sorted(self.folder.glob("shard-*.h5")) if self.folder.is_dir() else []:
             try:
                 with h5py.File(path, "r") as h5:
                     ks = h5["key"][:].astype(np.uint64)
@@ -194,14 +194,6 @@ class DecodedImageCache:
             with h5py.File(self.shards[s], "r") as h5:
                 out[where] = h5["pixels"][rows][inverse]
         return out
-
-
-def _decode_pool(workers: int) -> ThreadPoolExecutor:
-    """Threads, not processes: Pillow releases the GIL while it decodes and resizes, so 2 threads
-    decode 1.7x as fast as one on 2 cores, where a process pool reached 1.35x (start-up and
-    pickling; `bench/image_decode.py`). Threads also need no importable `__main__`, which a
-    Snakemake script is not."""
-    return ThreadPoolExecutor(workers)
 
 
 def image_inventory_hash(
@@ -277,8 +269,12 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
     log.info("images: %d listed, %d in the cache (%s), %d to decode on %d thread(s)",
              len(paths), int((where >= 0).sum()), cache.folder, len(todo), workers)
 
-    # decode what the cache lacks, one cache shard at a time (a killed job keeps finished shards)
-    pool = _decode_pool(workers) if workers > 1 and len(todo) > 32 else None
+    # decode what the cache lacks, one cache shard at a time (a killed job keeps finished shards).
+    # Threads, not processes: Pillow releases the GIL while it decodes and resizes, so 2 threads
+    # decode 1.7x as fast as one on 2 cores, where a process pool reached 1.35x (start-up and
+    # pickling; bench/image_decode.py); threads also need no importable __main__, which a
+    # Snakemake script is not.
+    pool = ThreadPoolExecutor(workers) if workers > 1 and len(todo) > 32 else None
     n_decoded = 0
     try:
         with tqdm(total=len(todo), desc=f"decode {size}px", unit="img") as bar:
