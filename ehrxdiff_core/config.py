@@ -219,7 +219,6 @@ class EncoderConfig(Section):
     max_length: int = Field(256, ge=8)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(64, ge=1)
-    device: Device = "auto"
     tiny_dim: int = Field(32, ge=4)  # width of the tiny-random encoder (tests)
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ehrxdiff_core import set_offline_flags
+
+if TYPE_CHECKING:
+    from ehrxdiff_core.config import ComputeConfig
 
 
 def start_job(log_path: str, threads: int = 1) -> logging.Logger:
@@ -38,13 +42,12 @@ def start_job(log_path: str, threads: int = 1) -> logging.Logger:
     return logging.getLogger("ehrxdiff")
 
 
-def device_from_config(compute: dict | None) -> str:
-    """`compute.device` as configured; the stage entry points resolve 'auto' (CUDA when available)."""
-    return (compute or {}).get("device", "auto")
+def compute_settings(config: dict) -> ComputeConfig:
+    """The run's `compute` section (device, image cache share), validated with its defaults.
 
-
-def image_cache_fraction_from_config(compute: dict | None) -> float:
-    """`compute.image_cache_fraction` as configured (its default when unset)."""
+    These settings say where and how fast a job runs, not what it computes, so they reach the
+    jobs through the run's config and not through the rules' params: moving a run from the CPU to
+    a GPU, or changing the memory share, reruns nothing."""
     from ehrxdiff_core.config import ComputeConfig
 
-    return ComputeConfig.model_validate(compute or {}).image_cache_fraction
+    return ComputeConfig.model_validate((config or {}).get("compute") or {})

@@ -5,9 +5,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import EvaluateConfig
 from ehrxdiff_core.evaluation.stages import evaluate
-from ehrxdiff_core.runlog import device_from_config, start_job
+from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
+compute = compute_settings(snakemake.config)
 samples = {"ehrxdiff": Path(snakemake.input.samples)}
 for name in ("image_only", "previous_vae", "previous_blur"):
     if name in snakemake.input.keys():
@@ -20,7 +21,7 @@ metrics = evaluate(
     EvaluateConfig(**snakemake.params.evaluate),
     {"sample": snakemake.params.sample, "controls": snakemake.params.controls},
     Path(snakemake.output.metrics),
-    device=device_from_config(snakemake.config.get("compute")),
+    device=compute.device,
     split=snakemake.params.split,
     truth=Path(snakemake.input.truth[0]) if snakemake.input.truth else None,
 )

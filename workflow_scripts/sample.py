@@ -5,9 +5,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import SampleConfig
 from ehrxdiff_core.models.stages import sample
-from ehrxdiff_core.runlog import device_from_config, start_job
+from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
+compute = compute_settings(snakemake.config)
 cfg = SampleConfig(**snakemake.params.sample).model_copy(update={"split": snakemake.wildcards.split})
 info = sample(
     Path(snakemake.input.images),
@@ -18,6 +19,6 @@ info = sample(
     cfg,
     snakemake.params.max_events,
     Path(snakemake.output.samples),
-    device=device_from_config(snakemake.config.get("compute")),
+    device=compute.device,
 )
 log.info("%s: %s", snakemake.rule, info)

@@ -5,9 +5,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import LdmConfig
 from ehrxdiff_core.models.launch import run_stage
-from ehrxdiff_core.runlog import device_from_config, image_cache_fraction_from_config, start_job
+from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
+compute = compute_settings(snakemake.config)
 cfg = LdmConfig(**snakemake.params.ldm)
 info = run_stage(  # ldm.train.gpus > 1: torchrun over the job's GPUs
     "train_ldm",
@@ -20,8 +21,8 @@ info = run_stage(  # ldm.train.gpus > 1: torchrun over the job's GPUs
     cfg=cfg,
     max_events=snakemake.params.max_events,
     out_dir=snakemake.output.model,
-    device=device_from_config(snakemake.config.get("compute")),
-    image_cache_fraction=image_cache_fraction_from_config(snakemake.config.get("compute")),
+    device=compute.device,
+    image_cache_fraction=compute.image_cache_fraction,
     work_dir=snakemake.params.work,
     mask_events=snakemake.params.mask_events,  # True: the image-only control (rule train_ldm_image_only)
 )

@@ -1,4 +1,4 @@
-"""Small helpers every evaluation stage shares: the device setting, and JSON without NaN."""
+"""Small helpers every evaluation stage shares: the evaluator with its image store, and JSON without NaN."""
 
 from __future__ import annotations
 
@@ -7,16 +7,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ehrxdiff_core.atomic import atomic_path
-
-
-def resolve_device(device: str) -> str:
-    """`auto` means CUDA when it is available, else the CPU; anything else is used as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def evaluator_and_images(evaluator_dir, images_h5, device: str):

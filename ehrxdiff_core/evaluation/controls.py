@@ -32,7 +32,8 @@ from PIL import Image
 
 from ehrxdiff_core.atomic import atomic_dir
 from ehrxdiff_core.samples_folder import sample_path, write_manifest
-from ehrxdiff_core.evaluation.common import evaluator_and_images, resolve_device, to_json, write_json
+from ehrxdiff_core.device import resolve_device
+from ehrxdiff_core.evaluation.common import evaluator_and_images, to_json, write_json
 from ehrxdiff_core.evaluation.inputs import InputError, open_images, read_manifest, read_pngs, read_table
 
 log = logging.getLogger(__name__)

@@ -68,7 +68,7 @@ def train_loop(
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    autocast = device.startswith("cuda") and cfg.bf16
+    autocast = torch.device(device).type == "cuda" and cfg.bf16
     tgt = {k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in targets.items()}
     history, window = [], []
     for step in tqdm(range(cfg.steps), desc="train evaluator", mininterval=10):

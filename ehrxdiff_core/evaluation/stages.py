@@ -24,7 +24,8 @@ import torch
 from ehrxdiff_core.atomic import atomic_dir
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig
 from ehrxdiff_core.evaluation import comparisons, frechet, inception, metrics, xrv
-from ehrxdiff_core.evaluation.common import evaluator_and_images, resolve_device, to_json, write_json
+from ehrxdiff_core.device import resolve_device
+from ehrxdiff_core.evaluation.common import evaluator_and_images, to_json, write_json
 from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, predict, save_evaluator
 from ehrxdiff_core.evaluation.evaluator_training import train_loop
 from ehrxdiff_core.evaluation.inputs import (

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ehrxdiff_core.device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -23,13 +25,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' = CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def init_distributed(device: str | torch.device = "auto") -> DistInfo:

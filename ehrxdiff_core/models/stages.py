@@ -263,7 +263,7 @@ def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConf
     from PIL import Image
     from tqdm import tqdm
 
-    from ehrxdiff_core.models.ddp import resolve_device
+    from ehrxdiff_core.device import resolve_device
 
     dev = resolve_device(device)
     vae = load_vae(vae_dir)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ehrxdiff_core import set_offline_flags
 from ehrxdiff_core.config import EncoderConfig
+from ehrxdiff_core.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,6 @@ def tiny_bert(dim: int, vocab_size: int = _TINY_VOCAB, seed: int = TINY_SEED):
     return model.eval()
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class TextEncoder:
     """A transformer + tokenizer + pooling; `encode` returns L2-normalised float32 (N, dim)."""
 
@@ -148,10 +143,9 @@ def _torch_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     return getattr(torch, name), name
 
 
-def _hf_encoder(folder: Path, cfg: EncoderConfig, ident: str) -> TextEncoder:
+def _hf_encoder(folder: Path, cfg: EncoderConfig, ident: str, device: torch.device) -> TextEncoder:
     from transformers import AutoModel, AutoTokenizer
 
-    device = _resolve_device(cfg.device)
     dtype, dtype_name = _torch_dtype(cfg.dtype, device)
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = AutoModel.from_pretrained(str(folder), local_files_only=True)
@@ -165,11 +159,12 @@ def _hf_encoder(folder: Path, cfg: EncoderConfig, ident: str) -> TextEncoder:
                        batch_size=cfg.batch_size, device=device, dtype=dtype)
 
 
-def load_encoder(cfg: EncoderConfig) -> TextEncoder:
-    """Build the encoder named by `text.encoder.name`; never touches the network."""
+def load_encoder(cfg: EncoderConfig, device: str | torch.device = "auto") -> TextEncoder:
+    """Build the encoder named by `text.encoder.name` on `device` (`compute.device`); never touches the
+    network."""
     set_offline_flags()  # again: a caller may have changed the environment since the package was imported
+    device = resolve_device(device)
     if cfg.name == "tiny-random":
-        device = _resolve_device(cfg.device)
         model = tiny_bert(cfg.tiny_dim)
         encoder_id = f"tiny-random|dim{cfg.tiny_dim}|seed{TINY_SEED}|{cfg.pooling}|{cfg.max_length}|float32"
         return TextEncoder(model, HashTokenizer(), encoder_id=encoder_id, pooling=cfg.pooling,
@@ -177,7 +172,7 @@ def load_encoder(cfg: EncoderConfig) -> TextEncoder:
                            dtype=torch.float32)
     if cfg.name == "minilm":
         folder, version = minilm_folder()
-        return _hf_encoder(folder, cfg, f"minilm|{MINILM_DIST}=={version}")
+        return _hf_encoder(folder, cfg, f"minilm|{MINILM_DIST}=={version}", device)
     if cfg.path is None:
         raise ValueError("text.encoder.name is 'hf' but text.encoder.path is not set (a local encoder folder)")
     folder = Path(cfg.path)
@@ -186,7 +181,7 @@ def load_encoder(cfg: EncoderConfig) -> TextEncoder:
             f"text.encoder.path: no encoder folder with a config.json at {folder} "
             "(expected a local Hugging Face model folder, e.g. BioClinical-ModernBERT-base)"
         )
-    return _hf_encoder(folder, cfg, f"hf|{folder.resolve()}|{_folder_fingerprint(folder)}")
+    return _hf_encoder(folder, cfg, f"hf|{folder.resolve()}|{_folder_fingerprint(folder)}", device)
 
 
 def _folder_fingerprint(folder: Path) -> str:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ehrxdiff_core.config import RewriteConfig
 from ehrxdiff_core import set_offline_flags
+from ehrxdiff_core.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ class Rewriter:
         set_offline_flags()
         folder = _folder(cfg)
         self.cfg = cfg
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.device = resolve_device(device)
         self.tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.tok.padding_side = "left"  # decoder-only: pad on the left so generation continues the prompt
         if self.tok.pad_token is None:

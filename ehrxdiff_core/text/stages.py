@@ -39,10 +39,10 @@ def build_knowledge(d_items: Path, d_labitems: Path, out_parquet: Path) -> int:
     return table.num_rows
 
 
-def build_rag_index(knowledge_parquet: Path, cfg: TextConfig, out_index: Path) -> dict:
+def build_rag_index(knowledge_parquet: Path, cfg: TextConfig, out_index: Path, device: str = "auto") -> dict:
     """Embed every snippet with `text.encoder` and write rag/index.faiss + its JSON sidecar; returns the sidecar."""
     knowledge = read_knowledge(Path(knowledge_parquet))
-    encoder = load_encoder(cfg.encoder)
+    encoder = load_encoder(cfg.encoder, device)
     t0 = time.perf_counter()
     vectors = encoder.encode(knowledge["text"].tolist())
     index, info = make_index(vectors, cfg.rag.index)
@@ -144,7 +144,7 @@ def augmentation_settings(cfg: TextConfig, digest: str | None) -> dict:
 
 
 def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet: Path, index_path: Path,
-                 cfg: TextConfig, out_h5: Path) -> dict:
+                 cfg: TextConfig, out_h5: Path, device: str = "auto") -> dict:
     """Write embeddings/events.h5 for the pairs of events/triplets.parquet, encoding only texts not yet cached.
 
     With `text.numeric_features` the file also holds per-text numeric features (`ehrxdiff_core.text.numeric`).
@@ -154,7 +154,7 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
     ev = _read_events(Path(events_parquet), pairs)
     uniques = ev.texts
 
-    encoder = load_encoder(cfg.encoder)
+    encoder = load_encoder(cfg.encoder, device)
     use_rag = cfg.rag.enabled and cfg.rag.top_k > 0
     needs_knowledge = cfg.rag.enabled and (use_rag or cfg.rag.abnormal_flag)
     corpus = read_knowledge(Path(knowledge_parquet)) if needs_knowledge or cfg.numeric_features else None
@@ -174,7 +174,7 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
     t_enc = time.perf_counter()
     if len(todo):
         augmenter = Augmenter(knowledge, cfg.rag, encoder, index) if knowledge is not None else None
-        rewriter = Rewriter(cfg.rewrite, device=cfg.encoder.device) if cfg.rewrite.enabled else None
+        rewriter = Rewriter(cfg.rewrite, device=device) if cfg.rewrite.enabled else None
         # one cache shard per chunk: a job killed half-way keeps the chunks it finished
         for start in range(0, len(todo), cfg.cache_shard_texts):
             chunk = todo[start : start + cfg.cache_shard_texts]
