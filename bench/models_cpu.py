@@ -10,9 +10,12 @@ sampled images follow the events (toy world: blob brightness of sample vs target
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy fixtures of the tests
 
 import numpy as np
 import pandas as pd
@@ -21,7 +24,7 @@ from PIL import Image
 
 from ehrxdiff_core.config import ClipConfig, LdmConfig, SampleConfig, VaeConfig
 from ehrxdiff_core.models import sample, train_clip, train_ldm, train_vae
-from ehrxdiff_core.models.toydata import write_world
+from toy_world import write_world
 
 
 def timed(fn):

@@ -10,7 +10,7 @@ import pytest
 from ehrxdiff_core.config import ConfigError, TrainLoop, VaeConfig, load_config
 from ehrxdiff_core.models import datasets, train_vae
 from ehrxdiff_core.models.datasets import PairBatches, cgroup_memory_limits, image_cache_budget, memory_limit_bytes
-from ehrxdiff_core.models.toydata import write_world
+from toy_world import write_world
 
 GiB = 2**30
 

@@ -15,7 +15,7 @@ from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.ldm import load_ldm
 from ehrxdiff_core.models.sampling import condition_batch, sample_batch
 from ehrxdiff_core.models.stages import build_latent_diffusion, load_vae
-from ehrxdiff_core.models.toydata import write_world
+from toy_world import write_world
 from ehrxdiff_core.models.vae import build_vae, estimate_scale
 
 torch.set_num_threads(1)

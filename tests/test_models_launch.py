@@ -9,7 +9,7 @@ import torch
 
 from ehrxdiff_core.config import ClipConfig, ConfigError, TrainLoop
 from ehrxdiff_core.models.launch import check_gpus, run_stage
-from ehrxdiff_core.models.toydata import write_world
+from toy_world import write_world
 
 torch.set_num_threads(1)
 

@@ -17,7 +17,7 @@ from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.datasets import load_pairs, open_image_store, to_unit_range
 from ehrxdiff_core.models.ldm import build_unet
 from ehrxdiff_core.models.stages import load_vae
-from ehrxdiff_core.models.toydata import write_world
+from toy_world import write_world
 from ehrxdiff_core.models.vae import CHEFF_SCALE, cheff_vae_config, estimate_scale
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ehrxdiff_core.config import ClipConfig, LdmConfig, SampleConfig, TrainLoop, VaeConfig
 from ehrxdiff_core.models import sample, train_clip, train_ldm, train_vae
-from ehrxdiff_core.models.toydata import write_world
+from toy_world import write_world
 
 torch.set_num_threads(1)
 ME = 6  # max_events

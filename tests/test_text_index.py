@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ehrxdiff_core.config import RagIndexConfig, TextConfig
-from ehrxdiff_core.text.demo import make_events, write_demo_dictionaries
+from toy_text import make_events, write_demo_dictionaries
 from ehrxdiff_core.text.index import gpu_available, make_index, read_index, sidecar_path
 from ehrxdiff_core.text.stages import build_knowledge, build_rag_index, embed_events
 

@@ -11,7 +11,7 @@ import torch
 
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup, abnormality_flag, event_item, parse_event
-from ehrxdiff_core.text.demo import write_demo_dictionaries
+from toy_text import write_demo_dictionaries
 from ehrxdiff_core.text.encoders import load_encoder
 from ehrxdiff_core.text.glossary import glossary_path, load_glossary
 from ehrxdiff_core.text.index import read_index

@@ -16,7 +16,7 @@ import torch
 
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup
-from ehrxdiff_core.text.demo import make_events, write_demo_dictionaries
+from toy_text import make_events, write_demo_dictionaries
 from ehrxdiff_core.text.knowledge import read_knowledge
 from ehrxdiff_core.text.numeric import CLIP, FEATURES, item_statistics, numeric_features
 from ehrxdiff_core.text.stages import build_knowledge, build_rag_index, embed_events
@@ -230,7 +230,7 @@ def test_numeric_features_without_rag_keep_the_text_cache_key(corpus):
 
 
 def test_old_store_without_numeric_reads_with_features_off(tmp_path):
-    from ehrxdiff_core.models.toydata import write_world
+    from toy_world import write_world
 
     w = write_world(tmp_path, n_pairs=4, size=8, dim=8, max_len=3)
     r = EmbeddingReader(w["embeddings"])
@@ -240,7 +240,7 @@ def test_old_store_without_numeric_reads_with_features_off(tmp_path):
 
 
 def test_malformed_numeric_dataset_names_the_file(tmp_path):
-    from ehrxdiff_core.models.toydata import write_world
+    from toy_world import write_world
 
     w = write_world(tmp_path, n_pairs=4, size=8, dim=8, max_len=3)
     with h5py.File(w["embeddings"], "a") as f:
@@ -272,7 +272,7 @@ def test_clip_and_ldm_take_the_wider_input_and_refuse_another_width(tmp_path):
     from ehrxdiff_core.config import ClipConfig, LdmConfig, TrainLoop, VaeConfig
     from ehrxdiff_core.models import train_clip, train_ldm, train_vae
     from ehrxdiff_core.models.clip import ClipModel
-    from ehrxdiff_core.models.toydata import write_world
+    from toy_world import write_world
 
     me, dim = 4, 8
     loop = dict(steps=2, batch_size=4, checkpoint_every=2, log_every=1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ehrxdiff_core.config import TextConfig
-from ehrxdiff_core.text.demo import make_events, write_demo_dictionaries
+from toy_text import make_events, write_demo_dictionaries
 from ehrxdiff_core.text.stages import build_knowledge, build_rag_index, embed_events
 from ehrxdiff_core.text.store import EmbeddingReader
 
