@@ -86,7 +86,7 @@ def build_model(cfg, image_size: int, max_events: int, event_dim: int, smoke: bo
     vae_cfg = cheff_vae_config(image_size, ch=32, ch_mult=(1, 1, 1), num_res_blocks=1) if smoke else cheff_vae_config(image_size)
     vae = AutoencoderKL(**vae_cfg)
     clip = ClipModel(cfg.clip, event_dim, image_size)
-    model, _ = build_latent_diffusion(cfg.ldm, vae, clip, image_size, max_events)
+    model = build_latent_diffusion(cfg.ldm, vae, clip, image_size, max_events)
     return model
 
 

@@ -74,20 +74,20 @@ def _loss(model, batch, train=True):
 @pytest.mark.parametrize("mode,conditioning", [("masked", "hybrid"), ("paper", "hybrid"), ("paper", "crossattn")])
 def test_image_only_loss_ignores_every_event(mode, conditioning):
     batch = _batch()
-    only, _ = _tiny(True, mode, conditioning)
+    only = _tiny(True, mode, conditioning)
     base = _loss(only, batch)
     for name, other in _variants(batch).items():
         assert torch.equal(_loss(only, other), base), name  # bit-identical: no event reaches the model
     assert torch.equal(_loss(only, batch, train=False), _loss(only, _variants(batch)["none"], train=False))
-    full, _ = _tiny(False, mode, conditioning)
+    full = _tiny(False, mode, conditioning)
     assert not torch.equal(_loss(full, _variants(batch)["random"]), _loss(full, batch))  # the normal model reads them
 
 
 @pytest.mark.parametrize("mode", ["masked", "paper"])
 def test_image_only_unet_output_ignores_every_event(mode):
     batch = _batch()
-    only, _ = _tiny(True, mode)
-    full, _ = _tiny(False, mode)
+    only = _tiny(True, mode)
+    full = _tiny(False, mode)
     z = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.full((6,), 500)
 
@@ -110,8 +110,8 @@ def test_image_only_unet_output_ignores_every_event(mode):
 
 @pytest.mark.parametrize("mode", ["masked", "paper"])
 def test_same_architecture_and_parameter_count(mode):
-    only, spec_only = _tiny(True, mode)
-    full, spec_full = _tiny(False, mode)
+    only, full = _tiny(True, mode), _tiny(False, mode)
+    spec_only, spec_full = only.config, full.config
     assert sum(p.numel() for p in only.parameters()) == sum(p.numel() for p in full.parameters())
     so, sf = only.state_dict(), full.state_dict()
     assert so.keys() == sf.keys() and all(torch.equal(so[k], sf[k]) for k in so)  # same seed → same initial weights
@@ -121,11 +121,13 @@ def test_same_architecture_and_parameter_count(mode):
 def test_spec_round_trips_the_flag(tmp_path):
     vae_dir = tmp_path / "vae"
     for flag in (True, False):
-        model, spec = _tiny(flag)
+        model = _tiny(flag)
         model.vae.save_pretrained(vae_dir)
-        model.save(tmp_path / f"ldm_{flag}", spec)
+        model.save(tmp_path / f"ldm_{flag}")
         assert json.loads((tmp_path / f"ldm_{flag}" / "ldm_config.json").read_text())["mask_events"] is flag
-        assert load_ldm(tmp_path / f"ldm_{flag}", load_vae(vae_dir), use_ema=False).mask_events is flag
+        loaded = load_ldm(tmp_path / f"ldm_{flag}", load_vae(vae_dir), use_ema=False)
+        assert loaded.mask_events is flag
+        assert loaded.config == model.config  # the saved config is the model's own: it rebuilds the same model
     spec = json.loads((tmp_path / "ldm_False" / "ldm_config.json").read_text())
     del spec["mask_events"]  # a model saved before the switch existed is an ehrxdiff model
     (tmp_path / "ldm_False" / "ldm_config.json").write_text(json.dumps(spec))
@@ -133,7 +135,7 @@ def test_spec_round_trips_the_flag(tmp_path):
 
 
 def test_missing_events_for_conditioned_rows_is_an_error():
-    full, _ = _tiny(False)
+    full = _tiny(False)
     with pytest.raises(ValueError, match="event embeddings are missing"):
         _loss(full, _variants(_batch())["none"], train=False)
 
@@ -143,7 +145,7 @@ def test_missing_events_for_conditioned_rows_is_an_error():
 
 def test_guidance_branches_differ_only_by_the_events():
     """Unconditional = null events; the previous image's ViT and VAE tokens and the hybrid concat stay."""
-    full, _ = _tiny(False, "masked")
+    full = _tiny(False, "masked")
     batch = _batch()
     cfg = SampleConfig(guidance_scale=3.0)
     (ctx_c, attn_c, cat_c), (ctx_u, attn_u, cat_u) = condition_batch(full, batch, cfg)
@@ -156,8 +158,8 @@ def test_guidance_branches_differ_only_by_the_events():
 
 @pytest.mark.parametrize("mode", ["masked", "paper"])
 def test_guidance_is_a_no_op_for_the_image_only_model(mode):
-    only, _ = _tiny(True, mode)
-    full, _ = _tiny(False, mode)
+    only = _tiny(True, mode)
+    full = _tiny(False, mode)
     batch = _batch()
     z = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.full((6,), 300)

@@ -27,6 +27,8 @@ class FusionAdapter(nn.Module):
         if not (cfg.use_ehr or cfg.use_vit or cfg.use_vae):
             raise ValueError("ldm.adapter: at least one of use_ehr, use_vit, use_vae must be true")
         self.cfg, self.max_events = cfg, max_events
+        self.latent_shape, self.context_dim = tuple(latent_shape), context_dim
+        self.clip_spec = clip.spec()  # what rebuilds the CLIP encoders this adapter holds
         c, h, w = latent_shape
         n_tokens = 0
         if cfg.use_ehr:

@@ -141,15 +141,30 @@ class LatentDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, folder: str | Path, spec: dict) -> None:
-        """`unet/` (diffusers) + `adapter/model.safetensors` + `ldm_config.json` (everything to rebuild)."""
+    @property
+    def config(self) -> dict:
+        """Everything `load_ldm` needs to rebuild this model, read from the model itself (as a diffusers
+        model's config is its constructor's arguments): saved as `ldm_config.json`."""
+        _, h, _ = self.adapter.latent_shape
+        return {
+            "ldm": self.cfg.model_dump(mode="json"),
+            "clip_spec": self.adapter.clip_spec,
+            "latent_shape": list(self.adapter.latent_shape),
+            "max_events": self.adapter.max_events,
+            "image_size": h * 2 ** (len(self.vae.config.block_out_channels) - 1),
+            "scaling_factor": self.scale,
+            "mask_events": self.mask_events,
+        }
+
+    def save(self, folder: str | Path) -> None:
+        """`unet/` (diffusers) + `adapter/model.safetensors` + `ldm_config.json` (`config`: everything to rebuild)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         self.unet.save_pretrained(folder / "unet")
         (folder / "adapter").mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()}, folder / "adapter" / "model.safetensors")
-        (folder / "ldm_config.json").write_text(json.dumps(spec, indent=2))
+        (folder / "ldm_config.json").write_text(json.dumps(self.config, indent=2))
 
 
 def load_ldm(ldm_dir: str | Path, vae: AutoencoderKL, use_ema: bool) -> LatentDiffusion:

@@ -189,16 +189,13 @@ def train_clip(images_h5, embeddings_h5, triplets, cfg: ClipConfig, max_events: 
 
 
 def build_latent_diffusion(cfg: LdmConfig, vae, clip: ClipModel, image_size: int, max_events: int,
-                           mask_events: bool = False) -> tuple[LatentDiffusion, dict]:
-    """The U-Net + adapter for a given autoencoder and CLIP; returns the model and its rebuild spec."""
+                           mask_events: bool = False) -> LatentDiffusion:
+    """The U-Net + adapter for a given autoencoder and CLIP (its rebuild spec is the model's `config`)."""
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (vae.config.latent_channels, image_size // f, image_size // f)
     adapter = FusionAdapter(cfg.adapter, clip, latent_shape, cfg.cross_attention_dim, max_events)
     unet = build_unet(cfg, latent_shape[0], latent_shape[1])
-    model = LatentDiffusion(cfg, unet, adapter, vae, mask_events=mask_events)
-    spec = {"ldm": cfg.model_dump(mode="json"), "clip_spec": clip.spec(), "latent_shape": list(latent_shape),
-            "max_events": max_events, "image_size": image_size, "scaling_factor": model.scale, "mask_events": mask_events}
-    return model, spec
+    return LatentDiffusion(cfg, unet, adapter, vae, mask_events=mask_events)
 
 
 def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmConfig, max_events: int, out_dir,
@@ -224,7 +221,7 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
     data = PairBatches(pairs, images_h5, embeddings_h5 if with_events else None, max_events)
     cached = _prepare_data(data, image_cache_fraction, info)
     torch.manual_seed(cfg.train.seed)
-    model, spec = build_latent_diffusion(cfg, vae, clip, store.size, max_events, mask_events)
+    model = build_latent_diffusion(cfg, vae, clip, store.size, max_events, mask_events)
     if cfg.train.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     run_config = {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale}
@@ -240,7 +237,7 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
         def write(tmp: Path) -> None:
             from safetensors.torch import save_file
 
-            live.save(tmp, spec)
+            live.save(tmp)
             if res.ema is not None:
                 ema = res.ema_copy()
                 ema.unet.save_pretrained(tmp / "unet_ema")
