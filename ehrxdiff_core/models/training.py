@@ -189,6 +189,95 @@ def load_checkpoint(path: Path, config: dict, name: str) -> dict | None:
     return state
 
 
+def _make_ema(params: list[torch.nn.Parameter], loop: TrainLoop):
+    """diffusers' EMA of the trainable parameters when `train.ema_decay` is set, else None."""
+    if not loop.ema_decay:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=loop.ema_decay)
+
+
+def _resume(ckpt_path: Path, config: dict, name: str, model, opt, sched, ema, dev: torch.device) -> tuple[int, list[dict]] | None:
+    """Load `ckpt_path` into the model, optimiser, schedule, EMA and global RNGs when it was written for
+    `config`; returns (step, metrics so far), or None to start fresh."""
+    state = load_checkpoint(ckpt_path, config, name) if ckpt_path.exists() else None
+    if state is None:
+        return None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+        ema.to(dev)
+    _set_rng_state(state["rng"])
+    log.info("%s: resumed from %s at step %d", name, ckpt_path, state["step"])
+    return state["step"], [r for r in state["metrics"] if r["step"] < state["step"]]
+
+
+class _StopSignals(contextlib.AbstractContextManager):
+    """Turns SIGTERM / SIGUSR1 (a scheduler's preemption notice) into a flag the loop checks after each
+    step; the previous handlers come back on exit. Outside the main thread no handler can be set."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict = {}
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def __enter__(self) -> _StopSignals:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _checkpoint(work_dir: Path, model, ema, opt, sched, step: int, config: dict, metrics: list[dict],
+                info: DistInfo) -> None:
+    """Rank 0 writes `checkpoint.pt`, `metrics.csv` and `loss.png` into `work_dir`; every rank waits."""
+    if info.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(work_dir / "checkpoint.pt", model, ema, opt, sched, step, config, metrics)
+        write_metrics(metrics, work_dir / "metrics.csv", work_dir / "loss.png")
+    barrier(info)
+
+
+def _train_step(runner, batches, params, opt, sched, ema, loop: TrainLoop, info: DistInfo, step: int) -> dict:
+    """One optimiser step over `loop.grad_accum` micro-batches; returns its metrics row."""
+    dev = info.device
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    total, logs_sum = 0.0, {}
+    for micro in range(loop.grad_accum):
+        batch = to_device(next(batches), dev)
+        gen = step_generator(loop.seed, step, micro, info.rank, dev)
+        last_micro = micro == loop.grad_accum - 1 or not info.enabled  # DDP syncs gradients on the last only
+        no_sync = runner.no_sync() if (not last_micro and hasattr(runner, "no_sync")) else contextlib.nullcontext()
+        with no_sync, torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and loop.bf16):
+            loss, logs = runner(batch, gen)
+        (loss / loop.grad_accum).backward()
+        total += float(loss.detach()) / loop.grad_accum
+        for k, v in logs.items():
+            logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / loop.grad_accum
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.grad_clip)) if loop.grad_clip else None
+    opt.step()
+    sched.step()
+    if ema is not None:
+        ema.step(params)
+    row = {"step": step, "loss": total, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+    if grad_norm is not None:
+        row["grad_norm"] = grad_norm
+    row.update(logs_sum)
+    return row
+
+
 def run_training(
     model: torch.nn.Module,
     batch_fn: Callable[[int, int, int, int], dict],
@@ -204,8 +293,7 @@ def run_training(
     work_dir = Path(work_dir)
     ckpt_path = work_dir / "checkpoint.pt"
     dev = info.device
-    cuda = dev.type == "cuda"
-    if cuda:
+    if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model.to(dev)
@@ -214,97 +302,39 @@ def run_training(
     params = trainable_params(model)
     opt = torch.optim.AdamW(params, lr=loop.lr, betas=loop.betas, eps=loop.eps, weight_decay=loop.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(loop))
-    ema = None
-    if loop.ema_decay:
-        from diffusers.training_utils import EMAModel
+    ema = _make_ema(params, loop)
 
-        ema = EMAModel(params, decay=loop.ema_decay)
-
-    step, metrics = 0, []
-    state = load_checkpoint(ckpt_path, config, name) if ckpt_path.exists() else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if ema is not None and state["ema"] is not None:
-            ema.load_state_dict(state["ema"])
-            ema.to(dev)
-        _set_rng_state(state["rng"])
-        step, metrics = state["step"], [r for r in state["metrics"] if r["step"] < state["step"]]
-        log.info("%s: resumed from %s at step %d", name, ckpt_path, step)
-    else:  # a fresh start draws the same numbers whether or not an unusable checkpoint was there
+    resumed = _resume(ckpt_path, config, name, model, opt, sched, ema, dev)
+    if resumed is None:  # a fresh start draws the same numbers whether or not an unusable checkpoint was there
         torch.manual_seed(loop.seed + info.rank)
+    step, metrics = resumed or (0, [])
 
     runner = wrap(model, info)
     if loop.compile:
         runner = torch.compile(runner)
 
-    stop = {"flag": False}
-    old_handlers = {}
-
-    def _on_signal(signum, frame):  # noqa: ARG001
-        stop["flag"] = True
-
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        try:
-            old_handlers[sig] = signal.signal(sig, _on_signal)
-        except ValueError:  # not the main thread
-            pass
-
-    def checkpoint() -> None:
-        if info.is_main:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(ckpt_path, model, ema, opt, sched, step, config, metrics)
-            write_metrics(metrics, work_dir / "metrics.csv", work_dir / "loss.png")
-        barrier(info)
-
     last = loop.steps if stop_after is None else min(loop.steps, step + stop_after)
-    batches = _prefetch(batch_fn, step, last, loop, info)
-    bar = tqdm(total=loop.steps, initial=step, desc=name, disable=not info.is_main, mininterval=2.0)
-    try:
-        model.train()
-        while step < last:
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            total, logs_sum = 0.0, {}
-            for micro in range(loop.grad_accum):
-                batch = to_device(next(batches), dev)
-                gen = step_generator(loop.seed, step, micro, info.rank, dev)
-                sync = micro == loop.grad_accum - 1 or not info.enabled
-                ctx = runner.no_sync() if (not sync and hasattr(runner, "no_sync")) else contextlib.nullcontext()
-                with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and loop.bf16):
-                    loss, logs = runner(batch, gen)
-                (loss / loop.grad_accum).backward()
-                total += float(loss.detach()) / loop.grad_accum
-                for k, v in logs.items():
-                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / loop.grad_accum
-            grad_norm = None
-            if loop.grad_clip:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.grad_clip))
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.step(params)
-            row = {"step": step, "loss": total, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-            if grad_norm is not None:
-                row["grad_norm"] = grad_norm
-            row.update(logs_sum)
-            metrics.append(row)
-            step += 1
-            bar.update(1)
-            if info.is_main and step % loop.log_every == 0:
-                bar.set_postfix(loss=f"{total:.4f}")
-                log.info("%s step %d loss %.5f", name, step, total)
-            if any_flag(stop["flag"], info):
-                checkpoint()
-                log.warning("%s: signal received; checkpoint written at step %d, exiting", name, step)
-                raise Preempted()
-            if step % loop.checkpoint_every == 0 or step == last:
-                checkpoint()
-    finally:
-        bar.close()
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
+    # the handlers first: batch workers forked below inherit them, so a preemption notice sent to the
+    # whole job does not kill a worker before the checkpoint is written
+    with _StopSignals() as stop:
+        batches = _prefetch(batch_fn, step, last, loop, info)
+        bar = tqdm(total=loop.steps, initial=step, desc=name, disable=not info.is_main, mininterval=2.0)
+        with bar:
+            model.train()
+            while step < last:
+                row = _train_step(runner, batches, params, opt, sched, ema, loop, info, step)
+                metrics.append(row)
+                step += 1
+                bar.update(1)
+                if info.is_main and step % loop.log_every == 0:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    log.info("%s step %d loss %.5f", name, step, row["loss"])
+                if any_flag(stop.requested, info):
+                    _checkpoint(work_dir, model, ema, opt, sched, step, config, metrics, info)
+                    log.warning("%s: signal received; checkpoint written at step %d, exiting", name, step)
+                    raise Preempted()
+                if step % loop.checkpoint_every == 0 or step == last:
+                    _checkpoint(work_dir, model, ema, opt, sched, step, config, metrics, info)
     model.eval()
     return TrainResult(model=model, ema=ema, step=step, metrics=metrics, work_dir=work_dir)
 
