@@ -1,4 +1,4 @@
-"""Cohort rules (reference/ehrxdiff.md §2.3, §9) on tiny hand-made tables with known answers."""
+"""Cohort rules (the paper's pairing rules, README "Pipeline") on tiny hand-made tables with known answers."""
 
 from __future__ import annotations
 

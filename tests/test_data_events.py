@@ -1,4 +1,4 @@
-"""Events stage rules (reference/ehrxdiff.md §2.4–2.6) on tiny hand-made tables with known answers."""
+"""Events stage rules (the original's table filters, time window and event cap) on tiny hand-made tables with known answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ingest: CSV/CSV.GZ quirks of real MIMIC files → typed Parquet (reference/mimic_formats.md)."""
+"""Ingest: CSV/CSV.GZ quirks of real MIMIC files → typed Parquet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The synthetic world matches the PhysioNet formats (reference/mimic_formats.md §1.4, §2, §6)."""
+"""The synthetic world matches the PhysioNet formats (MIMIC-IV CSVs, MIMIC-CXR-JPG layout and metadata)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Generic input: MEDS event shards + an image manifest, turned into the tables the cohort and events
 stages read, so pairs are formed by the same cohort rules as for MIMIC.
 
-MEDS (reference/mimic_formats.md §5): parquet shards with `subject_id, time, code, numeric_value,
+MEDS (the Medical Event Data Standard): parquet shards with `subject_id, time, code, numeric_value,
 text_value` (+ optional `hadm_id`). Image manifest CSV: `subject_id, study_id, image_id, path,
 study_time, view`, optional CheXpert label columns (display or snake-case names; 1/0/-1/blank),
 optional `sex` (M/F) and `age`. Optional encounters CSV: `subject_id, hadm_id, start, end`; without

@@ -3,8 +3,9 @@
 Protocol ("cross-half"): the scored pairs are split into two halves A and B by patient. A method's
 distance is the mean of FD(method on A, real targets of B) and FD(method on B, real targets of A);
 the floor is FD(real targets of A, real targets of B). Both compare disjoint patients at the same
-sizes, so the floor is the value a perfect generator would get (FID's small-N bias is large,
-reference/evaluation.md §1.5); the `real_target` method scores exactly the floor.
+sizes, so the floor is the value a perfect generator would get (FID's bias at small N is large:
+hundreds of images per set leave a floor well above 0); the `real_target` method scores exactly
+the floor.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def feature_statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_from_stats(mu1, s1, mu2, s2) -> tuple[float, str]:
-    """pytorch-fid's Fréchet distance; the eigh form (evaluation.md §1.5) only if sqrtm goes complex."""
+    """pytorch-fid's Fréchet distance; the symmetric eigh form only if sqrtm goes complex."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # scipy 1.17 deprecates sqrtm(disp=)
         warnings.simplefilter("ignore", LinAlgWarning)  # singular covariances at N <= d: flagged in the result's note

@@ -1,7 +1,7 @@
 """Standard FID features: pytorch-fid's InceptionV3 (pool3, 2048-d) from a user-supplied weights file.
 
 The file is checked by its SHA-256 prefix before use, because a random-weights Inception gives FID ≈ 0
-on clearly different sets (reference/evaluation.md §1.5): nothing here ever falls back to random weights.
+on clearly different sets: nothing here ever falls back to random weights.
 """
 
 from __future__ import annotations

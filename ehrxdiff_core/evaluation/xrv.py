@@ -1,6 +1,6 @@
 """Optional XRV-FID features: torchxrayvision's DenseNet-121 (res224-all) from a user-supplied weights file.
 
-Used by the original EHRXDiff FID (reference/ehrxdiff.md §7.5). torchxrayvision is an optional extra;
+The original EHRXDiff computes its FID with these features. torchxrayvision is an optional extra;
 without it, or without `evaluate.xrv_weights`, the metric is recorded as not computed.
 """
 

@@ -1,6 +1,6 @@
 """Fusion adapter: event tokens + previous-image ViT tokens + per-channel VAE tokens → U-Net context.
 
-`mode: paper` (reference §6.2): tokens concatenated (max_events + ViT tokens + latent channels) and
+`mode: paper` (the original's fusion): tokens concatenated (max_events + ViT tokens + latent channels) and
 mixed by a Linear over the token axis to `context_tokens`; padded events are real inputs to that
 linear (as the original), null/no-event samples are all-zero tables with no padding. `mode: masked`:
 no token-axis linear; tokens are concatenated and padded events are hidden from cross-attention

@@ -1,5 +1,5 @@
 """CXR–EHR CLIP: a transformers `CLIPVisionModel` over the previous image and a tabular transformer
-over event embeddings, trained with symmetric InfoNCE and a learnable temperature (reference §4).
+over event embeddings, trained with symmetric InfoNCE and a learnable temperature, as the original EHRXDiff's CLIP.
 
 Faithful: ViT geometry (paper ViT-B/32 @256 = 65 tokens), CLS after ln_post without `visual.proj`,
 positional embeddings re-initialised when a pretrained ViT has another size, 2-layer post-LN

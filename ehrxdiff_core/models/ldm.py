@@ -1,4 +1,4 @@
-"""Latent diffusion: diffusers `UNet2DConditionModel` + fusion adapter + frozen autoencoder (reference §6).
+"""Latent diffusion: diffusers `UNet2DConditionModel` + fusion adapter + frozen autoencoder, as the original EHRXDiff.
 
 Faithful: scaled-linear β 0.0015→0.0295 (LDM's "linear" = diffusers `scaled_linear`), T = 1000,
 ε-prediction with plain MSE (`prediction_type: v_prediction` is an option), uniform timesteps, target = posterior sample × scale, adapter VAE

@@ -1,13 +1,13 @@
 """Real MIMIC-IV / MIMIC-CXR vocabulary the synthetic world uses (itemids, labels, categories, drugs).
 
 Kept in one place so the dictionaries (`d_items`, `d_labitems`) cover exactly the codes the event
-tables emit, and so each paper filter (reference/ehrxdiff.md §2.4) has both kept and dropped codes.
+tables emit, and so each of the original's table filters (`data/event_filters.py`) has both kept and dropped codes.
 No value here may contain a comma: the CSV writer does not quote (as in the PhysioNet files).
 """
 
 from __future__ import annotations
 
-# ----------------------------------------------------------------------------- column orders (§1.4, §2)
+# ------------------------------------------------------------- column orders (as the PhysioNet CSVs)
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "patients": ("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"),
