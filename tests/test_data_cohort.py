@@ -1,4 +1,4 @@
-"""Cohort rules (the paper's pairing rules, README "Pipeline") on tiny hand-made tables with known answers."""
+"""Cohort rules (the paper's pairing rules, the `cohort.*` settings) on tiny hand-made tables with known answers."""
 
 from __future__ import annotations
 
