@@ -5,14 +5,14 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import ClipConfig
 from ehrxdiff_core.models.launch import run_stage
+from ehrxdiff_core.models.stages import train_clip
 from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
 compute = compute_settings(snakemake.config)
 cfg = ClipConfig(**snakemake.params.clip)
 info = run_stage(  # clip.train.gpus > 1: torchrun over the job's GPUs
-    "train_clip",
-    cfg.train.gpus,
+    train_clip,
     images_h5=snakemake.input.images,
     embeddings_h5=snakemake.input.embeddings,
     triplets=snakemake.input.triplets,

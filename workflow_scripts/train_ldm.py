@@ -5,14 +5,14 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import LdmConfig
 from ehrxdiff_core.models.launch import run_stage
+from ehrxdiff_core.models.stages import train_ldm
 from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
 compute = compute_settings(snakemake.config)
 cfg = LdmConfig(**snakemake.params.ldm)
 info = run_stage(  # ldm.train.gpus > 1: torchrun over the job's GPUs
-    "train_ldm",
-    cfg.train.gpus,
+    train_ldm,
     images_h5=snakemake.input.images,
     embeddings_h5=snakemake.input.embeddings,
     triplets=snakemake.input.triplets,

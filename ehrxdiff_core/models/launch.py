@@ -12,35 +12,35 @@ Before starting the processes it checks `gpus` against the GPUs the job can see,
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+import typing
 from pathlib import Path
 
 import torch
 
-from ehrxdiff_core import config as config_module
-from ehrxdiff_core.config import ConfigError
-from ehrxdiff_core.models import stages
+from ehrxdiff_core.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
-# stage name -> (entry point, config class name of its `cfg` argument, its config section)
-STAGES = {
-    "train_vae": (stages.train_vae, "VaeConfig", "vae"),
-    "train_clip": (stages.train_clip, "ClipConfig", "clip"),
-    "train_ldm": (stages.train_ldm, "LdmConfig", "ldm"),
-}
+def config_key(cfg) -> str:
+    """The config section a stage's settings come from ('vae', 'clip', 'ldm'), read from the config model."""
+    for name, field in PipelineConfig.model_fields.items():
+        if field.annotation is type(cfg):
+            return name
+    raise TypeError(f"{type(cfg).__name__} is not a section of the pipeline config")
 
 
-def check_gpus(stage: str, gpus: int, device: str = "auto") -> None:
-    """Refuse `<model>.train.gpus` > 1 when this job cannot see that many CUDA devices."""
+def check_gpus(key: str, gpus: int, device: str = "auto") -> None:
+    """Refuse `<key>.train.gpus` > 1 when this job cannot see that many CUDA devices."""
     if gpus <= 1 or str(device) == "cpu":
         return
-    key = f"{STAGES[stage][2]}.train.gpus"
+    key = f"{key}.train.gpus"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     seen = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
     if str(device).startswith("mps"):
@@ -54,15 +54,17 @@ def check_gpus(stage: str, gpus: int, device: str = "auto") -> None:
                           f"{gpus} GPUs (the rule requests {key} of them) or set {key}: {n}")
 
 
-def _call(stage: str, kwargs: dict):
-    fn, cfg_class, _ = STAGES[stage]
+def _call(stage, kwargs: dict):
+    """Call `stage` with `kwargs` as JSON gives them back: the config section and the paths retyped from
+    the stage's own annotations."""
     kwargs = dict(kwargs)
+    hints = typing.get_type_hints(stage)
     if isinstance(kwargs["cfg"], dict):  # from the torchrun argument file
-        kwargs["cfg"] = getattr(config_module, cfg_class)(**kwargs["cfg"])
+        kwargs["cfg"] = hints["cfg"].model_validate(kwargs["cfg"])
     for key in ("images_h5", "embeddings_h5", "triplets", "vae_dir", "clip_dir", "out_dir", "work_dir"):
         if kwargs.get(key) is not None:
             kwargs[key] = Path(kwargs[key])
-    return fn(**kwargs)
+    return stage(**kwargs)
 
 
 def _job_streams() -> dict:
@@ -80,31 +82,37 @@ def _job_streams() -> dict:
     return streams
 
 
-def run_stage(stage: str, gpus: int, **kwargs):
-    """Call a training stage in this process, or under torchrun with `gpus` processes."""
+def run_stage(stage, **kwargs):
+    """Call the training stage function `stage` in this process, or under torchrun with `cfg.train.gpus`
+    processes (each process imports the same function, named by its module and name)."""
+    cfg = kwargs["cfg"]
+    gpus = cfg.train.gpus
     if gpus <= 1 or "LOCAL_RANK" in os.environ:
         return _call(stage, kwargs)
-    check_gpus(stage, gpus, kwargs.get("device", "auto"))
-    payload = {"stage": stage, "kwargs": {**kwargs, "cfg": kwargs["cfg"].model_dump(mode="json")}}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f".{stage}.", dir=".", delete=False) as f:
+    check_gpus(config_key(cfg), gpus, kwargs.get("device", "auto"))
+    name = stage.__name__
+    payload = {"module": stage.__module__, "function": name,
+               "kwargs": {**kwargs, "cfg": cfg.model_dump(mode="json")}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f".{name}.", dir=".", delete=False) as f:
         json.dump(payload, f, default=str)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
            "-m", "ehrxdiff_core.models.launch", f.name]
-    log.info("%s: %d processes: %s", stage, gpus, " ".join(cmd))
+    log.info("%s: %d processes: %s", name, gpus, " ".join(cmd))
     try:
         subprocess.run(cmd, check=True, **_job_streams())
     except subprocess.CalledProcessError as err:  # keep the preemption exit code for the retry
         raise SystemExit(err.returncode) from None
     finally:
         os.unlink(f.name)
-    return {"stage": stage, "processes": gpus}
+    return {"stage": name, "processes": gpus}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     payload = json.loads(Path(argv[0]).read_text())
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(name)s: %(message)s")
-    _call(payload["stage"], payload["kwargs"])
+    stage = getattr(importlib.import_module(payload["module"]), payload["function"])
+    _call(stage, payload["kwargs"])
     return 0
 
 
