@@ -63,7 +63,9 @@ def generate(out: Path, patients: int, rate: float | None, seed: int) -> Path:
 def ingest_all(syn: Path, ehr: Path, duck) -> tuple[dict[str, int], float]:
     """Ingest the 14 tables once per scale (timed; the timing is kept beside the Parquet files for reruns)."""
     from ehrxdiff_core.config import DataConfig
-    from ehrxdiff_core.data.stages import TABLE_NAMES, ingest, source_path
+    from ehrxdiff_core.data.ingest import ingest_table
+    from ehrxdiff_core.data.sources import source_path
+    from ehrxdiff_core.data.tables import TABLE_NAMES
 
     record = ehr / "_ingest.json"
     if record.exists():
@@ -71,7 +73,7 @@ def ingest_all(syn: Path, ehr: Path, duck) -> tuple[dict[str, int], float]:
         print(f"  ingest (DuckDB, 14 tables): cached ({saved['seconds']:.1f} s when run)", flush=True)
         return saved["rows"], saved["seconds"]
     t0 = time.perf_counter()
-    rows = {t: ingest(t, source_path(t, DataConfig(), syn), ehr / f"{t}.parquet", duck) for t in TABLE_NAMES}
+    rows = {t: ingest_table(t, source_path(t, DataConfig(), syn), ehr / f"{t}.parquet", duck) for t in TABLE_NAMES}
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"rows": rows, "seconds": seconds}))
     print(f"  ingest (DuckDB, 14 tables): {seconds:.1f} s", flush=True)
@@ -114,7 +116,8 @@ def peak_rss_mb() -> float:
 
 def engine_duckdb(ehr: Path, work: Path, duck, max_events: int) -> dict:
     from ehrxdiff_core.config import CohortConfig, EventsConfig
-    from ehrxdiff_core.data.stages import build_cohort, build_events
+    from ehrxdiff_core.data.cohort import build_cohort
+    from ehrxdiff_core.data.events import build_events
 
     t0 = time.perf_counter()
     c = build_cohort(ehr, CohortConfig(), duck, work / "cohort/images.parquet", work / "cohort/triplets.parquet")
@@ -147,7 +150,7 @@ def csv_reader(world: Path):
     import pandas as pd
 
     from ehrxdiff_core.config import DataConfig
-    from ehrxdiff_core.data.stages import source_path
+    from ehrxdiff_core.data.sources import source_path
     from ehrxdiff_core.data.tables import TABLES
 
     def rd(name: str) -> pd.DataFrame:

@@ -27,13 +27,16 @@ from data_stage import FULL_MIMIC, peak_rss_mb  # bench/ is on sys.path when thi
 def child(args) -> dict:
     """One stage in this (child) process; prints its JSON result."""
     from ehrxdiff_core.config import CohortConfig, DataConfig, DuckDBSettings, EventsConfig
-    from ehrxdiff_core.data.stages import build_cohort, build_events, ingest, source_path
+    from ehrxdiff_core.data.cohort import build_cohort
+    from ehrxdiff_core.data.events import build_events
+    from ehrxdiff_core.data.ingest import ingest_table
+    from ehrxdiff_core.data.sources import source_path
 
     duck = DuckDBSettings(memory_limit=args.memory_limit, threads=args.threads, temp_dir=str(args.out / "duckdb_tmp"))
     ehr, stage = args.out / "ehr", args._stage
     if stage.startswith("ingest:"):
         table = stage.split(":", 1)[1]
-        rows = ingest(table, source_path(table, DataConfig(), args.world), ehr / f"{table}.parquet", duck)
+        rows = ingest_table(table, source_path(table, DataConfig(), args.world), ehr / f"{table}.parquet", duck)
         return {"rows": rows}
     if stage == "cohort":
         c = build_cohort(ehr, CohortConfig(), duck, args.out / "cohort/images.parquet", args.out / "cohort/triplets.parquet")
@@ -84,7 +87,7 @@ def main() -> None:
         print(json.dumps({**res, "peak_rss_mb": peak_rss_mb()}))
         return
 
-    from ehrxdiff_core.data.stages import TABLE_NAMES
+    from ehrxdiff_core.data.tables import TABLE_NAMES
 
     if args.generate:
         print(f"synthesize: {generate(args.world, args.lab_rate):.0f} s", flush=True)

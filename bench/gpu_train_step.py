@@ -37,7 +37,7 @@ import yaml
 
 from ehrxdiff_core.config import load_config
 from ehrxdiff_core.models.clip import ClipModel
-from ehrxdiff_core.models.stages import build_latent_diffusion
+from ehrxdiff_core.models.train_ldm import build_latent_diffusion
 from ehrxdiff_core.models.training import trainable_params
 from ehrxdiff_core.models.vae import cheff_vae_config, encode_gray
 

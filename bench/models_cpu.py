@@ -23,7 +23,10 @@ import torch
 from PIL import Image
 
 from ehrxdiff_core.config import ClipConfig, LdmConfig, SampleConfig, VaeConfig
-from ehrxdiff_core.models import sample, train_clip, train_ldm, train_vae
+from ehrxdiff_core.models.sample import sample
+from ehrxdiff_core.models.train_clip import train_clip
+from ehrxdiff_core.models.train_ldm import train_ldm
+from ehrxdiff_core.models.train_vae import train_vae
 from toy_world import write_world
 
 

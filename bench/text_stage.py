@@ -31,7 +31,11 @@ PAPER_EVENTS, PAPER_DIM = 1024, 1536
 def synthetic_inputs(work: Path, patients: int, seed: int, max_events: int) -> dict:
     """Synthetic world -> ingest -> cohort -> events, with the project's own stages (no images needed)."""
     from ehrxdiff_core.config import CohortConfig, DataConfig, DuckDBSettings, EventsConfig, SyntheticConfig
-    from ehrxdiff_core.data.stages import TABLE_NAMES, build_cohort, build_events, ingest, source_path
+    from ehrxdiff_core.data.cohort import build_cohort
+    from ehrxdiff_core.data.events import build_events
+    from ehrxdiff_core.data.ingest import ingest_table
+    from ehrxdiff_core.data.sources import source_path
+    from ehrxdiff_core.data.tables import TABLE_NAMES
     from ehrxdiff_core.synthetic import write_world
 
     syn, ehr = work / "synthetic", work / "ehr"
@@ -44,7 +48,7 @@ def synthetic_inputs(work: Path, patients: int, seed: int, max_events: int) -> d
     duck = DuckDBSettings()
     for t in TABLE_NAMES:
         if not (ehr / f"{t}.parquet").exists():
-            ingest(t, source_path(t, DataConfig(), syn), ehr / f"{t}.parquet", duck)
+            ingest_table(t, source_path(t, DataConfig(), syn), ehr / f"{t}.parquet", duck)
     if not (work / "events/triplets.parquet").exists():
         build_cohort(ehr, CohortConfig(), duck, work / "cohort/images.parquet", work / "cohort/triplets.parquet")
         build_events(ehr, work / "cohort/triplets.parquet", EventsConfig(max_events=max_events), duck,
@@ -102,7 +106,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from ehrxdiff_core.config import TextConfig
     from ehrxdiff_core.text.encoders import load_encoder
-    from ehrxdiff_core.text.stages import build_knowledge, build_rag_index, embed_events
+    from ehrxdiff_core.text.knowledge import build_knowledge
+    from ehrxdiff_core.text.index import build_rag_index
+    from ehrxdiff_core.text.embed import embed_events
 
     work = args.out
     work.mkdir(parents=True, exist_ok=True)

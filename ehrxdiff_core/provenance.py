@@ -1,9 +1,10 @@
 """Which library source files a stage's output depends on.
 
-Snakemake's `code` rerun trigger sees only a rule's script, not the library it imports. Rules
-therefore list the source files of their stage as inputs: the entry modules plus everything they
-import from `ehrxdiff_core`, transitively, so editing one stage's module reruns that stage and
-what is downstream of it, and nothing else.
+Snakemake's `code` rerun trigger sees only a rule's script, not the library it imports. Each rule's
+script imports its stage from one library module (`workflow_scripts/train_vae.py` from
+`ehrxdiff_core.models.train_vae`, ...); `script_sources` follows those imports, transitively, and the
+rule lists the files found as inputs. Editing a stage's module, or one it imports, reruns that stage
+and what is downstream of it, and nothing else; nobody keeps a list by hand.
 """
 
 from __future__ import annotations
@@ -86,14 +87,27 @@ def _direct_imports(path: Path) -> frozenset[str]:
     return frozenset(m for m in found if _module_file(m) is not None)
 
 
-def stage_sources(*entries: str) -> list[str]:
-    """Source files (absolute paths) of the entry modules, e.g. 'data/cohort.py', and their imports."""
-    todo, seen = [], set()
-    for entry in entries:
-        path = ROOT / entry
-        if not path.exists():
-            raise FileNotFoundError(f"no library module {path}")
-        todo.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+def script_sources(script: str | Path) -> list[str]:
+    """Library source files (absolute paths) a workflow script depends on: the `ehrxdiff_core` modules
+    it imports and theirs, transitively (config and runlog excepted: see `IGNORED`)."""
+    script = Path(script)
+    if not script.is_file():
+        raise FileNotFoundError(f"no workflow script {script}")
+    found = set()
+    for node in ast.walk(_import_statements(script.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith(PACKAGE))
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith(PACKAGE):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    modules = sorted(m for m in found if m not in IGNORED and _module_file(m) is not None)
+    if not modules:
+        raise ValueError(f"{script}: imports no ehrxdiff_core module (a stage script calls one library module)")
+    return _closure([_module_file(m) for m in modules])
+
+
+def _closure(todo: list[Path]) -> list[str]:
+    seen: set[str] = set()
     files = set()
     while todo:
         path = todo.pop().resolve()

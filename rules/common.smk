@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from ehrxdiff_core.config import ConfigError, load_config, section
-from ehrxdiff_core.provenance import stage_sources
+from ehrxdiff_core.provenance import script_sources
 
 try:
     CFG = load_config(config)
@@ -15,11 +15,15 @@ except ConfigError as err:
 
 RESULTS = "results"
 LIB = Path(workflow.basedir) / "ehrxdiff_core"
+SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
+GLOSSARY = str(LIB / "resources/glossary.csv")  # data the text stages read beside their code
 SYNTH = f"{RESULTS}/synthetic"
 
 from ehrxdiff_core.data.events import MEDS_EVENTS
 from ehrxdiff_core.data.meds import ID_MAP as MEDS_ID_MAP, MEDS_TABLES
-from ehrxdiff_core.data.stages import TABLE_NAMES, cxr_root, image_inventory_hash, source_path
+from ehrxdiff_core.data.images import image_inventory_hash
+from ehrxdiff_core.data.sources import cxr_root, source_path
+from ehrxdiff_core.data.tables import TABLE_NAMES
 
 
 wildcard_constraints:
@@ -33,10 +37,11 @@ def sec(dotted):
     return section(CFG, dotted)
 
 
-def code(*modules):
-    """Library source files a rule's output depends on (the modules and their imports, transitively):
-    editing one reruns that stage and downstream."""
-    return stage_sources(*modules)
+def code(script):
+    """Library source files the output of the rule running `workflow_scripts/<script>.py` depends on:
+    the library modules that script imports, and their imports, transitively (found by reading the
+    imports, no list kept by hand). Editing one reruns that rule and what is downstream of it."""
+    return script_sources(SCRIPTS / f"{script}.py")
 
 
 def params_hash(*values):

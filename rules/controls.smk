@@ -3,15 +3,13 @@
 # quality gate (the evaluator on real validation images vs their reconstructions).
 # Layout and figures: docs/controls.md.
 
-CONTROLS = code("evaluation/controls.py")
-
 
 rule control_previous_vae:
     input:
         images=IMAGES_H5,
         triplets=EVENTS_TRIPLETS,
         vae=rules.train_vae.output.model,
-        code=CONTROLS,
+        code=code("control_previous_vae"),
     output:
         samples=directory(f"{RESULTS}/samples/previous_vae/{{split}}"),
     log:
@@ -34,7 +32,7 @@ rule control_previous_blur:
         images=IMAGES_H5,
         triplets=EVENTS_TRIPLETS,
         samples=f"{RESULTS}/samples/{{split}}",
-        code=CONTROLS,
+        code=code("control_previous_blur"),
     output:
         samples=directory(f"{RESULTS}/samples/previous_blur/{{split}}"),
     log:
@@ -57,7 +55,7 @@ rule vae_quality:
         cohort=rules.cohort.output.images,
         vae=rules.train_vae.output.model,
         evaluator=f"{RESULTS}/eval/evaluator",  # train_evaluator's output (evaluate.smk is included later)
-        code=CONTROLS,
+        code=code("vae_quality"),
     output:
         json=f"{RESULTS}/eval/vae_quality.json",
     log:

@@ -5,7 +5,7 @@ if CFG.data.source == "synthetic":
 
     rule synthesize:
         input:
-            code=code("synthetic"),
+            code=code("synthesize"),
         output:
             tables=[str(source_path(t, CFG.data, Path(SYNTH))) for t in TABLE_NAMES],
             truth=f"{SYNTH}/truth.parquet",
@@ -34,7 +34,7 @@ if CFG.data.source == "meds":
             data=CFG.data.meds.data_dir,
             manifest=CFG.data.meds.image_manifest,
             encounters=[CFG.data.meds.encounters] if CFG.data.meds.encounters else [],
-            code=code("data/meds.py"),
+            code=code("meds_ingest"),
         output:
             tables=[ehr(t) for t in MEDS_TABLES],
             id_map=ehr(MEDS_ID_MAP),  # string subject/study/encounter ids -> the integers used downstream
@@ -60,7 +60,7 @@ else:
     rule ingest:
         input:
             src=ingest_source,
-            code=code("data/ingest.py"),
+            code=code("ingest"),
         output:
             f"{RESULTS}/ehr/{{table}}.parquet",
         log:
@@ -85,7 +85,7 @@ rule cohort:
         admissions=ehr("admissions"),
         metadata=ehr("cxr_metadata"),
         chexpert=ehr("cxr_chexpert"),
-        code=code("data/cohort.py", "data/split.py"),
+        code=code("cohort"),
     output:
         images=f"{RESULTS}/cohort/images.parquet",
         triplets=f"{RESULTS}/cohort/triplets.parquet",
@@ -112,7 +112,7 @@ rule images:
     input:
         images=rules.cohort.output.images,
         jpgs=synthetic_jpgs(),
-        code=code("data/images.py"),
+        code=code("images"),
     output:
         h5=f"{RESULTS}/images/cxr_{{size}}.h5",
     log:
@@ -139,7 +139,7 @@ rule events:
         tables=event_tables(),
         d_items=ehr("d_items"),
         d_labitems=ehr("d_labitems"),
-        code=code("data/events.py"),
+        code=code("events"),
     output:
         events=f"{RESULTS}/events/events.parquet",
         triplets=EVENTS_TRIPLETS,

@@ -1,17 +1,12 @@
 # Evaluation: an evaluator trained on real images scores generated images (medical and
 # demographic preservation, Frechet distance) beside the previous-image baseline; HTML report.
 
-# the entry points' own file (listed without its imports, which are every evaluation module) and the
-# helpers it shares with the controls
-EVAL_STAGES = [str(LIB / "evaluation/stages.py"), *code("evaluation/common.py")]
-
-
 rule train_evaluator:
     input:
         images=IMAGES_H5,
         cohort=rules.cohort.output.images,
         truth=[f"{SYNTH}/truth.parquet"] if CFG.data.source == "synthetic" else [],
-        code=code("evaluation/evaluator_training.py") + EVAL_STAGES,
+        code=code("train_evaluator"),
     output:
         model=directory(f"{RESULTS}/eval/evaluator"),
     log:
@@ -49,18 +44,7 @@ rule evaluate:
         triplets=EVENTS_TRIPLETS,
         evaluator=rules.train_evaluator.output.model,
         truth=[f"{SYNTH}/truth.parquet"] if CFG.data.source == "synthetic" else [],
-        code=EVAL_STAGES
-        + code(
-            "evaluation/metrics.py",
-            "evaluation/comparisons.py",
-            "evaluation/truth.py",
-            "evaluation/schema.py",
-            "evaluation/frechet.py",
-            "evaluation/inception.py",
-            "evaluation/xrv.py",
-            "evaluation/inputs.py",
-            "evaluation/evaluator.py",
-        ),
+        code=code("evaluate"),
     output:
         metrics=f"{RESULTS}/eval/metrics.json",
     log:
@@ -99,7 +83,7 @@ rule report:
             rules.train_ldm.output.model,
             rules.train_evaluator.output.model,
         ],
-        code=code("evaluation/report.py", "evaluation/plots.py", "evaluation/schema.py"),
+        code=code("report"),
     output:
         html=report(
             f"{RESULTS}/eval/report.html",

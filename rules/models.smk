@@ -2,15 +2,11 @@
 # Training jobs keep a resumable work folder next to the output (named by a hash of their
 # params), so a preempted or failed job resumes on retry instead of starting over.
 
-# the entry points' own file (its imports are the other stages' modules, so it is listed alone)
-MODEL_STAGES = [str(LIB / "models/stages.py"), str(LIB / "models/launch.py")]
-
-
 rule train_vae:
     input:
         images=IMAGES_H5,
         triplets=EVENTS_TRIPLETS,
-        code=code("models/vae.py", "models/training.py", "models/datasets.py") + MODEL_STAGES,
+        code=code("train_vae"),
     output:
         model=directory(f"{RESULTS}/models/vae"),
     log:
@@ -36,7 +32,7 @@ rule train_clip:
         images=IMAGES_H5,
         embeddings=rules.embed.output.h5,
         triplets=EVENTS_TRIPLETS,
-        code=code("models/clip.py", "models/training.py", "models/datasets.py") + MODEL_STAGES,
+        code=code("train_clip"),
     output:
         model=directory(f"{RESULTS}/models/clip"),
     log:
@@ -65,7 +61,7 @@ rule train_ldm:
         triplets=EVENTS_TRIPLETS,
         vae=rules.train_vae.output.model,
         clip=rules.train_clip.output.model,
-        code=code("models/ldm.py", "models/training.py", "models/datasets.py") + MODEL_STAGES,
+        code=code("train_ldm"),
     output:
         model=directory(f"{RESULTS}/models/ldm"),
     log:
@@ -109,7 +105,7 @@ rule sample:
         triplets=EVENTS_TRIPLETS,
         vae=rules.train_vae.output.model,
         ldm=rules.train_ldm.output.model,
-        code=code("models/sampling.py", "models/datasets.py") + MODEL_STAGES,
+        code=code("sample"),
     output:
         samples=directory(f"{RESULTS}/samples/{{split}}"),
     log:
@@ -137,7 +133,7 @@ use rule sample as sample_image_only with:
         triplets=EVENTS_TRIPLETS,
         vae=rules.train_vae.output.model,
         ldm=rules.train_ldm_image_only.output.model,
-        code=code("models/sampling.py", "models/datasets.py") + MODEL_STAGES,
+        code=code("sample"),
     output:
         samples=directory(f"{RESULTS}/samples/image_only/{{split}}"),
     log:

@@ -5,7 +5,7 @@ rule knowledge:
     input:
         d_items=ehr("d_items"),
         d_labitems=ehr("d_labitems"),
-        code=code("text/knowledge.py") + [str(LIB / "resources/glossary.csv")],
+        code=code("knowledge") + [GLOSSARY],
     output:
         knowledge=f"{RESULTS}/rag/knowledge.parquet",
     log:
@@ -23,7 +23,7 @@ rule knowledge:
 rule rag_index:
     input:
         knowledge=rules.knowledge.output.knowledge,
-        code=code("text/index.py", "text/encoders.py", "text/knowledge.py"),
+        code=code("rag_index"),
     output:
         index=f"{RESULTS}/rag/index.faiss",
         sidecar=f"{RESULTS}/rag/index.faiss.json",
@@ -51,7 +51,7 @@ rule embed:
         knowledge=rules.knowledge.output.knowledge,
         index=rules.rag_index.output.index,
         sidecar=rules.rag_index.output.sidecar,
-        code=code("text/stages.py") + [str(LIB / "resources/glossary.csv")],
+        code=code("embed") + [GLOSSARY],
     output:
         h5=f"{RESULTS}/embeddings/events.h5",
     log:

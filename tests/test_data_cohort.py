@@ -11,7 +11,7 @@ import pytest
 
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings, SplitConfig
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.data.stages import build_cohort
+from ehrxdiff_core.data.cohort import build_cohort
 from ehrxdiff_core.labels import LABEL_COLUMNS
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)

@@ -10,7 +10,7 @@ import pytest
 
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.data.stages import build_events
+from ehrxdiff_core.data.events import build_events
 from ehrxdiff_core.data.tables import TABLES
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)

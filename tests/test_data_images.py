@@ -15,7 +15,7 @@ from PIL import Image
 from ehrxdiff_core.config import ConfigError, ImagesConfig, load_config
 from ehrxdiff_core.data import DataError
 from ehrxdiff_core.data.images import ImageStore, load_resized, to_gray8
-from ehrxdiff_core.data.stages import build_image_store
+from ehrxdiff_core.data.images import build_image_store
 
 
 def make_images(tmp_path, n=6, corrupt=(), missing=()):

@@ -12,7 +12,9 @@ import pytest
 
 from ehrxdiff_core.config import DataConfig, DuckDBSettings, MimicSource
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.data.stages import TABLE_NAMES, cxr_root, ingest, source_path
+from ehrxdiff_core.data.ingest import ingest_table
+from ehrxdiff_core.data.sources import cxr_root, source_path
+from ehrxdiff_core.data.tables import TABLE_NAMES
 
 DUCK = DuckDBSettings(memory_limit="256MB", threads=1)
 
@@ -40,7 +42,7 @@ dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows
 def test_cxr_metadata_study_time_and_extra_columns(tmp_path, gz):
     src = write_csv(tmp_path / ("m.csv.gz" if gz else "m.csv"), METADATA, gz)
     out = tmp_path / "ehr" / "cxr_metadata.parquet"
-    assert ingest("cxr_metadata", src, out, DUCK) == 3
+    assert ingest_table("cxr_metadata", src, out, DUCK) == 3
     t = pq.read_table(out)
     assert t.column_names == ["dicom_id", "subject_id", "study_id", "viewposition", "study_time"]
     rows = t.to_pylist()
@@ -60,7 +62,7 @@ SUBJECT_ID,HADM_ID,STAY_ID,CAREGIVER_ID,CHARTTIME,STORETIME,ITEMID,VALUE,VALUENU
 """
     src = write_csv(tmp_path / "icu" / "chartevents.csv.gz", csv, gz=True)
     out = tmp_path / "chartevents.parquet"
-    assert ingest("chartevents", src, out, DUCK) == 2
+    assert ingest_table("chartevents", src, out, DUCK) == 2
     t = pq.read_table(out)
     assert t.column_names == ["hadm_id", "charttime", "itemid", "value", "valuenum", "valueuom", "warning"]
     rows = t.to_pylist()
@@ -76,7 +78,7 @@ def test_chexpert_labels_renamed_snake_case(tmp_path):
               "Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices")  # fmt: skip
     src = write_csv(tmp_path / "c.csv", header + "\n10000032,50414267,,1.0,,-1.0,,,,,,0.0,,,,\n", gz=False)
     out = tmp_path / "cxr_chexpert.parquet"
-    ingest("cxr_chexpert", src, out, DUCK)
+    ingest_table("cxr_chexpert", src, out, DUCK)
     (row,) = pq.read_table(out).to_pylist()
     assert row["cardiomegaly"] == 1.0 and row["edema"] == -1.0 and row["pleural_effusion"] == 0.0
     assert row["atelectasis"] is None and "support_devices" in row
@@ -87,7 +89,7 @@ def test_missing_column_error_names_table_file_column_and_layout(tmp_path):
     src = write_csv(tmp_path / "admissions.csv.gz", csv, gz=True)
     out = tmp_path / "ehr" / "admissions.parquet"
     with pytest.raises(DataError) as err:
-        ingest("admissions", src, out, DUCK)
+        ingest_table("admissions", src, out, DUCK)
     msg = str(err.value)
     assert "table admissions" in msg and str(src) in msg and "admittime" in msg
     assert "mimiciv/hosp/admissions.csv.gz" in msg and "subject_id, hadm_id, admittime" in msg
@@ -96,14 +98,14 @@ def test_missing_column_error_names_table_file_column_and_layout(tmp_path):
 
 def test_missing_file_error(tmp_path):
     with pytest.raises(DataError, match=r"table labevents: file not found: .*nothere.csv.gz.*mimiciv/hosp/labevents"):
-        ingest("labevents", tmp_path / "nothere.csv.gz", tmp_path / "x.parquet", DUCK)
+        ingest_table("labevents", tmp_path / "nothere.csv.gz", tmp_path / "x.parquet", DUCK)
     assert not (tmp_path / "x.parquet").exists()
 
 
 def test_bad_value_error_and_no_file(tmp_path):
     src = write_csv(tmp_path / "patients.csv", "subject_id,gender,anchor_age,anchor_year\nabc,F,20,2150\n", gz=False)
     with pytest.raises(DataError, match="table patients: bad value"):
-        ingest("patients", src, tmp_path / "p.parquet", DUCK)
+        ingest_table("patients", src, tmp_path / "p.parquet", DUCK)
     assert not (tmp_path / "p.parquet").exists()
 
 

@@ -9,7 +9,7 @@ import pytest
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings, MedsSource
 from ehrxdiff_core.data import DataError
 from ehrxdiff_core.data.meds import ID_MAP, meds_to_tables
-from ehrxdiff_core.data.stages import build_cohort
+from ehrxdiff_core.data.cohort import build_cohort
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)
 

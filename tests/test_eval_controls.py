@@ -30,7 +30,7 @@ from ehrxdiff_core.evaluation.controls import (
 from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, predict, save_evaluator
 from ehrxdiff_core.evaluation.inputs import InputError, label_matrix, read_manifest
 from ehrxdiff_core.labels import EVAL_LABELS
-from ehrxdiff_core.models.stages import load_vae
+from ehrxdiff_core.models.vae import load_vae
 from ehrxdiff_core.models.vae import build_vae
 
 from test_eval_stages import SIZE, build_world

@@ -12,7 +12,7 @@ from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, load_evaluator, pre
 from ehrxdiff_core.evaluation.evaluator_training import augment, masked_losses, train_loop
 from ehrxdiff_core.evaluation.inputs import InputError
 from ehrxdiff_core.evaluation.metrics import auroc
-from ehrxdiff_core.evaluation.stages import train_evaluator
+from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 from ehrxdiff_core.labels import EVAL_LABELS
 
 from test_eval_stages import LEARNABLE, build_world, render

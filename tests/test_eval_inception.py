@@ -11,7 +11,7 @@ import torch
 from ehrxdiff_core.config import EvaluateConfig
 from ehrxdiff_core.evaluation import inception
 from ehrxdiff_core.evaluation.inception import WeightsError, inception_features, load_fid_inception, sha256_of
-from ehrxdiff_core.evaluation.stages import evaluate
+from ehrxdiff_core.evaluation.evaluate import evaluate
 
 torch.set_num_threads(1)
 
@@ -76,7 +76,7 @@ def test_right_hash_and_layout_give_2048_features(standin):
 def test_evaluate_records_inception_fid_when_weights_given(standin, tmp_path, monkeypatch):
     from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
 
-    from ehrxdiff_core.evaluation.stages import train_evaluator
+    from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 
     world = build_world(tmp_path, n_subjects=20)
     train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(steps=20), tmp_path / "ev", device="cpu")

@@ -10,7 +10,8 @@ import torch
 
 from ehrxdiff_core.config import EvaluateConfig, PipelineConfig
 from ehrxdiff_core.evaluation.report import SECTIONS, build_report, write_report_caption
-from ehrxdiff_core.evaluation.stages import evaluate, train_evaluator
+from ehrxdiff_core.evaluation.evaluate import evaluate
+from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 
 from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
 

@@ -15,7 +15,8 @@ from PIL import Image
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig, TrainLoop
 from ehrxdiff_core.evaluation.schema import read_metrics
 from ehrxdiff_core.evaluation.inputs import InputError
-from ehrxdiff_core.evaluation.stages import evaluate, train_evaluator
+from ehrxdiff_core.evaluation.evaluate import evaluate
+from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 from ehrxdiff_core.labels import EVAL_LABELS, LABEL_COLUMNS
 
 torch.set_num_threads(1)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from ehrxdiff_core.config import ConfigError, TrainLoop, VaeConfig, load_config
-from ehrxdiff_core.models import datasets, train_vae
+from ehrxdiff_core.models import datasets
+from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.models.datasets import PairBatches, cgroup_memory_limits, image_cache_budget, memory_limit_bytes
 from toy_world import write_world
 

@@ -10,11 +10,15 @@ import torch
 from PIL import Image
 
 from ehrxdiff_core.config import AdapterConfig, ClipConfig, LdmConfig, PipelineConfig, SampleConfig, TrainLoop, VaeConfig, load_config
-from ehrxdiff_core.models import sample, train_clip, train_ldm, train_vae
+from ehrxdiff_core.models.sample import sample
+from ehrxdiff_core.models.train_clip import train_clip
+from ehrxdiff_core.models.train_ldm import train_ldm
+from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.ldm import load_ldm
 from ehrxdiff_core.models.sampling import condition_batch, sample_batch
-from ehrxdiff_core.models.stages import build_latent_diffusion, load_vae
+from ehrxdiff_core.models.train_ldm import build_latent_diffusion
+from ehrxdiff_core.models.vae import load_vae
 from toy_world import write_world
 from ehrxdiff_core.models.vae import build_vae, estimate_scale
 

@@ -9,7 +9,9 @@ import torch
 
 from ehrxdiff_core.config import ClipConfig, ConfigError, LdmConfig, TrainLoop, VaeConfig
 from ehrxdiff_core.models.launch import check_gpus, config_key, run_stage
-from ehrxdiff_core.models.stages import train_clip, train_ldm, train_vae
+from ehrxdiff_core.models.train_clip import train_clip
+from ehrxdiff_core.models.train_ldm import train_ldm
+from ehrxdiff_core.models.train_vae import train_vae
 from toy_world import write_world
 
 torch.set_num_threads(1)

@@ -11,12 +11,13 @@ import torch
 import yaml
 
 from ehrxdiff_core.config import ClipConfig, ConfigError, TrainLoop, VaeConfig, _deep_merge, load_config
-from ehrxdiff_core.models import train_clip, train_vae
+from ehrxdiff_core.models.train_clip import train_clip
+from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.models.adapter import FusionAdapter
 from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.datasets import load_pairs, open_image_store, to_unit_range
 from ehrxdiff_core.models.ldm import build_unet
-from ehrxdiff_core.models.stages import load_vae
+from ehrxdiff_core.models.vae import load_vae
 from toy_world import write_world
 from ehrxdiff_core.models.vae import CHEFF_SCALE, cheff_vae_config, estimate_scale
 
@@ -146,12 +147,12 @@ def test_stage_refuses_a_fixed_scale_without_an_import(tiny_world, tmp_path):
 @pytest.mark.parametrize("broken", ["copy", "link"])
 def test_publishing_links_the_checkpoint_instead_of_copying_it(tiny_world, tmp_path, monkeypatch, broken):
     """The paper LDM's checkpoint.pt is ~8 GB: published by a hard link, by a copy only across filesystems."""
-    from ehrxdiff_core.models import stages
+    from ehrxdiff_core.models import runs
 
     def fail(*a, **k):
         raise OSError(18, "Invalid cross-device link")
 
-    monkeypatch.setattr(stages.shutil, "copy2", fail) if broken == "copy" else monkeypatch.setattr(stages.os, "link", fail)
+    monkeypatch.setattr(runs.shutil, "copy2", fail) if broken == "copy" else monkeypatch.setattr(runs.os, "link", fail)
     train_vae(tiny_world["images"], tiny_world["triplets"], TINY_VAE, tmp_path / "vae", device="cpu")
     assert (tmp_path / "vae" / "checkpoint.pt").stat().st_size > 0 and (tmp_path / "vae" / "metrics.csv").exists()
     assert not (tmp_path / "vae.work").exists()
@@ -215,7 +216,7 @@ def test_paper_preset_trains_through_the_stages_on_cpu(tmp_path, caplog):
     Only the data, the step counts, the batch sizes and the EMA (memory) are changed."""
     from diffusers import AutoencoderKL
 
-    from ehrxdiff_core.models import train_ldm
+    from ehrxdiff_core.models.train_ldm import train_ldm
 
     caplog.set_level(logging.INFO)
     w = write_world(tmp_path / "world", n_pairs=8, size=256, dim=48, max_len=6)  # 48: the 24 event heads divide it

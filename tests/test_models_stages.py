@@ -12,7 +12,10 @@ import torch
 from PIL import Image
 
 from ehrxdiff_core.config import ClipConfig, LdmConfig, SampleConfig, TrainLoop, VaeConfig
-from ehrxdiff_core.models import sample, train_clip, train_ldm, train_vae
+from ehrxdiff_core.models.sample import sample
+from ehrxdiff_core.models.train_clip import train_clip
+from ehrxdiff_core.models.train_ldm import train_ldm
+from ehrxdiff_core.models.train_vae import train_vae
 from toy_world import write_world
 
 torch.set_num_threads(1)
@@ -128,7 +131,7 @@ def test_ema_weights_are_the_ones_used(world):
     from diffusers import UNet2DConditionModel
 
     from ehrxdiff_core.models.ldm import load_ldm
-    from ehrxdiff_core.models.stages import load_vae
+    from ehrxdiff_core.models.vae import load_vae
 
     src = world["root"] / "models" / "ldm"
     dst = world["root"] / "models" / "ldm_edit"
@@ -156,13 +159,13 @@ def test_resume_continues_from_work_dir(world, tmp_path):
     cfg = VAE.model_copy(deep=True)
     work = tmp_path / "vae.work"
     cfg.train.steps = 2
-    from ehrxdiff_core.models import stages
+    from ehrxdiff_core.models.train_vae import train_vae
 
-    info2 = stages.train_vae(world["images"], world["triplets"], cfg, tmp_path / "v2", work_dir=work)
+    info2 = train_vae(world["images"], world["triplets"], cfg, tmp_path / "v2", work_dir=work)
     assert info2["steps"] == 2 and not work.exists()
     shutil.copytree(tmp_path / "v2", work)  # pretend the publish had not happened
     cfg.train.steps = 4
-    info4 = stages.train_vae(world["images"], world["triplets"], cfg, tmp_path / "v4", work_dir=work)
+    info4 = train_vae(world["images"], world["triplets"], cfg, tmp_path / "v4", work_dir=work)
     assert info4["steps"] == 4
     rows = pd.read_csv(tmp_path / "v4" / "metrics.csv")
     assert list(rows["step"]) == [0, 1, 2, 3]
@@ -242,7 +245,7 @@ def ldm_autoencoder_state(ch=32, ch_mult=(1, 2), num_res=1, z=3, in_ch=3, seed=0
 
 
 def test_cheff_checkpoint_import_round_trip(world, tmp_path):
-    from ehrxdiff_core.models.stages import load_vae
+    from ehrxdiff_core.models.vae import load_vae
 
     sd = ldm_autoencoder_state()
     ckpt = tmp_path / "cheff_autoencoder.pt"

@@ -16,7 +16,8 @@ from ehrxdiff_core.text.encoders import load_encoder
 from ehrxdiff_core.text.glossary import glossary_path, load_glossary
 from ehrxdiff_core.text.index import read_index
 from ehrxdiff_core.text.knowledge import read_knowledge
-from ehrxdiff_core.text.stages import build_knowledge, build_rag_index
+from ehrxdiff_core.text.knowledge import build_knowledge
+from ehrxdiff_core.text.index import build_rag_index
 
 torch.set_num_threads(1)
 

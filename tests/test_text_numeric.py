@@ -19,7 +19,9 @@ from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup
 from toy_text import make_events, write_demo_dictionaries
 from ehrxdiff_core.text.knowledge import read_knowledge
 from ehrxdiff_core.text.numeric import CLIP, FEATURES, item_statistics, numeric_features
-from ehrxdiff_core.text.stages import build_knowledge, build_rag_index, embed_events
+from ehrxdiff_core.text.knowledge import build_knowledge
+from ehrxdiff_core.text.index import build_rag_index
+from ehrxdiff_core.text.embed import embed_events
 from ehrxdiff_core.text.store import EmbeddingReader
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -270,7 +272,9 @@ def add_numeric(src: Path, dst: Path, seed: int = 0) -> None:
 
 def test_clip_and_ldm_take_the_wider_input_and_refuse_another_width(tmp_path):
     from ehrxdiff_core.config import ClipConfig, LdmConfig, TrainLoop, VaeConfig
-    from ehrxdiff_core.models import train_clip, train_ldm, train_vae
+    from ehrxdiff_core.models.train_clip import train_clip
+    from ehrxdiff_core.models.train_ldm import train_ldm
+    from ehrxdiff_core.models.train_vae import train_vae
     from ehrxdiff_core.models.clip import ClipModel
     from toy_world import write_world
 

@@ -14,7 +14,9 @@ import torch
 
 from ehrxdiff_core.config import TextConfig
 from toy_text import make_events, write_demo_dictionaries
-from ehrxdiff_core.text.stages import build_knowledge, build_rag_index, embed_events
+from ehrxdiff_core.text.knowledge import build_knowledge
+from ehrxdiff_core.text.index import build_rag_index
+from ehrxdiff_core.text.embed import embed_events
 from ehrxdiff_core.text.store import EmbeddingReader
 
 torch.set_num_threads(1)

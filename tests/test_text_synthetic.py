@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from ehrxdiff_core.config import TextConfig
+from ehrxdiff_core.data.cohort import build_cohort
+from ehrxdiff_core.data.events import build_events
+from ehrxdiff_core.data.ingest import ingest_table
+from ehrxdiff_core.data.sources import source_path
+from ehrxdiff_core.data.tables import TABLE_NAMES
 
 torch.set_num_threads(1)
 synthetic = pytest.importorskip("ehrxdiff_core.synthetic")
-data_stages = pytest.importorskip("ehrxdiff_core.data.stages")
 
 
 @pytest.fixture(scope="module")
@@ -21,18 +25,20 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     synthetic.write_world(root / "synthetic", SyntheticConfig(patients=16, seed=5, image_px=32))
     duck = DuckDBSettings(threads=1)
-    for t in data_stages.TABLE_NAMES:
-        data_stages.ingest(t, data_stages.source_path(t, DataConfig(), root / "synthetic"), root / "ehr" / f"{t}.parquet",
-                           duck)
-    data_stages.build_cohort(root / "ehr", CohortConfig(), duck, root / "cohort/images.parquet",
-                             root / "cohort/triplets.parquet")
-    data_stages.build_events(root / "ehr", root / "cohort/triplets.parquet", EventsConfig(max_events=256), duck,
-                             root / "events/events.parquet", root / "events/triplets.parquet")
+    for t in TABLE_NAMES:
+        ingest_table(t, source_path(t, DataConfig(), root / "synthetic"), root / "ehr" / f"{t}.parquet",
+                     duck)
+    build_cohort(root / "ehr", CohortConfig(), duck, root / "cohort/images.parquet",
+                 root / "cohort/triplets.parquet")
+    build_events(root / "ehr", root / "cohort/triplets.parquet", EventsConfig(max_events=256), duck,
+                 root / "events/events.parquet", root / "events/triplets.parquet")
     return root
 
 
 def test_new_admissions_encode_only_their_new_texts(world, tmp_path):
-    from ehrxdiff_core.text.stages import build_knowledge, build_rag_index, embed_events
+    from ehrxdiff_core.text.knowledge import build_knowledge
+    from ehrxdiff_core.text.index import build_rag_index
+    from ehrxdiff_core.text.embed import embed_events
     from ehrxdiff_core.text.store import EmbeddingReader
 
     cfg = TextConfig.model_validate({"encoder": {"name": "tiny-random", "tiny_dim": 16}, "cache_dir": str(tmp_path / "c")})
@@ -70,7 +76,7 @@ def test_every_synthetic_item_finds_its_glossary_entry(world, tmp_path):
     """The shipped glossary covers the labels, drugs and organisms the synthetic world (MIMIC vocabulary) emits."""
     from ehrxdiff_core.text.augment import KnowledgeLookup, event_item
     from ehrxdiff_core.text.knowledge import read_knowledge
-    from ehrxdiff_core.text.stages import build_knowledge
+    from ehrxdiff_core.text.knowledge import build_knowledge
 
     build_knowledge(world / "ehr/d_items.parquet", world / "ehr/d_labitems.parquet", tmp_path / "k.parquet")
     lookup = KnowledgeLookup(read_knowledge(tmp_path / "k.parquet"))

@@ -95,19 +95,30 @@ def test_evaluation_setting_reruns_only_evaluate_and_report(full_run):
     assert set(planned_jobs(work, cfg)) == {"evaluate", "report"} | CONFIG_RECORD
 
 
-def test_code_change_in_one_stage_reruns_that_stage_and_downstream(full_run):
-    work, cfg, *_ = full_run
-    module = REPO / "ehrxdiff_core/data/cohort.py"
+def _jobs_after_editing(work, cfg, rel: str) -> set[str]:
+    module = REPO / "ehrxdiff_core" / rel
     source, before = module.read_bytes(), module.stat()
     try:  # a real edit: Snakemake compares input checksums, so a mere touch would not count
-        module.write_bytes(source + b"\n# edited by test_code_change_in_one_stage\n")
+        module.write_bytes(source + b"\n# edited by a rerun test\n")
         future = time.time() + 3600
         os.utime(module, (future, future))
-        jobs = set(planned_jobs(work, cfg))
+        return set(planned_jobs(work, cfg))
     finally:
         module.write_bytes(source)
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_code_change_in_one_stage_reruns_that_stage_and_downstream(full_run):
+    work, cfg, *_ = full_run
+    jobs = _jobs_after_editing(work, cfg, "data/cohort.py")
     assert jobs == {"cohort", "images", "events", "train_evaluator"} | DOWNSTREAM_OF_EVENTS
+
+
+def test_code_change_in_a_model_module_reruns_only_the_stages_importing_it(full_run):
+    """`models/clip.py` is imported by train_clip, train_ldm and sample (not train_vae): their jobs,
+    the image-only twins and what is downstream rerun, the autoencoder and the evaluator do not."""
+    work, cfg, *_ = full_run
+    assert _jobs_after_editing(work, cfg, "models/clip.py") == {"train_clip", "evaluate", "report"} | LDM_JOBS
 
 
 def test_new_rows_in_one_table_rerun_its_ingest_and_dependents(full_run):

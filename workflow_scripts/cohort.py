@@ -4,7 +4,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
 
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings
-from ehrxdiff_core.data.stages import build_cohort
+from ehrxdiff_core.data.cohort import build_cohort
 from ehrxdiff_core.runlog import start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.runlog import compute_settings, start_job
-from ehrxdiff_core.text.stages import embed_events
+from ehrxdiff_core.text.embed import embed_events
 
 log = start_job(snakemake.log[0], snakemake.threads)
 info = embed_events(

@@ -4,7 +4,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
 
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
-from ehrxdiff_core.data.stages import build_events
+from ehrxdiff_core.data.events import build_events
 from ehrxdiff_core.runlog import start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

@@ -4,11 +4,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
 
 from ehrxdiff_core.config import DuckDBSettings
-from ehrxdiff_core.data.stages import ingest
+from ehrxdiff_core.data.ingest import ingest_table
 from ehrxdiff_core.runlog import start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
-rows = ingest(
+rows = ingest_table(
     snakemake.wildcards.table,
     Path(snakemake.input.src),
     Path(snakemake.output[0]),

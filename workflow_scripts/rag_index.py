@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import RagConfig, TextConfig
 from ehrxdiff_core.runlog import compute_settings, start_job
-from ehrxdiff_core.text.stages import build_rag_index
+from ehrxdiff_core.text.index import build_rag_index
 
 log = start_job(snakemake.log[0], snakemake.threads)
 # Only the encoder and index settings: retrieval-time settings (top_k, template) do not rebuild the index.

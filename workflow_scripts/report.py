@@ -3,7 +3,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
 
-from ehrxdiff_core.evaluation.stages import build_report
+from ehrxdiff_core.evaluation.report import build_report
 from ehrxdiff_core.runlog import start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

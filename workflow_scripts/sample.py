@@ -4,7 +4,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
 
 from ehrxdiff_core.config import SampleConfig
-from ehrxdiff_core.models.stages import sample
+from ehrxdiff_core.models.sample import sample
 from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

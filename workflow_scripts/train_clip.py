@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import ClipConfig
 from ehrxdiff_core.models.launch import run_stage
-from ehrxdiff_core.models.stages import train_clip
+from ehrxdiff_core.models.train_clip import train_clip
 from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

@@ -4,7 +4,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also in per-rule conda envs
 
 from ehrxdiff_core.config import EvaluatorConfig
-from ehrxdiff_core.evaluation.stages import train_evaluator
+from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

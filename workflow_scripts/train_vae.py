@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the library, also i
 
 from ehrxdiff_core.config import VaeConfig
 from ehrxdiff_core.models.launch import run_stage
-from ehrxdiff_core.models.stages import train_vae
+from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.runlog import compute_settings, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

@@ -1,4 +1,5 @@
 """Evaluation: the self-trained evaluator network, preservation metrics, Fréchet distances and the HTML report.
 
-Entry points for the workflow scripts live in `ehrxdiff_core.evaluation.stages`.
+One module per workflow rule: `train_evaluator`, `evaluate`, `report`; `controls` holds the three
+control rules (previous image through the autoencoder, blurred, and the autoencoder's quality gate).
 """

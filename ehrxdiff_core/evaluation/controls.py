@@ -122,7 +122,7 @@ def previous_vae_images(vae, images: np.ndarray, device: str = "cpu", batch_size
 
 def control_previous_vae(images_h5, triplets, vae_dir, split: str, out_dir, device: str = "auto") -> dict:
     """Write `samples/previous_vae/{split}`: each pair's previous image through the autoencoder."""
-    from ehrxdiff_core.models.stages import load_vae
+    from ehrxdiff_core.models.vae import load_vae
 
     t0 = time.time()
     vae = load_vae(vae_dir)
@@ -344,7 +344,7 @@ def quality_gate(real: dict, recon: dict) -> dict:
 def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, device: str = "auto") -> dict:
     """Write `eval/vae_quality.json`: the evaluator on real validation images vs their autoencoder reconstructions."""
     from ehrxdiff_core.evaluation.evaluator import predict
-    from ehrxdiff_core.models.stages import load_vae
+    from ehrxdiff_core.models.vae import load_vae
 
     t0 = time.time()
     device = resolve_device(device)

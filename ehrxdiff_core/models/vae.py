@@ -166,3 +166,12 @@ def encode_gray(vae: AutoencoderKL, x: torch.Tensor):
 def decode_gray(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
     x = vae.decode(z).sample
     return x.mean(1, keepdim=True) if x.shape[1] == 3 else x
+
+
+def load_vae(vae_dir: str | Path):
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / "config.json").exists():
+        raise FileNotFoundError(f"vae_dir: no autoencoder (config.json) in {vae_dir}; run train_vae first")
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    vae.requires_grad_(False).eval()
+    return vae

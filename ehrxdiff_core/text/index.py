@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import faiss
@@ -16,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ehrxdiff_core.atomic import atomic_path
-from ehrxdiff_core.config import RagIndexConfig
+from ehrxdiff_core.config import RagIndexConfig, TextConfig
+from ehrxdiff_core.text.encoders import load_encoder
+from ehrxdiff_core.text.knowledge import read_knowledge
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +123,24 @@ def check_index_matches(meta: dict, encoder_id: str, dim: int, digest: str, inde
         )
     if meta.get("knowledge_digest") != digest:
         raise ValueError(f"{index_path} was built from another knowledge corpus; rebuild it (rule `rag_index`)")
+
+
+def build_rag_index(knowledge_parquet: Path, cfg: TextConfig, out_index: Path, device: str = "auto") -> dict:
+    """Embed every snippet with `text.encoder` and write rag/index.faiss + its JSON sidecar; returns the sidecar."""
+    knowledge = read_knowledge(Path(knowledge_parquet))
+    encoder = load_encoder(cfg.encoder, device)
+    t0 = time.perf_counter()
+    vectors = encoder.encode(knowledge["text"].tolist())
+    index, info = make_index(vectors, cfg.rag.index)
+    meta = {
+        "encoder": encoder.encoder_id,
+        "dim": encoder.dim,
+        "n_snippets": int(len(knowledge)),
+        "knowledge_digest": knowledge_digest(knowledge),
+        **info,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_index(index, meta, Path(out_index))
+    log.info("rag_index: %s index over %d snippets (dim %d, %s) -> %s", info["kind"], len(knowledge),
+             encoder.dim, encoder.encoder_id, out_index)
+    return meta

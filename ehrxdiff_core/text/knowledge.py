@@ -143,3 +143,12 @@ def read_knowledge(path: Path) -> pd.DataFrame:
     if df["snippet_id"].tolist() != list(range(len(df))):
         raise ValueError(f"{path}: snippet_id must be 0..N-1 in row order")
     return df
+
+
+def build_knowledge(d_items: Path, d_labitems: Path, out_parquet: Path) -> int:
+    """Write rag/knowledge.parquet (glossary + item dictionaries); returns the number of snippets."""
+    table = build_knowledge_table(Path(d_items), Path(d_labitems))
+    write_knowledge(table, Path(out_parquet))
+    counts = pd.Series(table.column("source").to_pylist()).value_counts().to_dict()
+    log.info("knowledge: %d snippets %s -> %s", table.num_rows, counts, out_parquet)
+    return table.num_rows

@@ -1,33 +1,13 @@
-"""Entry points the workflow scripts call for the data stages (ingest, cohort, images, events).
-
-Also resolves where each source table lives for the synthetic world and for a PhysioNet download.
-"""
+"""Where each source table lives: the synthetic world's folder or a PhysioNet download (MIMIC-IV,
+MIMIC-CXR-JPG), or the MEDS image root; the rules resolve their input paths here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ehrxdiff_core.config import DataConfig, DuckDBSettings
-from ehrxdiff_core.data.cohort import build_cohort
+from ehrxdiff_core.config import DataConfig
 from ehrxdiff_core.data.errors import DataError
-from ehrxdiff_core.data.events import build_events
-from ehrxdiff_core.data.images import ImageStore, build_image_store, image_inventory_hash
-from ehrxdiff_core.data.ingest import ingest_table
 from ehrxdiff_core.data.tables import TABLE_NAMES, TABLES
-
-__all__ = [
-    "TABLE_NAMES",
-    "DataError",
-    "ImageStore",
-    "build_cohort",
-    "build_events",
-    "build_image_store",
-    "cxr_root",
-    "image_inventory_hash",
-    "ingest",
-    "mimiciv_root",
-    "source_path",
-]
 
 
 def mimiciv_root(data_cfg: DataConfig, synthetic_root: Path) -> Path:
@@ -67,8 +47,3 @@ def source_path(table: str, data_cfg: DataConfig, synthetic_root: Path) -> Path:
     if not gz.exists() and plain.exists():
         return plain
     return gz
-
-
-def ingest(table: str, src: Path, out_parquet: Path, duck: DuckDBSettings) -> int:
-    """CSV/CSV.GZ → typed Parquet of the table's needed columns; returns the row count."""
-    return ingest_table(table, src, out_parquet, duck)

@@ -1,4 +1,5 @@
-"""Entry points of the text stage, one per workflow rule: knowledge, rag_index, embed."""
+"""The `embed` stage: each event of each pair serialized, optionally rewritten and augmented with retrieved
+knowledge, embedded with the text encoder and written to the embedding store."""
 
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ import pyarrow.parquet as pq
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup
 from ehrxdiff_core.text.encoders import load_encoder
-from ehrxdiff_core.text.index import (check_index_matches, knowledge_digest, make_index, read_index,
-                                      write_index)
-from ehrxdiff_core.text.knowledge import build_knowledge_table, read_knowledge, write_knowledge
+from ehrxdiff_core.text.index import check_index_matches, knowledge_digest, read_index
+from ehrxdiff_core.text.knowledge import read_knowledge
 from ehrxdiff_core.text.numeric import input_scale, numeric_features
 from ehrxdiff_core.text.rewrite import Rewriter, rewrite_id
 from ehrxdiff_core.text.store import EmbeddingCache, settings_key, text_hashes, write_store
@@ -28,36 +28,6 @@ from ehrxdiff_core.text.store import EmbeddingCache, settings_key, text_hashes, 
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ["pair_id", "position", "source", "code", "text"]
-
-
-def build_knowledge(d_items: Path, d_labitems: Path, out_parquet: Path) -> int:
-    """Write rag/knowledge.parquet (glossary + item dictionaries); returns the number of snippets."""
-    table = build_knowledge_table(Path(d_items), Path(d_labitems))
-    write_knowledge(table, Path(out_parquet))
-    counts = pd.Series(table.column("source").to_pylist()).value_counts().to_dict()
-    log.info("knowledge: %d snippets %s -> %s", table.num_rows, counts, out_parquet)
-    return table.num_rows
-
-
-def build_rag_index(knowledge_parquet: Path, cfg: TextConfig, out_index: Path, device: str = "auto") -> dict:
-    """Embed every snippet with `text.encoder` and write rag/index.faiss + its JSON sidecar; returns the sidecar."""
-    knowledge = read_knowledge(Path(knowledge_parquet))
-    encoder = load_encoder(cfg.encoder, device)
-    t0 = time.perf_counter()
-    vectors = encoder.encode(knowledge["text"].tolist())
-    index, info = make_index(vectors, cfg.rag.index)
-    meta = {
-        "encoder": encoder.encoder_id,
-        "dim": encoder.dim,
-        "n_snippets": int(len(knowledge)),
-        "knowledge_digest": knowledge_digest(knowledge),
-        **info,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_index(index, meta, Path(out_index))
-    log.info("rag_index: %s index over %d snippets (dim %d, %s) -> %s", info["kind"], len(knowledge),
-             encoder.dim, encoder.encoder_id, out_index)
-    return meta
 
 
 def _read_pairs(triplets_parquet: Path) -> list[str]:
