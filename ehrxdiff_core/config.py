@@ -3,7 +3,7 @@
 The Snakefile validates `config` against `PipelineConfig` at load time, so a typo, a wrong type or a
 missing input path fails before any job runs, with the key's dotted path in the message. Each rule
 receives only the section it depends on (as `params`), so a changed setting reruns exactly the jobs
-that read it. Sections exist for every stage of the design.
+that read it. There is one section per stage family (data, text, models, sampling, evaluation).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class MimicSource(Section):
 
 
 class MedsSource(Section):
-    """Generic input: MEDS data shards plus an image manifest (issue: generic input)."""
+    """Generic input: MEDS data shards plus an image manifest, for data that is not in the MIMIC layout."""
 
     data_dir: str | None = None  # folder of MEDS parquet shards (searched recursively)
     image_manifest: str | None = None  # CSV: subject_id, study_id, image_id, path, study_time, view, ...
@@ -177,28 +177,32 @@ class ImagesConfig(Section):
     cache_shard_images: int = Field(4096, ge=1)  # decoded images per cache shard (unit of resumable work)
 
 
+def _registered_event_table(name: str) -> str:
+    # imported here, not at the top: the registry's own imports import this module
+    from ehrxdiff_core.data.tables import EVENT_TABLES
+
+    if name not in EVENT_TABLES:
+        raise ValueError(f"unknown event table {name!r}; registered: {', '.join(EVENT_TABLES)}")
+    return name
+
+
+def _default_event_tables() -> list[str]:
+    from ehrxdiff_core.data.tables import default_event_tables
+
+    return default_event_tables()
+
+
+# a table name of the registry in ehrxdiff_core/data/tables.py (checked when the config is validated)
+EventTableName = Annotated[str, AfterValidator(_registered_event_table)]
+
+
 class EventsConfig(Section):
     max_events: int = Field(1024, ge=1)
-    tables: Annotated[list[
-        Literal[
-            "labevents",
-            "prescriptions",
-            "inputevents",
-            "chartevents",
-            "outputevents",
-            "microbiologyevents",
-            "procedureevents",
-        ]
-    ], Field(min_length=1)] = [
-        "labevents",
-        "prescriptions",
-        "inputevents",
-        "chartevents",
-        "outputevents",
-        "microbiologyevents",
-        "procedureevents",
-    ]
-    paper_filters: bool = True  # the original's table filters (reference/ehrxdiff.md §2.4)
+    # the event tables to read, by registry name; default: every table registered as a default, the paper's seven
+    tables: list[EventTableName] = Field(default_factory=_default_event_tables, min_length=1)
+    # the paper's row filter of each table (its registry entry's `filter`): blood gas + CRP labs, whitelisted
+    # drugs, chart categories, respiratory specimens, procedure categories; false keeps every row
+    paper_filters: bool = True
     prescription_whitelist: str | None = None  # JSON {antibiotic: [...], cardiac_lung: [...]}; default: shipped copy
     round_decimals: int = Field(4, ge=0)
 
@@ -441,7 +445,7 @@ class PipelineConfig(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     cohort: CohortConfig = CohortConfig()
     images: ImagesConfig = ImagesConfig()
-    events: EventsConfig = EventsConfig()
+    events: EventsConfig = Field(default_factory=EventsConfig)  # its default tables: the registry's, when validated
     text: TextConfig = TextConfig()
     vae: VaeConfig = VaeConfig()
     clip: ClipConfig = ClipConfig()

@@ -16,7 +16,8 @@ from pathlib import Path
 PACKAGE = "ehrxdiff_core"
 ROOT = Path(__file__).resolve().parent
 # Modules whose edits never change an artifact by themselves: config values reach rules as params,
-# and runlog only routes log output.
+# and runlog only routes log output. What they import is not followed either: the config imports the
+# event-table registry only to check table names, and the stages that use the registry import it themselves.
 IGNORED = {"ehrxdiff_core.config", "ehrxdiff_core.runlog", "ehrxdiff_core"}
 
 
@@ -115,7 +116,8 @@ def _closure(todo: list[Path]) -> list[str]:
         if name in seen:
             continue
         seen.add(name)
-        if name not in IGNORED:
-            files.add(str(path))
+        if name in IGNORED:
+            continue
+        files.add(str(path))
         todo.extend(_module_file(m) for m in _direct_imports(path) if m not in seen)
     return sorted(files)

@@ -1,7 +1,9 @@
-"""The original EHRXDiff table filters ("mimicivfiltered", reference/ehrxdiff.md §2.4), as SQL predicates.
+"""The original EHRXDiff table filters ("mimicivfiltered"), one SQL predicate per event table.
 
-Lists are copied verbatim from the digest so the event vocabulary matches the paper's; inputevents and
-outputevents are unfiltered there, and so here.
+Each function takes the alias of the event row (`e`), the alias of its dictionary row (`d`: `d.label` and
+the columns its `DictionaryJoin` lists) and the `events` settings, and returns a predicate; the table's
+registry entry in `data/tables.py` names it. The lists are the original code's, verbatim, so the event
+vocabulary matches the paper's; inputevents and outputevents are unfiltered there, and so here (no function).
 """
 
 from __future__ import annotations
@@ -9,9 +11,13 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ehrxdiff_core.data.duck import sql_list
 from ehrxdiff_core.data.errors import DataError
+
+if TYPE_CHECKING:
+    from ehrxdiff_core.config import EventsConfig
 
 LAB_CATEGORIES = ("Blood Gas",)
 LAB_LABELS = ("C-Reactive Protein", "High-Sensitivity CRP")
@@ -60,19 +66,30 @@ def load_prescription_whitelist(path: str | Path | None) -> list[str]:
     return sorted(set(keep))
 
 
-def table_filter(table: str, alias: str, dict_alias: str | None, drugs: list[str]) -> str:
-    """SQL predicate of the paper's filter for `table` (rows in `alias`, dictionary row in `dict_alias`)."""
-    if table == "labevents":
-        return f"({dict_alias}.category IN ({sql_list(LAB_CATEGORIES)}) OR {dict_alias}.label IN ({sql_list(LAB_LABELS)}))"
-    if table == "chartevents":
-        return f"({dict_alias}.linksto = 'chartevents' AND {dict_alias}.category IN ({sql_list(CHART_CATEGORIES)}))"
-    if table == "prescriptions":
-        excl = " AND ".join(f"lower({alias}.drug) NOT LIKE '%{s}%'" for s in DRUG_EXCLUDE_SUBSTRINGS)
-        if not drugs:
-            return "FALSE"
-        return f"({alias}.drug IN ({sql_list(drugs)}) AND {excl})"
-    if table == "microbiologyevents":
-        return f"{alias}.spec_type_desc IN ({sql_list(MICRO_SPEC_TYPES)})"
-    if table == "procedureevents":
-        return f"{alias}.ordercategoryname IN ({sql_list(PROCEDURE_CATEGORIES)})"
-    return "TRUE"  # inputevents, outputevents: unfiltered in the paper
+def labevents_filter(e: str, d: str, cfg: EventsConfig) -> str:
+    """Blood gases, and C-reactive protein by its label."""
+    return f"({d}.category IN ({sql_list(LAB_CATEGORIES)}) OR {d}.label IN ({sql_list(LAB_LABELS)}))"
+
+
+def chartevents_filter(e: str, d: str, cfg: EventsConfig) -> str:
+    """Chart items of the listed categories (vitals, respiratory, lines, ...)."""
+    return f"({d}.linksto = 'chartevents' AND {d}.category IN ({sql_list(CHART_CATEGORIES)}))"
+
+
+def prescriptions_filter(e: str, d: str, cfg: EventsConfig) -> str:
+    """Drugs of the whitelist (`events.prescription_whitelist`), never tobramycin or coq10."""
+    drugs = load_prescription_whitelist(cfg.prescription_whitelist)
+    if not drugs:
+        return "FALSE"
+    excl = " AND ".join(f"lower({e}.drug) NOT LIKE '%{s}%'" for s in DRUG_EXCLUDE_SUBSTRINGS)
+    return f"({e}.drug IN ({sql_list(drugs)}) AND {excl})"
+
+
+def microbiologyevents_filter(e: str, d: str, cfg: EventsConfig) -> str:
+    """Respiratory specimens."""
+    return f"{e}.spec_type_desc IN ({sql_list(MICRO_SPEC_TYPES)})"
+
+
+def procedureevents_filter(e: str, d: str, cfg: EventsConfig) -> str:
+    """Procedures, imaging, lines, ventilation and airway events."""
+    return f"{e}.ordercategoryname IN ({sql_list(PROCEDURE_CATEGORIES)})"

@@ -1,10 +1,11 @@
-"""Events between the two images of each pair: the paper's seven tables, filters and truncation, in DuckDB.
+"""Events between the two images of each pair: the selected event tables, their filters and truncation, in DuckDB.
 
 Streaming passes keep memory bounded by DuckDB's `memory_limit` (spilling to its temp folder):
 (1) each event table is scanned once, filtered, restricted to the admissions and time spans that have
 pairs, and serialized into a scratch part; (2) the parts are sorted by (hadm_id, t) and streamed, in
 which each pair's window is a contiguous row range of its admission, cut to the most recent
-`max_events` and gathered into the output (data/pair_slices.py).
+`max_events` and gathered into the output (data/pair_slices.py). What a table's rows become (time, code,
+text, dictionary, filter) is its entry in the registry of `data/tables.py`.
 """
 
 from __future__ import annotations
@@ -21,47 +22,39 @@ from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
 from ehrxdiff_core.data.duck import ROW_GROUP, close, connect, copy_to_parquet, sql_str
 from ehrxdiff_core.data.errors import DataError
-from ehrxdiff_core.data.event_filters import load_prescription_whitelist, table_filter
 from ehrxdiff_core.data.pair_slices import PairWindows, write_pair_events
 from ehrxdiff_core.data.serialize import text_sql
-from ehrxdiff_core.data.tables import EVENT_TIME
+from ehrxdiff_core.data.tables import EVENT_TABLES, DictionaryJoin, EventTable, dictionaries
 
 log = logging.getLogger(__name__)
 
-# which dictionary maps a table's itemid to a label
-DICTIONARY = {
-    "labevents": "d_labitems",
-    "chartevents": "d_items",
-    "inputevents": "d_items",
-    "outputevents": "d_items",
-    "procedureevents": "d_items",
-}
+
+def code_sql(entry: EventTable, alias: str) -> str:
+    """The event's `code`: the first non-null of the table's code columns (itemid, drug name, organism, ...)."""
+    kinds = {c.name: c.kind for c in entry.table.columns}
+    cols = [f"{alias}.{c}" if kinds[c] in ("code", "text") else f"CAST({alias}.{c} AS VARCHAR)" for c in entry.code]
+    return cols[0] if len(cols) == 1 else f"coalesce({', '.join(cols)})"
 
 
-def code_sql(table: str, alias: str) -> str:
-    """The event's `code`: itemid, drug name or organism (falling back to test, then specimen)."""
-    if table == "prescriptions":
-        return f"{alias}.drug"
-    if table == "microbiologyevents":
-        return f"coalesce({alias}.org_name, {alias}.test_name, {alias}.spec_type_desc)"
-    return f"CAST({alias}.itemid AS VARCHAR)"
-
-
-def table_events_sql(table: str, cfg: EventsConfig, drugs: list[str]) -> str:
-    """SELECT hadm_id, t, source, code, text of one table's rows inside some pair window (relation `win`)."""
-    time_col = EVENT_TIME[table]
-    dict_name = DICTIONARY.get(table)
-    join_dict, label = "", None
-    if dict_name:
-        join_dict = (
-            f"LEFT JOIN (SELECT itemid, any_value(label) AS label, any_value(category) AS category"
-            + (", any_value(linksto) AS linksto" if dict_name == "d_items" else "")
-            + f" FROM {dict_name} GROUP BY itemid) d ON d.itemid = e.itemid"
-        )
-        label = "d.label"
-    where = table_filter(table, "e", "d", drugs) if cfg.paper_filters else "TRUE"
+def dictionary_join_sql(join: DictionaryJoin, alias: str) -> str:
+    """LEFT JOIN of one row per item of the dictionary (relation `d`: label + the columns filters read)."""
+    cols = "".join(f", any_value({c}) AS {c}" for c in join.columns)
     return (
-        f"SELECT e.hadm_id, e.{time_col} AS t, '{table}' AS source, coalesce({code_sql(table, 'e')}, '') AS code, "
+        f"LEFT JOIN (SELECT {join.key}, any_value({join.label}) AS label{cols} FROM {join.table} GROUP BY {join.key}) "
+        f"d ON d.{join.key} = {alias}.{join.key}"
+    )
+
+
+def table_events_sql(table: str, cfg: EventsConfig) -> str:
+    """SELECT hadm_id, t, source, code, text of one table's rows inside some pair window (relation `win`)."""
+    entry = EVENT_TABLES[table]
+    time_col = entry.time
+    join_dict, label = "", None
+    if entry.dictionary is not None:
+        join_dict, label = dictionary_join_sql(entry.dictionary, "e"), "d.label"
+    where = entry.filter("e", "d", cfg) if cfg.paper_filters and entry.filter is not None else "TRUE"
+    return (
+        f"SELECT e.hadm_id, e.{time_col} AS t, '{table}' AS source, coalesce({code_sql(entry, 'e')}, '') AS code, "
         f"{text_sql(table, 'e', label, cfg.round_decimals)} AS text "
         f"FROM {table} e {join_dict} JOIN win w ON e.hadm_id = w.hadm_id "
         f"AND e.{time_col} >= w.lo AND e.{time_col} <= w.hi WHERE {where}"
@@ -97,11 +90,11 @@ def build_events(
 
     `image_store` (optional, images/cxr_{size}.h5): pairs whose images are not in the store are dropped too.
     `meds`: the events come from `meds_events.parquet` (already serialized MEDS rows; see data/meds.py)
-    instead of the seven MIMIC tables.
+    instead of the MIMIC event tables of `cfg.tables`.
     """
     out_events, out_triplets = Path(out_events), Path(out_triplets)
     if not cfg.tables and not meds:
-        raise DataError("events.tables is empty: name at least one of the seven event tables")
+        raise DataError(f"events.tables is empty: name at least one of the event tables {list(EVENT_TABLES)}")
     work = Path(tempfile.mkdtemp(prefix=".events_parts.", dir=_mkdir(out_events.parent)))
     con = connect(duck, spill_near=out_events.parent)
     counts: dict[str, int] = {}
@@ -128,11 +121,10 @@ def build_events(
             _register_parquet(con, ehr_dir, MEDS_EVENTS)
             sources = {MEDS_EVENTS: MEDS_EVENTS_SQL}
         else:
-            drugs = load_prescription_whitelist(cfg.prescription_whitelist) if "prescriptions" in cfg.tables else []
-            needed = set(cfg.tables) | {DICTIONARY[t] for t in cfg.tables if t in DICTIONARY}
+            needed = set(cfg.tables) | set(dictionaries(cfg.tables))
             for name in sorted(needed):
                 _register_parquet(con, ehr_dir, name)
-            sources = {table: table_events_sql(table, cfg, drugs) for table in cfg.tables}
+            sources = {table: table_events_sql(table, cfg) for table in cfg.tables}
         t0 = time.perf_counter()
         # (1) each table scanned once: filtered, inside some pair window, serialized, to a scratch part ...
         parts = []

@@ -1,16 +1,14 @@
 """GenHPF-style event text as a DuckDB expression: "table col value col value ..." (nulls skipped, no times).
 
-Built in SQL so serialization streams with the scan instead of materialising rows in Python; the
-column order is the CSV order of the registry, ids and timestamps are left out (§2.4, §2.5).
+Built in SQL so serialization streams with the scan instead of materialising rows in Python. The columns
+are the table's registry entry's `serialized` ones: its columns in CSV order without the identifiers and the
+event time, so the text says what happened and never when or to whom.
 """
 
 from __future__ import annotations
 
 from ehrxdiff_core.data.duck import ident, sql_str
-from ehrxdiff_core.data.tables import EVENT_TIME, TABLES
-
-# never part of the text: join keys and the event time (reference/ehrxdiff.md §2.4)
-NOT_SERIALIZED = {"hadm_id", "subject_id", "stay_id"}
+from ehrxdiff_core.data.tables import EVENT_TABLES
 
 
 def value_sql(expr: str, kind: str, decimals: int) -> str:
@@ -20,20 +18,17 @@ def value_sql(expr: str, kind: str, decimals: int) -> str:
     return f"CAST({expr} AS VARCHAR)"
 
 
-def serialized_columns(table: str) -> list:
-    time_col = EVENT_TIME[table]
-    return [c for c in TABLES[table].columns if c.name not in NOT_SERIALIZED and c.name != time_col]
-
-
 def text_sql(table: str, alias: str, label_expr: str | None, decimals: int) -> str:
     """SQL expression for the event text of one row of `table` (row alias `alias`).
 
-    `label_expr` replaces `itemid` by its dictionary label (falling back to the number when unknown).
+    `label_expr` replaces the dictionary key (`itemid`) by its label (falling back to the number when unknown).
     """
+    entry = EVENT_TABLES[table]
+    key = entry.dictionary.key if entry.dictionary is not None else None
     parts = []
-    for c in serialized_columns(table):
+    for c in entry.serialized:
         col = f"{alias}.{ident(c.name)}"
-        if c.name == "itemid" and label_expr is not None:
+        if c.name == key and label_expr is not None:
             val = f"coalesce({label_expr}, CAST({col} AS VARCHAR))"
         else:
             val = value_sql(col, c.kind, decimals)
