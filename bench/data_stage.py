@@ -189,9 +189,8 @@ def engine_pandas(ehr: Path, max_events: int, world: Path | None = None) -> dict
 
     from ehrxdiff_core.config import CohortConfig, EventsConfig
     from ehrxdiff_core.data import event_filters as F
-    from ehrxdiff_core.data.serialize import serialized_columns
     from ehrxdiff_core.data.split import split_subjects
-    from ehrxdiff_core.data.tables import EVENT_TIME
+    from ehrxdiff_core.data.tables import EVENT_TABLES, dictionaries
     from ehrxdiff_core.labels import LABEL_COLUMNS
 
     cfg, ecfg = CohortConfig(), EventsConfig(max_events=max_events)
@@ -230,17 +229,15 @@ def engine_pandas(ehr: Path, max_events: int, world: Path | None = None) -> dict
     t1 = time.perf_counter()
     # ---- events
     drugs = F.load_prescription_whitelist(None)
-    d_items = rd("d_items").drop_duplicates("itemid")
-    d_lab = rd("d_labitems").drop_duplicates("itemid")
-    dicts = {"labevents": d_lab, "chartevents": d_items, "inputevents": d_items, "outputevents": d_items,
-             "procedureevents": d_items}  # fmt: skip
+    frames = {name: rd(name).drop_duplicates("itemid") for name in dictionaries()}
+    dicts = {t.name: frames[t.dictionary.table] for t in EVENT_TABLES.values() if t.dictionary is not None}
     from ehrxdiff_core.data.tables import TABLES
 
     kinds = {t: {c.name: c.kind for c in TABLES[t].columns} for t in ecfg.tables}
     parts = []
     for table in ecfg.tables:
         df = rd(table)
-        tcol = EVENT_TIME[table]
+        tcol = EVENT_TABLES[table].time
         if table in dicts:
             d = dicts[table].rename(columns={"label": "_label", "category": "_category"})
             keep = ["itemid", "_label", "_category"] + (["linksto"] if "linksto" in d else [])
@@ -260,7 +257,7 @@ def engine_pandas(ehr: Path, max_events: int, world: Path | None = None) -> dict
         m = df.merge(trip[["pair_id", "hadm_id", "prev_time", "trg_time"]], on="hadm_id")
         m = m[(m[tcol] >= m.prev_time) & (m[tcol] <= m.trg_time)]
         text = pd.Series(table, index=m.index, dtype=object)
-        for c in serialized_columns(table):
+        for c in EVENT_TABLES[table].serialized:
             v = m[c.name]
             if c.name == "itemid" and "_label" in m:
                 s = m._label.where(m._label.notna(), v.astype("Int64").astype(str))

@@ -131,7 +131,7 @@ def main() -> None:
     res: dict = {"source": source, "encoder": args.encoder, "threads": args.threads}
 
     t0 = time.perf_counter()
-    res["snippets"] = build_knowledge(inp["d_items"], inp["d_labitems"], work / "rag/knowledge.parquet")
+    res["snippets"] = build_knowledge({d: inp[d] for d in ("d_items", "d_labitems")}, work / "rag/knowledge.parquet")
     res["knowledge_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     meta = build_rag_index(work / "rag/knowledge.parquet", cfg, work / "rag/index.faiss")

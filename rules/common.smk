@@ -23,7 +23,7 @@ from ehrxdiff_core.data.events import MEDS_EVENTS
 from ehrxdiff_core.data.meds import ID_MAP as MEDS_ID_MAP, MEDS_TABLES
 from ehrxdiff_core.data.images import image_inventory_hash
 from ehrxdiff_core.data.sources import cxr_root, source_path
-from ehrxdiff_core.data.tables import TABLE_NAMES
+from ehrxdiff_core.data.tables import EVENT_TABLES, TABLE_NAMES, dictionaries, ingested_tables
 
 
 wildcard_constraints:
@@ -86,6 +86,28 @@ def event_tables():
     if CFG.data.source == "meds":
         return [ehr(MEDS_EVENTS)]
     return [ehr(t) for t in CFG.events.tables]
+
+
+def event_dictionaries():
+    """The item dictionaries the selected event tables join (MEDS events come serialized: none)."""
+    if CFG.data.source == "meds":
+        return []
+    return [ehr(d) for d in dictionaries(CFG.events.tables)]
+
+
+def synthetic_tables():
+    """The synthetic world's CSVs this run ingests (every non-event table and the selected event tables);
+    a selected table the world does not write is a config error here, before any job."""
+    from ehrxdiff_core.synthetic.vocab import FILE_PATHS
+
+    unknown = [t for t in CFG.events.tables if t not in FILE_PATHS]
+    if unknown:
+        written = [t for t in EVENT_TABLES if t in FILE_PATHS]
+        raise WorkflowError(
+            f"events.tables: the synthetic world (data.source: synthetic) has no {', '.join(unknown)}; its event "
+            f"tables are {', '.join(written)}. Leave them out, or read MIMIC (data.source: mimic)"
+        )
+    return [str(source_path(t, CFG.data, Path(SYNTH))) for t in ingested_tables(CFG.events.tables)]
 
 
 IMAGES_H5 = f"{RESULTS}/images/cxr_{CFG.images.size}.h5"

@@ -7,7 +7,7 @@ if CFG.data.source == "synthetic":
         input:
             code=code("synthesize"),
         output:
-            tables=[str(source_path(t, CFG.data, Path(SYNTH))) for t in TABLE_NAMES],
+            tables=synthetic_tables(),
             truth=f"{SYNTH}/truth.parquet",
             jpgs=directory(f"{SYNTH}/mimic-cxr-jpg/files"),
         log:
@@ -137,8 +137,7 @@ rule events:
     input:
         triplets=rules.cohort.output.triplets,
         tables=event_tables(),
-        d_items=ehr("d_items"),
-        d_labitems=ehr("d_labitems"),
+        dictionaries=event_dictionaries(),
         code=code("events"),
     output:
         events=f"{RESULTS}/events/events.parquet",

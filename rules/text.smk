@@ -3,8 +3,7 @@
 
 rule knowledge:
     input:
-        d_items=ehr("d_items"),
-        d_labitems=ehr("d_labitems"),
+        dictionaries=[ehr(d) for d in dictionaries()],  # every one the registered event tables join
         code=code("knowledge") + [GLOSSARY],
     output:
         knowledge=f"{RESULTS}/rag/knowledge.parquet",

@@ -67,7 +67,7 @@ def test_no_gpu_faiss_here():
 
 def test_index_encoder_mismatch_is_a_clear_error(tmp_path):
     di, dl = write_demo_dictionaries(tmp_path / "ehr")
-    build_knowledge(di, dl, tmp_path / "knowledge.parquet")
+    build_knowledge({"d_items": di, "d_labitems": dl}, tmp_path / "knowledge.parquet")
     built = TextConfig.model_validate({"encoder": {"name": "tiny-random", "tiny_dim": 16},
                                        "cache_dir": str(tmp_path / "cache")})
     meta = build_rag_index(tmp_path / "knowledge.parquet", built, tmp_path / "index.faiss")

@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("knowledge")
     di, dl = write_demo_dictionaries(d / "ehr")
-    n = build_knowledge(di, dl, d / "rag" / "knowledge.parquet")
+    n = build_knowledge({"d_items": di, "d_labitems": dl}, d / "rag" / "knowledge.parquet")
     cfg = TextConfig.model_validate({"encoder": {"name": "tiny-random"}, "cache_dir": str(d / "cache")})
     build_rag_index(d / "rag" / "knowledge.parquet", cfg, d / "rag" / "index.faiss")
     knowledge = read_knowledge(d / "rag" / "knowledge.parquet")
@@ -78,7 +78,7 @@ def test_build_knowledge_names_missing_column(tmp_path):
     di, dl = write_demo_dictionaries(tmp_path)
     pd.read_parquet(di).drop(columns=["label"]).to_parquet(di)
     with pytest.raises(ValueError, match="label"):
-        build_knowledge(di, dl, tmp_path / "k.parquet")
+        build_knowledge({"d_items": di, "d_labitems": dl}, tmp_path / "k.parquet")
     assert not (tmp_path / "k.parquet").exists()
 
 
@@ -87,7 +87,7 @@ def test_build_knowledge_without_optional_dictionary_columns(tmp_path):
     di, dl = write_demo_dictionaries(tmp_path)
     pd.read_parquet(di)[["itemid", "label", "linksto", "category"]].to_parquet(di)
     pd.read_parquet(dl)[["itemid", "label", "category"]].to_parquet(dl)
-    build_knowledge(di, dl, tmp_path / "k.parquet")
+    build_knowledge({"d_items": di, "d_labitems": dl}, tmp_path / "k.parquet")
     k = read_knowledge(tmp_path / "k.parquet")
     hr = k[k["ref"] == "d_items:220045"].iloc[0]
     assert pd.isna(hr["low"]) and hr["text"].startswith("Heart Rate: charted observation")

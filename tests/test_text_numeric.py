@@ -49,7 +49,7 @@ NO_NUMBER = [
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("numeric")
     di, dl = write_demo_dictionaries(d / "ehr")
-    build_knowledge(di, dl, d / "knowledge.parquet")
+    build_knowledge({"d_items": di, "d_labitems": dl}, d / "knowledge.parquet")
     cfg = TextConfig.model_validate({"encoder": {"name": "tiny-random", "tiny_dim": 16}, "cache_dir": str(d / "cache")})
     build_rag_index(d / "knowledge.parquet", cfg, d / "index.faiss")
     knowledge = read_knowledge(d / "knowledge.parquet")

@@ -33,7 +33,7 @@ def tiny_cfg(tmp_path, **over) -> TextConfig:
 def stage(tmp_path):
     """Knowledge + index built once per test; returns a runner for embed_events."""
     di, dl = write_demo_dictionaries(tmp_path / "ehr")
-    build_knowledge(di, dl, tmp_path / "rag" / "knowledge.parquet")
+    build_knowledge({"d_items": di, "d_labitems": dl}, tmp_path / "rag" / "knowledge.parquet")
     cfg = tiny_cfg(tmp_path)
     build_rag_index(tmp_path / "rag" / "knowledge.parquet", cfg, tmp_path / "rag" / "index.faiss")
 
@@ -148,7 +148,7 @@ def test_whole_stage_runs_with_network_blocked(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     di, dl = write_demo_dictionaries(tmp_path / "ehr")
     cfg = tiny_cfg(tmp_path)
-    n = build_knowledge(di, dl, tmp_path / "knowledge.parquet")
+    n = build_knowledge({"d_items": di, "d_labitems": dl}, tmp_path / "knowledge.parquet")
     meta = build_rag_index(tmp_path / "knowledge.parquet", cfg, tmp_path / "index.faiss")
     ev, tr = make_events(4)
     ev.to_parquet(tmp_path / "events.parquet")

@@ -42,7 +42,7 @@ def test_new_admissions_encode_only_their_new_texts(world, tmp_path):
     from ehrxdiff_core.text.store import EmbeddingReader
 
     cfg = TextConfig.model_validate({"encoder": {"name": "tiny-random", "tiny_dim": 16}, "cache_dir": str(tmp_path / "c")})
-    build_knowledge(world / "ehr/d_items.parquet", world / "ehr/d_labitems.parquet", tmp_path / "k.parquet")
+    build_knowledge({d: world / f"ehr/{d}.parquet" for d in ("d_items", "d_labitems")}, tmp_path / "k.parquet")
     build_rag_index(tmp_path / "k.parquet", cfg, tmp_path / "i.faiss")
     trip = pd.read_parquet(world / "events/triplets.parquet")
     events = pd.read_parquet(world / "events/events.parquet")
@@ -78,7 +78,7 @@ def test_every_synthetic_item_finds_its_glossary_entry(world, tmp_path):
     from ehrxdiff_core.text.knowledge import read_knowledge
     from ehrxdiff_core.text.knowledge import build_knowledge
 
-    build_knowledge(world / "ehr/d_items.parquet", world / "ehr/d_labitems.parquet", tmp_path / "k.parquet")
+    build_knowledge({d: world / f"ehr/{d}.parquet" for d in ("d_items", "d_labitems")}, tmp_path / "k.parquet")
     lookup = KnowledgeLookup(read_knowledge(tmp_path / "k.parquet"))
     events = pd.read_parquet(world / "events/events.parquet").drop_duplicates(["source", "code"])
     missing = []

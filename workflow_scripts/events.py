@@ -9,7 +9,7 @@ from ehrxdiff_core.runlog import start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
 counts = build_events(
-    Path(snakemake.input.d_items).parent,
+    Path(snakemake.input.tables[0]).parent,  # ehr/: the event tables and their dictionaries
     Path(snakemake.input.triplets),
     EventsConfig(**snakemake.params.events),
     DuckDBSettings(**snakemake.params.duck),

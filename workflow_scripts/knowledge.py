@@ -7,5 +7,6 @@ from ehrxdiff_core.runlog import start_job
 from ehrxdiff_core.text.knowledge import build_knowledge
 
 log = start_job(snakemake.log[0], snakemake.threads)
-n = build_knowledge(Path(snakemake.input.d_items), Path(snakemake.input.d_labitems), Path(snakemake.output.knowledge))
+files = {Path(p).stem: Path(p) for p in snakemake.input.dictionaries}  # ehr/<dictionary>.parquet
+n = build_knowledge(files, Path(snakemake.output.knowledge))
 log.info("knowledge: %d snippets", n)

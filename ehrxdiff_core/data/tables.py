@@ -151,7 +151,8 @@ class EventTable:
             raise ValueError(f"event table {self.name}: source {self.source!r} must be 'hosp/<file>' or 'icu/<file>'")
         kinds = {c.name: c.kind for c in self.table.columns}
         named = {"time": [self.time], "ids": list(self.ids), "code": list(self.code),
-                 "quantity": list(self.quantity or ()), "dictionary.key": [self.dictionary.key] if self.dictionary else []}
+                 "quantity": list(self.quantity or ()),
+                 "dictionary.key": [self.dictionary.key] if self.dictionary is not None else []}
         for field, cols in named.items():
             missing = [c for c in cols if c not in kinds]
             if missing:
@@ -162,8 +163,11 @@ class EventTable:
             raise ValueError(f"event table {self.name}: ids must include hadm_id (events are joined to pairs by it)")
         if not self.code:
             raise ValueError(f"event table {self.name}: code must name at least one column")
-        if self.dictionary is not None and self.dictionary.table not in TABLES:
-            raise ValueError(f"event table {self.name}: dictionary {self.dictionary.table!r} is not a known table")
+        if self.dictionary is not None:
+            if self.dictionary.table not in TABLES:
+                raise ValueError(f"event table {self.name}: dictionary {self.dictionary.table!r} is not in TABLES")
+            if kinds[self.dictionary.key] not in ("id", "int"):
+                raise ValueError(f"event table {self.name}: dictionary key {self.dictionary.key!r} must be an integer")
 
 
 # name → Table of every table ingest writes, and name → EventTable; both grow with register_event_table

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from ehrxdiff_core.data.tables import EVENT_TABLES
+
 from .vocab import COLUMNS
 
 _INT = {
@@ -33,14 +35,20 @@ _TIME = {
     "admittime", "dischtime", "deathtime", "edregtime", "edouttime", "intime", "outtime", "charttime",
     "storetime", "starttime", "stoptime", "endtime", "chartdate", "storedate",
 }
-_FLOAT_VALUE_TABLES = {"outputevents", "procedureevents"}  # `value` is numeric there, text elsewhere
+
+
+def _numeric_value(table: str) -> bool:
+    """MIMIC's `value` is a number in some event tables (outputevents, procedureevents), text in others (labevents,
+    chartevents): as the table's registry entry types it."""
+    entry = EVENT_TABLES.get(table)
+    return entry is not None and any(c.name == "value" and c.kind == "num" for c in entry.table.columns)
 
 
 def column_type(table: str, col: str) -> pa.DataType:
     """Arrow type a column is written from (decides its text form in the CSV)."""
     if col in _INT:
         return pa.int64()
-    if col in _FLOAT or (col == "value" and table in _FLOAT_VALUE_TABLES):
+    if col in _FLOAT or (col == "value" and _numeric_value(table)):
         return pa.float64()
     if col in _TIME:
         return pa.timestamp("s")

@@ -14,38 +14,13 @@ import numpy as np
 import pandas as pd
 
 from ehrxdiff_core.config import RagConfig
+from ehrxdiff_core.data.tables import EVENT_TABLES, serialized_column_names
 from ehrxdiff_core.text.glossary import MEASUREMENT_KINDS
 
 log = logging.getLogger(__name__)
 
-# Serialized columns per table, in CSV order (reference/ehrxdiff.md §2.4 minus excluded columns).
-TABLE_COLUMNS: dict[str, list[str]] = {
-    "labevents": ["itemid", "value", "valuenum", "valueuom", "ref_range_lower", "ref_range_upper",
-                  "flag", "priority", "comments"],
-    "prescriptions": ["drug_type", "drug", "prod_strength", "form_rx", "dose_val_rx", "dose_unit_rx",
-                      "form_val_disp", "form_unit_disp", "doses_per_24_hrs", "route"],
-    "inputevents": ["itemid", "amount", "amountuom", "rate", "rateuom", "ordercategoryname",
-                    "secondaryordercategoryname", "ordercomponenttypedescription", "ordercategorydescription",
-                    "patientweight", "totalamount", "totalamountuom", "isopenbag", "originalamount", "originalrate"],
-    "chartevents": ["itemid", "value", "valuenum", "valueuom", "warning"],
-    "outputevents": ["itemid", "value", "valueuom"],
-    "microbiologyevents": ["spec_type_desc", "test_seq", "test_name", "org_name", "isolate_num", "quantity",
-                           "ab_name", "dilution_text", "dilution_comparison", "dilution_value", "interpretation",
-                           "comments"],
-    "procedureevents": ["itemid", "value", "valueuom", "location", "locationcategory", "ordercategoryname",
-                        "ordercategorydescription", "patientweight", "isopenbag", "originalamount", "originalrate"],
-}
-ITEM_TABLES = {"chartevents": "d_items", "inputevents": "d_items", "outputevents": "d_items",
-               "procedureevents": "d_items", "labevents": "d_labitems"}
-# The (number, unit) columns of each table's serialized event. Only measurements are compared with reference
-# ranges (the abnormality flag); doses, amounts and durations feed the numeric features alone.
-QUANTITY_FIELDS: dict[str, tuple[str, str]] = {
-    "chartevents": ("valuenum", "valueuom"), "labevents": ("valuenum", "valueuom"),
-    "outputevents": ("value", "valueuom"), "inputevents": ("amount", "amountuom"),
-    "procedureevents": ("value", "valueuom"), "prescriptions": ("dose_val_rx", "dose_unit_rx"),
-}
-MEASUREMENT_TABLES = ("chartevents", "labevents", "outputevents")
-_ALL_COLUMNS = sorted({c for cols in TABLE_COLUMNS.values() for c in cols})
+# What each event table's text holds (serialized columns, item label, number and unit) is its entry in the
+# registry of ehrxdiff_core/data/tables.py: the parser reads texts the way the events stage writes them.
 _NORM_RE = re.compile(r"[^a-z0-9%]+")
 
 
@@ -60,13 +35,14 @@ def parse_event(text: str) -> tuple[str, dict[str, str]]:
     if not tokens:
         return "", {}
     table, rest = tokens[0], tokens[1:]
-    columns = TABLE_COLUMNS.get(table, _ALL_COLUMNS)
+    entry = EVENT_TABLES.get(table)
+    columns = [c.name for c in entry.serialized] if entry is not None else serialized_column_names()
     pos = {c: i for i, c in enumerate(columns)}
     fields: dict[str, list[str]] = {}
     current, current_pos = None, -1
     for tok in rest:
         p = pos.get(tok)
-        if p is not None and (p > current_pos or table not in TABLE_COLUMNS) and tok not in fields:
+        if p is not None and (p > current_pos or entry is None) and tok not in fields:
             current, current_pos = tok, p
             fields[tok] = []
         elif current is not None:
@@ -124,19 +100,15 @@ class EventItem:
 def event_item(text: str, source: str | None = None, code: str | None = None) -> EventItem:
     table, f = parse_event(text)
     table = source or table
-    if table in ITEM_TABLES:
-        label = f.get("itemid")
-    elif table == "prescriptions":
-        label = f.get("drug")
-    elif table == "microbiologyevents":
-        label = f.get("org_name") or f.get("test_name") or f.get("spec_type_desc")
-    else:
-        label = None
-    quantity = unit = None
-    if table in QUANTITY_FIELDS:
-        number_col, unit_col = QUANTITY_FIELDS[table]
-        quantity, unit = _number(f.get(number_col)), f.get(unit_col)
-    value = quantity if table in MEASUREMENT_TABLES else None
+    entry = EVENT_TABLES.get(table)
+    label = quantity = unit = None
+    if entry is not None:
+        # what the event is about: its code columns, as the text holds them (the dictionary key as its label)
+        label = next((f[c] for c in entry.code if f.get(c)), None)
+        if entry.quantity is not None:
+            number_col, unit_col = entry.quantity
+            quantity, unit = _number(f.get(number_col)), f.get(unit_col)
+    value = quantity if entry is not None and entry.measurement else None
     return EventItem(table=table, label=label or None, value=value, unit=unit,
                      ref_low=_number(f.get("ref_range_lower")), ref_high=_number(f.get("ref_range_upper")), fields=f,
                      quantity=quantity)
@@ -205,9 +177,10 @@ class KnowledgeLookup:
         return abnormality_flag(item.value, low, high), low, high, unit
 
     def dictionary_for(self, table: str, label: str | None, code: str | None) -> int | None:
-        dict_source = ITEM_TABLES.get(table)
-        if dict_source is None:
+        entry = EVENT_TABLES.get(table)
+        if entry is None or entry.dictionary is None:
             return None
+        dict_source = entry.dictionary.table
         if code is not None and str(code).strip().isdigit():
             hit = self.by_ref.get(f"{dict_source}:{int(str(code).strip())}")
             if hit is not None:
