@@ -23,7 +23,7 @@ from ehrxdiff_core.data.events import MEDS_EVENTS
 from ehrxdiff_core.data.meds import ID_MAP as MEDS_ID_MAP, MEDS_TABLES
 from ehrxdiff_core.data.images import image_inventory_hash
 from ehrxdiff_core.data.sources import cxr_root, source_path
-from ehrxdiff_core.data.tables import EVENT_TABLES, TABLE_NAMES, dictionaries, ingested_tables
+from ehrxdiff_core.data.tables import EVENT_TABLES, TABLE_NAMES, default_event_tables, dictionaries, ingested_tables
 
 
 wildcard_constraints:
@@ -98,15 +98,17 @@ def event_dictionaries():
 def synthetic_tables():
     """The synthetic world's CSVs this run ingests (every non-event table and the selected event tables);
     a selected table the world does not write is a config error here, before any job."""
-    from ehrxdiff_core.synthetic.vocab import FILE_PATHS
+    others = [t for t in CFG.events.tables if t not in default_event_tables()]  # the world writes the defaults
+    if others:
+        from ehrxdiff_core.synthetic.vocab import FILE_PATHS  # imports the whole world: only when needed
 
-    unknown = [t for t in CFG.events.tables if t not in FILE_PATHS]
-    if unknown:
-        written = [t for t in EVENT_TABLES if t in FILE_PATHS]
-        raise WorkflowError(
-            f"events.tables: the synthetic world (data.source: synthetic) has no {', '.join(unknown)}; its event "
-            f"tables are {', '.join(written)}. Leave them out, or read MIMIC (data.source: mimic)"
-        )
+        unknown = [t for t in others if t not in FILE_PATHS]
+        if unknown:
+            raise WorkflowError(
+                f"events.tables: the synthetic world (data.source: synthetic) has no {', '.join(unknown)}; its "
+                f"event tables are {', '.join(t for t in EVENT_TABLES if t in FILE_PATHS)}. Leave them out, or "
+                "read MIMIC (data.source: mimic)"
+            )
     return [str(source_path(t, CFG.data, Path(SYNTH))) for t in ingested_tables(CFG.events.tables)]
 
 

@@ -114,6 +114,14 @@ def test_the_paper_tables_are_registered_and_the_default_selection():
             assert entry.item_description, entry.name  # its items get a knowledge snippet that says what they are
 
 
+def test_the_synthetic_world_writes_every_default_table():
+    """`synthesize` declares the selected tables; the rules check only non-default ones against the world."""
+    from ehrxdiff_core.synthetic.vocab import FILE_PATHS
+
+    for name in default_event_tables():
+        assert FILE_PATHS[name] == f"mimiciv/{EVENT_TABLES[name].source}.csv.gz"
+
+
 def test_synthetic_writer_types_value_as_the_registry_does():
     """MIMIC's `value` is numeric in outputevents/procedureevents, text in chartevents/labevents."""
     assert column_type("outputevents", "value") == pa.float64() == column_type("procedureevents", "value")
