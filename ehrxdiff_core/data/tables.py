@@ -177,15 +177,15 @@ EVENT_TABLES: dict[str, EventTable] = {}
 TABLE_NAMES = TABLES.keys()
 
 
-def register_event_table(table: EventTable) -> EventTable:
+def register_event_table(entry: EventTable) -> EventTable:
     """Add an event table to the registry: every stage and the config's `events.tables` then know it."""
-    if table.name in TABLES:
-        raise ValueError(f"table {table.name!r} is already registered")
-    table.check()
-    TABLES[table.name] = table.table
-    EVENT_TABLES[table.name] = table
+    if entry.name in TABLES:
+        raise ValueError(f"table {entry.name!r} is already registered")
+    entry.check()
+    TABLES[entry.name] = entry.table
+    EVENT_TABLES[entry.name] = entry
     _derived_changed()
-    return table
+    return entry
 
 
 def unregister_event_table(name: str) -> None:
