@@ -105,3 +105,10 @@ def test_a_script_without_library_imports_is_refused(tmp_path):
     script.write_text("import json\nfrom ehrxdiff_core.config import TextConfig\n")
     with pytest.raises(ValueError, match="imports no ehrxdiff_core module"):
         script_sources(script)
+
+
+def test_what_config_imports_is_not_followed():
+    """The config imports the event-table registry only to check `events.tables`: editing the registry reruns
+    the stages that use it (ingest, events, knowledge, embed), not every stage that reads a config section."""
+    assert "data/tables.py" not in _names("cohort") and "data/tables.py" not in _names("train_vae")
+    assert {"data/tables.py", "data/event_filters.py"} <= _names("events") & _names("knowledge") & _names("ingest")
