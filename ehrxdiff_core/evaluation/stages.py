@@ -1,7 +1,7 @@
 """Entry points of the evaluation stages, called by the workflow scripts.
 
-`train_evaluator` -> `eval/evaluator/`, `evaluate` -> `eval/metrics.json`,
-`build_report` (re-exported from `report`) -> `eval/report.html`.
+`train_evaluator` -> `eval/evaluator/`, `evaluate` -> `eval/metrics.json` (the report's entry point,
+`build_report`, lives in `report`).
 
 metrics.json: the typed layout of `evaluation/schema.py` (`MetricsFile`): `methods` (one object per
 method: the model, its controls, the real-target and oracle ceilings), `comparisons` (model minus each
@@ -42,7 +42,6 @@ from ehrxdiff_core.evaluation.inputs import (
 from ehrxdiff_core.evaluation.plots import loss_curve_png
 from ehrxdiff_core.evaluation.schema import MetricsFile
 from ehrxdiff_core.evaluation.truth import DYNAMIC_MIN_CHANGE, PairTruth, pair_truth
-from ehrxdiff_core.evaluation.report import build_report  # noqa: F401  (entry point re-exported)
 from ehrxdiff_core.labels import EVAL_LABELS
 
 log = logging.getLogger(__name__)
