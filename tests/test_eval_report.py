@@ -12,14 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO
+from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
+
 from ehrxdiff_core.config import EvaluateConfig, PipelineConfig, ReportConfig, write_resolved_config
 from ehrxdiff_core.evaluation.controls import control_previous_blur
 from ehrxdiff_core.evaluation.report import SECTIONS, ReportInputs, build_report
 from ehrxdiff_core.evaluation.stages import evaluate, train_evaluator
-
-from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
 
 torch.set_num_threads(1)
 
@@ -53,15 +52,14 @@ def relocate(inputs: ReportInputs, dest: Path) -> ReportInputs:
 
 
 def demo_shaped_run(root: Path, grid_pairs: int = 8) -> tuple[ReportInputs, ReportConfig]:
-    """A tiny run with every input of the report: evaluator, metrics with controls and truth, the blur control,
-    the autoencoder gate, curves of all four models, the resolved config."""
+    """A tiny run under the results folder `root` with every input of the report: evaluator, metrics with
+    controls and truth, the blur control, the autoencoder gate, curves of all four models, the resolved config."""
     world = build_world(root, n_subjects=20)
-    results = root
-    inputs = inputs_under(results)
+    inputs = inputs_under(root)
     train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(steps=30), inputs.evaluator, device="cpu",
                     truth=world["truth"])
     samples = {"ehrxdiff": write_samples(inputs.samples, world["triplets"], world["df"], "target")}
-    samples["image_only"] = write_samples(results / "samples/image_only/test", world["triplets"], world["df"], "previous")
+    samples["image_only"] = write_samples(root / "samples/image_only/test", world["triplets"], world["df"], "previous")
     control_previous_blur(world["h5"], world["triplets"], inputs.samples, "test", inputs.blur_control)
     samples["previous_blur"] = inputs.blur_control
     evaluate(samples, world["h5"], world["triplets"], inputs.evaluator,

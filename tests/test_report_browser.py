@@ -14,10 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_eval_report import demo_shaped_run
 
 from ehrxdiff_core.evaluation.report import SECTIONS, build_report
-
-from test_eval_report import demo_shaped_run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
