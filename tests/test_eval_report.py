@@ -38,15 +38,18 @@ def inputs_under(results: Path, split: str = "test", size: int = 32) -> ReportIn
     )
 
 
-def relocate(inputs: ReportInputs, dest: Path) -> ReportInputs:
-    """Move every input that exists to `dest/<input name>-elsewhere/<file name>`: a layout unlike `results/`."""
+def relocate(inputs: ReportInputs, dest: Path, copy: bool = False) -> ReportInputs:
+    """Move (or copy) every input that exists to `dest/<input>-elsewhere/<input><suffix>`: a layout unlike
+    `results/`, with other file names (`images-elsewhere/images.h5`, not `images/cxr_32.h5`)."""
     moved = {}
     for f in fields(inputs):
         src = getattr(inputs, f.name)
         target = dest / f"{f.name}-elsewhere" / f"{f.name}{src.suffix}"
         target.parent.mkdir(parents=True)
-        if src.exists():
-            shutil.move(src, target)
+        if src.is_dir() and copy:
+            shutil.copytree(src, target)
+        elif src.exists():
+            (shutil.copy2 if copy else shutil.move)(src, target)
         moved[f.name] = target
     return ReportInputs(**moved)
 
