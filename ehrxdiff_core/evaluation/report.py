@@ -110,7 +110,10 @@ def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | No
 
 
 def _df_table(df: pd.DataFrame) -> str:
-    return _table(list(map(str, df.columns)), [[_fmt(v if not (isinstance(v, float) and np.isnan(v)) else None) for v in r] for r in df.itertuples(index=False)])
+    def cell(v) -> str:
+        return _fmt(None if isinstance(v, float) and np.isnan(v) else v)
+
+    return _table(list(map(str, df.columns)), [[cell(v) for v in r] for r in df.itertuples(index=False)])
 
 
 # ------------------------------------------------------------------------------------------- cohort
@@ -134,8 +137,8 @@ def _cohort_section(inputs: ReportInputs) -> str:
     else:
         parts.append(_missing(f"{ev_trip} (pairs with events)"))
     if cohort_trip.exists():
-        df = con.execute(f"SELECT split, count(*) AS pairs_before_event_filter FROM read_parquet({_sql_path(cohort_trip)}) "
-                         "GROUP BY split ORDER BY split").df()
+        df = con.execute(f"SELECT split, count(*) AS pairs_before_event_filter "
+                         f"FROM read_parquet({_sql_path(cohort_trip)}) GROUP BY split ORDER BY split").df()
         parts.append("<h3>Pairs before dropping pairs without events (cohort/triplets.parquet)</h3>" + _df_table(df))
     else:
         parts.append(_missing(f"{cohort_trip} (pairs before the events filter)"))
@@ -204,9 +207,9 @@ def _comparisons_table(mf: MetricsFile) -> str:
     n_boot = next((e.n_boot for es in mf.comparisons.values() for e in es), 0)
     n_pat = next((e.n_patients for es in mf.comparisons.values() for e in es), 0)
     return (_table(["metric", mf.model, *[f"vs {c}" for c in controls]], rows, classes)
-            + f"<p>Δ = {html.escape(mf.model)} − control; 95 % interval from {n_boot} paired patient-level bootstrap resamples "
-              f"of {n_pat} patients (the same resamples for every method). The verdict reads the interval: "
-              "<i>better</i> / <i>worse</i> only when it excludes 0.</p>")
+            + f"<p>Δ = {html.escape(mf.model)} − control; 95 % interval from {n_boot} paired patient-level "
+              f"bootstrap resamples of {n_pat} patients (the same resamples for every method). The verdict reads "
+              "the interval: <i>better</i> / <i>worse</i> only when it excludes 0.</p>")
 
 
 def _truth_tables(mf: MetricsFile) -> str:
@@ -215,7 +218,8 @@ def _truth_tables(mf: MetricsFile) -> str:
     rows = [[html.escape(f), f"{c['mean_abs_change']:.3f}", "yes" if c["dynamic"] else "no", f"{c['threshold']:.2f}",
              str(c["n_cross_up"]), str(c["n_cross_down"])] for f, c in mf.truth.findings.items()]
     out = ("<h3>Synthetic world: hidden state of the scored pairs</h3>"
-           + _table(["finding", "mean |Δ severity|", "dynamic", "label threshold", "crossed upwards", "crossed downwards"], rows)
+           + _table(["finding", "mean |Δ severity|", "dynamic", "label threshold", "crossed upwards",
+                     "crossed downwards"], rows)
            + f"<p>Dynamic: {html.escape(str(mf.truth.dynamic_rule))}.</p>")
     names = list(mf.methods)
     for key, title in (("partial_r", "partial correlation of predicted and true change given the previous state"),
@@ -225,7 +229,8 @@ def _truth_tables(mf: MetricsFile) -> str:
             row = [html.escape(f) + (" <small>(in the macro)</small>" if f in mf.label_sets.truth[key] else "")]
             for n in names:
                 t = mf.methods[n].truth
-                row.append(_fmt(getattr(t.per_finding[f], key).model_dump()) if t.computed and f in t.per_finding else "–")
+                shown = t.computed and f in t.per_finding
+                row.append(_fmt(getattr(t.per_finding[f], key).model_dump()) if shown else "–")
             rows.append(row)
         macro = [f"<b>macro over {html.escape(', '.join(mf.label_sets.truth[key]) or '(none)')}</b>"]
         for n in names:
@@ -233,7 +238,8 @@ def _truth_tables(mf: MetricsFile) -> str:
             m = getattr(t, f"{key}_macro") if t.computed else None
             macro.append(_fmt(m.model_dump()) if m is not None else "–")
         rows.append(macro)
-        out += f"<h3>Truth: {html.escape(title)}</h3>" + _table(["finding", *names], rows, [""] * (len(rows) - 1) + ["headline"])
+        classes = [""] * (len(rows) - 1) + ["headline"]
+        out += f"<h3>Truth: {html.escape(title)}</h3>" + _table(["finding", *names], rows, classes)
     return out
 
 
@@ -247,48 +253,61 @@ def _metrics_section(inputs: ReportInputs) -> str:
              f"{st.get('n_patients')} patients; subsets: {html.escape(str(st.get('subsets', '')))}.</p>"]
     parts.append("<h3>Headline: the model against each control</h3>" + _comparisons_table(mf))
     ls = mf.label_sets
-    parts.append("<h3>Label sets (fixed before scoring and resampling)</h3>" + _table(
-        ["macro", "labels"], [[k, html.escape(", ".join(v) or "(none: every macro here is undefined)")] for k, v in
-                              [*((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")), ("truth: partial correlation", ls.truth["partial_r"]), ("truth: crossing AUROC", ls.truth["crossing_auroc"])]])
-        + f"<p>Rule: {html.escape(ls.rule)}.</p>")
+    sets = [*((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")),
+            ("truth: partial correlation", ls.truth["partial_r"]),
+            ("truth: crossing AUROC", ls.truth["crossing_auroc"])]
+    set_rows = [[k, html.escape(", ".join(v) or "(none: every macro here is undefined)")] for k, v in sets]
+    parts.append("<h3>Label sets (fixed before scoring and resampling)</h3>" + _table(["macro", "labels"], set_rows)
+                 + f"<p>Rule: {html.escape(ls.rule)}.</p>")
     rows, classes = [], []
     for name, r in mf.methods.items():
         a = r.auroc
         ev = r.fid.get("evaluator")
-        seeds = "–" if r.n_seeds is None else (str(r.n_seeds["min"]) if r.n_seeds["min"] == r.n_seeds["max"] else f"{r.n_seeds['min']}–{r.n_seeds['max']}")
-        rows.append([f"{html.escape(name)} <small>({html.escape(r.kind)})</small><br><small>{html.escape(r.description)}</small>", seeds,
+        if r.n_seeds is None:
+            seeds = "–"
+        elif r.n_seeds["min"] == r.n_seeds["max"]:
+            seeds = str(r.n_seeds["min"])
+        else:
+            seeds = f"{r.n_seeds['min']}–{r.n_seeds['max']}"
+        t = r.truth
+        rows.append([f"{html.escape(name)} <small>({html.escape(r.kind)})</small><br>"
+                     f"<small>{html.escape(r.description)}</small>", seeds,
                      *[_fmt(a[s].macro.model_dump()) for s in ("diff", "all", "same")],
                      *[_fmt(a[s].micro.model_dump()) for s in ("diff", "all")],
-                     _fmt(r.truth.partial_r_macro.model_dump()) if r.truth.computed and r.truth.partial_r_macro else "–",
-                     _fmt(r.truth.crossing_auroc_macro.model_dump()) if r.truth.computed and r.truth.crossing_auroc_macro else "–",
+                     _fmt(t.partial_r_macro.model_dump()) if t.computed and t.partial_r_macro else "–",
+                     _fmt(t.crossing_auroc_macro.model_dump()) if t.computed and t.crossing_auroc_macro else "–",
                      _fmt(r.sex_auroc.model_dump()), _fmt(r.age_pearson_r.model_dump()),
                      _fmt(ev.value if ev else None, 2), _fmt(ev.floor if ev else None, 2),
                      *[_fmt(r.fid[k].value if k in r.fid else None, 2) for k in ("inception", "xrv")]])
         classes.append("headline" if name == mf.model else "")
     parts.append("<h3>All methods side by side</h3>" + _table(
-        ["method", "seeds averaged", "Diff macro", "All macro", "Same macro", "Diff micro", "All micro", "truth partial r",
-         "truth crossing AUROC", "sex AUROC", "age r", "FD evaluator", "FD floor (real vs real)", "Inception FID", "XRV FID"],
+        ["method", "seeds averaged", "Diff macro", "All macro", "Same macro", "Diff micro", "All micro",
+         "truth partial r", "truth crossing AUROC", "sex AUROC", "age r", "FD evaluator", "FD floor (real vs real)",
+         "Inception FID", "XRV FID"],
         rows, classes))
     parts.append(_truth_tables(mf))
     labels = st.get("labels", list(EVAL_LABELS))
     for sub in ("diff", "all", "same"):
         rows = []
         for lab in labels:
-            row = [html.escape(DISPLAY_NAME.get(lab, lab)) + (" <small>(in the macro)</small>" if lab in ls.auroc[sub] else "")]
+            in_macro = " <small>(in the macro)</small>" if lab in ls.auroc[sub] else ""
+            row = [html.escape(DISPLAY_NAME.get(lab, lab)) + in_macro]
             for r in mf.methods.values():
                 e = r.auroc[sub].per_label[lab]
                 row.append(f"{_fmt(e.model_dump())} <small>({e.n_pos}+/{e.n_neg}−)</small>")
             rows.append(row)
-        parts.append(f"<h3>Per-label AUROC, {sub.capitalize()} subset (positives/negatives)</h3>" + _table(["label", *mf.methods], rows))
+        parts.append(f"<h3>Per-label AUROC, {sub.capitalize()} subset (positives/negatives)</h3>"
+                     + _table(["label", *mf.methods], rows))
     any_r = next(iter(mf.methods.values())).fid
     for ext in ("evaluator", "inception", "xrv"):
         f = any_r.get(ext)
         if f is None or not f.computed:
-            parts.append(f"<p><b>FD {ext}</b>: not computed ({html.escape(str(f.reason if f else 'not configured'))}).</p>")
+            reason = f.reason if f else "not configured"
+            parts.append(f"<p><b>FD {ext}</b>: not computed ({html.escape(str(reason))}).</p>")
         else:
-            parts.append(f"<p><b>FD {ext}</b>: {html.escape(str(f.extractor))}; d = {f.dim}, halves N = {f.n_a} / {f.n_b}; "
-                         f"{html.escape(str(f.protocol))}. {html.escape(str(f.note or ''))} "
-                         f"{html.escape(str(st.get('fid_images', '')))}</p>")
+            parts.append(f"<p><b>FD {ext}</b>: {html.escape(str(f.extractor))}; d = {f.dim}, "
+                         f"halves N = {f.n_a} / {f.n_b}; {html.escape(str(f.protocol))}. "
+                         f"{html.escape(str(f.note or ''))} {html.escape(str(st.get('fid_images', '')))}</p>")
     gen_rows = [[html.escape(n), html.escape(json.dumps(r.generation))] for n, r in mf.methods.items() if r.generation]
     if gen_rows:
         parts.append("<h3>Sampling settings (from the manifests)</h3>" + _table(["method", "settings"], gen_rows))
@@ -307,11 +326,12 @@ def _controls_quality(inputs: ReportInputs) -> str:
     if path.exists():
         q = json.loads(path.read_text())
         g = q.get("gate", {})
-        rows = [[k, _fmt(q[k]["auroc"]["macro"]), _fmt(q[k]["auroc"]["micro"]), _fmt(q[k]["sex_auroc"]), _fmt(q[k]["age_pearson_r"])]
-                for k in ("real", "reconstructed") if k in q]
+        rows = [[k, _fmt(q[k]["auroc"]["macro"]), _fmt(q[k]["auroc"]["micro"]), _fmt(q[k]["sex_auroc"]),
+                 _fmt(q[k]["age_pearson_r"])] for k in ("real", "reconstructed") if k in q]
         status = '<span class="better">passed</span>' if g.get("passed") else '<span class="worse">failed</span>'
         reasons = "; ".join(map(str, g.get("reasons", []))) or ""
-        out.append(f"<h3>Autoencoder quality gate ({q.get('n_images')} {html.escape(str(q.get('split')))} images): {status}</h3>"
+        out.append(f"<h3>Autoencoder quality gate ({q.get('n_images')} {html.escape(str(q.get('split')))} images): "
+                   f"{status}</h3>"
                    + _table(["images", "macro AUROC", "micro AUROC", "sex AUROC", "age r"], rows)
                    + f"<p>{html.escape(str(g.get('rule', '')))} {html.escape(reasons)}</p>")
     else:
@@ -321,9 +341,11 @@ def _controls_quality(inputs: ReportInputs) -> str:
         c = json.loads(path.read_text())
         sh = c.get("sharpness", {})
         rows = [[html.escape(k), _fmt(v.get("mean") if isinstance(v, dict) else v)] for k, v in sh.items()]
-        out.append(f"<h3>Blur control: Gaussian sigma {c.get('sigma', 0):.2f} px ({html.escape(str(c.get('sigma_status')))})</h3>"
+        out.append(f"<h3>Blur control: Gaussian sigma {c.get('sigma', 0):.2f} px "
+                   f"({html.escape(str(c.get('sigma_status')))})</h3>"
                    + _table(["images", "mean sharpness"], rows)
-                   + f"<p>{html.escape(str(c.get('sigma_reason', '')))} Statistic: {html.escape(str(c.get('sharpness_statistic', '')))}.</p>")
+                   + f"<p>{html.escape(str(c.get('sigma_reason', '')))} "
+                     f"Statistic: {html.escape(str(c.get('sharpness_statistic', '')))}.</p>")
     return "\n".join(out)
 
 
@@ -337,11 +359,14 @@ def _evaluator_quality(evaluator: Path) -> str:
         if s.get("n_images", 0) == 0:
             rows.append([split, "0", *["–"] * 4])
             continue
-        rows.append([split, str(s["n_images"]), _fmt(s["auroc"]["micro"]), _fmt(s["auroc"]["macro"]), _fmt(s["sex_auroc"]), _fmt(s["age_pearson_r"])])
-    out = "<h3>Evaluator on real held-out images (its ceiling)</h3>" + _table(["split", "images", "micro AUROC", "macro AUROC", "sex AUROC", "age r"], rows)
+        rows.append([split, str(s["n_images"]), _fmt(s["auroc"]["micro"]), _fmt(s["auroc"]["macro"]),
+                     _fmt(s["sex_auroc"]), _fmt(s["age_pearson_r"])])
+    out = ("<h3>Evaluator on real held-out images (its ceiling)</h3>"
+           + _table(["split", "images", "micro AUROC", "macro AUROC", "sex AUROC", "age r"], rows))
     tr = q.get("truth_recovery")
     if tr and tr.get("findings"):
-        rows = [[html.escape(k), _fmt(v.get("spearman")) if v.get("computed") else _fmt({"value": None, "reason": v.get("reason")}),
+        rows = [[html.escape(k),
+                 _fmt(v.get("spearman")) if v.get("computed") else _fmt({"value": None, "reason": v.get("reason")}),
                  _fmt(v.get("pearson")) if v.get("computed") else "–"] for k, v in tr["findings"].items()]
         out += (f"<h3>Synthetic world: evaluator probability vs hidden severity ({tr['n_images']} held-out images)</h3>"
                 + _table(["finding", "Spearman ρ", "Pearson r"], rows))
@@ -365,7 +390,8 @@ def _grid_section(inputs: ReportInputs, cfg: ReportConfig) -> str:
     if trip.empty:
         return _missing(f"pairs with a generated image in {sdir}")
     labels = [l for l in EVAL_LABELS if f"trg_{l}" in trip.columns]
-    changed = sum((trip[f"trg_{l}"].fillna(-1) != trip[f"prev_{l}"].fillna(0)) & trip[f"trg_{l}"].notna() for l in labels)
+    changed = sum((trip[f"trg_{l}"].fillna(-1) != trip[f"prev_{l}"].fillna(0)) & trip[f"trg_{l}"].notna()
+                  for l in labels)
     trip = trip.assign(_changed=changed).sort_values(["_changed", "pair_id"], ascending=[False, True])
     trip = trip.head(cfg.grid_pairs)
     store = open_images(inputs.images)
@@ -393,14 +419,17 @@ def _grid_section(inputs: ReportInputs, cfg: ReportConfig) -> str:
         if gen_img.shape != prev_img.shape:
             gen_img = np.asarray(Image.fromarray(gen_img).resize(prev_img.shape[::-1]))
         ev = top[top["pair_id"] == r["pair_id"]].head(top_k)
-        ev_html = "<br>".join(f"{html.escape(str(e.source))} {html.escape(str(e.code))} ×{int(e.n)}: {html.escape(str(e.text)[:70])}" for e in ev.itertuples()) or "no events listed"
+        ev_html = "<br>".join(f"{html.escape(str(e.source))} {html.escape(str(e.code))} ×{int(e.n)}: "
+                              f"{html.escape(str(e.text)[:70])}" for e in ev.itertuples()) or "no events listed"
         rows.append([f"<small>{html.escape(r['pair_id'])}</small>", _b64(image_png(prev_img), "cxr", "previous"),
                      _b64(image_png(gen_img), "cxr", "generated"), _b64(image_png(trg_img), "cxr", "real target"),
-                     f'<td class="small">prev: {html.escape(positives(r, "prev_"))}<br>target: {html.escape(positives(r, "trg_"))}</td>',
+                     f'<td class="small">prev: {html.escape(positives(r, "prev_"))}<br>'
+                     f'target: {html.escape(positives(r, "trg_"))}</td>',
                      f'<td class="small">{ev_html}</td>'])
     # cells that carry their own <td> open tag keep a class; strip the outer one
     body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    head = "".join(f"<th>{h}</th>" for h in ("pair", "previous", "generated", "real target", "positive labels", f"top {top_k} event codes (≤ 2 per table)"))
+    head = "".join(f"<th>{h}</th>" for h in ("pair", "previous", "generated", "real target", "positive labels",
+                                              f"top {top_k} event codes (≤ 2 per table)"))
     return (f"<p>{len(rows)} {cfg.split} pairs, those with the most changed labels first; samples from "
             f"{html.escape(str(sdir))}.</p>"
             f"<table><tr>{head}</tr>{body}</table>")
@@ -441,8 +470,9 @@ def _curves_section(inputs: ReportInputs) -> str:
         df = pd.read_csv(path)
         png = loss_curve_png(df, f"{name} ({root.name})")
         last = df.iloc[-1]
+        last_loss = _fmt(float(last["loss"])) if "loss" in df else "–"
         parts.append(f"<h3>{name}</h3>{origin_html}{_b64(png, '', name + ' loss')}<p>{len(df)} log rows, "
-                     f"last step {int(last['step'])}, last loss {_fmt(float(last['loss'])) if 'loss' in df else '–'}.</p>")
+                     f"last step {int(last['step'])}, last loss {last_loss}.</p>")
     return "\n".join(parts)
 
 
