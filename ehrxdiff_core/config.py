@@ -424,7 +424,9 @@ class EvaluateConfig(Section):
     min_label_negatives: int = Field(20, ge=1)  # ...and this many negatives among the subset's targets
 
 
-class ReportConfig(Section):
+class ReportSettings(Section):
+    """The `report` section of the config."""
+
     grid_pairs: int = Field(8, ge=1)
     top_events: int = Field(5, ge=0)  # most frequent event codes listed beside each grid pair
 
@@ -454,7 +456,7 @@ class PipelineConfig(Section):
     controls: ControlsConfig = ControlsConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    report: ReportConfig = ReportConfig()
+    report: ReportSettings = ReportSettings()
     compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
@@ -519,6 +521,21 @@ class PipelineConfig(Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+class ReportConfig(BaseModel):
+    """Every setting the report job reads, taken from a validated run config by `from_pipeline` (the
+    report rule passes it as params, so a change to one of these settings reruns the report)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    split: Literal["train", "valid", "test"]  # the sampled split, whose pairs the image grid shows
+    grid_pairs: int = Field(ge=1)
+    top_events: int = Field(ge=0)
+
+    @classmethod
+    def from_pipeline(cls, cfg: PipelineConfig) -> ReportConfig:
+        return cls(split=cfg.sample.split, **cfg.report.model_dump())
 
 
 class ConfigError(ValueError):

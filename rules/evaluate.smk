@@ -66,23 +66,25 @@ rule evaluate:
         "../workflow_scripts/evaluate.py"
 
 
+from ehrxdiff_core.config import ReportConfig
+
+
 rule report:
-    input:
+    input:  # every path the report opens, named as the fields of evaluation/report.py's ReportInputs
         metrics=rules.evaluate.output.metrics,
-        vae_quality=f"{RESULTS}/eval/vae_quality.json",
-        blur_control=f"{RESULTS}/samples/previous_blur/{CFG.sample.split}",
-        samples=f"{RESULTS}/samples/{CFG.sample.split}",  # the image grid
+        vae_quality=rules.vae_quality.output.json,
+        blur_control=evaluated_samples()["previous_blur"],
+        samples=evaluated_samples()["samples"],  # the image grid
         images=IMAGES_H5,
-        cohort=rules.cohort.output.images,
-        events=rules.events.output.events,
+        cohort_images=rules.cohort.output.images,
+        cohort_triplets=rules.cohort.output.triplets,
         triplets=EVENTS_TRIPLETS,
+        events=rules.events.output.events,
         config=rules.resolved_config.output[0],
-        models=[
-            rules.train_vae.output.model,
-            rules.train_clip.output.model,
-            rules.train_ldm.output.model,
-            rules.train_evaluator.output.model,
-        ],
+        vae=rules.train_vae.output.model,
+        clip=rules.train_clip.output.model,
+        ldm=rules.train_ldm.output.model,
+        evaluator=rules.train_evaluator.output.model,
         code=code("report"),
     output:
         html=report(
@@ -99,7 +101,6 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        config=CFG.model_dump(mode="json"),
-        results=RESULTS,
+        report=ReportConfig.from_pipeline(CFG).model_dump(mode="json"),
     script:
         "../workflow_scripts/report.py"

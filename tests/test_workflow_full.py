@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import time
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs, run_snakemake, write_config
+from test_eval_report import inputs_under, relocate
+from test_report_browser import check_rendered, render
+
 from contracts import check_embeddings_h5, check_events, check_metrics, check_triplets
-from ehrxdiff_core.config import SyntheticConfig
+from ehrxdiff_core.config import ReportConfig, SyntheticConfig, load_config
+from ehrxdiff_core.evaluation.report import SECTIONS, ReportInputs, build_report
 from ehrxdiff_core.synthetic import write_world
 
 pytestmark = pytest.mark.slow
@@ -63,7 +69,7 @@ def test_every_artifact_obeys_its_contract(full_run):
     assert not metrics.truth.used and "real data" in metrics.truth.reason and "oracle" not in metrics.methods
     assert (res / "eval/vae_quality.json").exists() and (res / "samples/previous_blur/test/control.json").exists()
     html = (res / "eval/report.html").read_text()
-    assert "data:image/png;base64" in html
+    assert "data:image/png;base64" in html and "Not available" not in html
     for rule in ("cohort", "events", "embed", "train_ldm", "sample", "evaluate"):
         assert (work / "benchmarks" / f"{rule}.tsv").exists() or (work / "benchmarks" / rule).exists(), rule
 
@@ -75,6 +81,68 @@ CONFIG_RECORD = {"resolved_config"}
 def test_nothing_changed_reruns_nothing(full_run):
     work, cfg, *_ = full_run
     assert planned_jobs(work, cfg) == {}
+
+
+def report_job_inputs(work: Path, cfg: Path) -> list[Path]:
+    """Every input of the report job as Snakemake resolves it, from a dry run that forces the job."""
+    proc = run_snakemake(work, cfg, "--dry-run", "--forcerun", "report", "results/eval/report.html")
+    found = re.search(r"^\s*(?:local)?rule report:\n\s+input: (.+)$", proc.stdout + proc.stderr, flags=re.M)
+    assert found, f"no report job in the dry run:\n{(proc.stdout + proc.stderr)[-4000:]}"
+    return [work / p for p in found.group(1).split(", ")]
+
+
+@contextmanager
+def touched(path: Path):
+    """`path` given a newer modification time, restored afterwards. A folder made by a rule carries its time in
+    `.snakemake_timestamp`, which Snakemake reads instead of the folder's own."""
+    stamp = path / ".snakemake_timestamp"
+    target = stamp if stamp.exists() else path
+    before = target.stat()
+    try:
+        future = time.time() + 3600
+        os.utime(target, (future, future))
+        yield
+    finally:
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_touching_any_input_of_the_report_reruns_it(full_run):
+    """Each file and folder the report reads, and each source file of its code, is an input of its rule: a newer
+    one schedules the report. (The dry runs compute no checksums: by default Snakemake also asks that a small
+    file's content changed, which a touch does not do.)"""
+    work, cfg, *_ = full_run
+    inputs = report_job_inputs(work, cfg)
+    run_cfg = load_config(yaml.safe_load(cfg.read_text()))
+    expected = inputs_under(work / "results", run_cfg.sample.split, run_cfg.images.size)
+    artifacts = [p for p in inputs if not p.is_relative_to(REPO)]
+    assert sorted(artifacts) == sorted(getattr(expected, f.name) for f in fields(ReportInputs))
+    assert planned_jobs(work, cfg) == {}
+    missed = []
+    for path in inputs:
+        with touched(path):
+            if "report" not in planned_jobs(work, cfg, "--max-checksum-file-size", "0"):
+                missed.append(str(path))
+    assert planned_jobs(work, cfg) == {}  # every touch undone
+    assert not missed, f"touched without rerunning the report: {missed}"
+
+
+def test_the_report_needs_nothing_but_its_inputs(full_run, tmp_path):
+    """The run's report inputs copied to a layout unlike `results/`: the report finds everything there."""
+    work, cfg, *_ = full_run
+    run_cfg = load_config(yaml.safe_load(cfg.read_text()))
+    inputs = relocate(inputs_under(work / "results", run_cfg.sample.split, run_cfg.images.size), tmp_path, copy=True)
+    out = tmp_path / "report.html"
+    build_report(inputs, ReportConfig.from_pipeline(run_cfg), out)
+    doc, original = out.read_text(), (work / "results/eval/report.html").read_text()
+    assert "Not available" not in doc and all(f">{t}</h2>" in doc for t in SECTIONS)
+    assert doc.count("data:image/png;base64,") == original.count("data:image/png;base64,")
+
+
+def test_the_report_renders_in_a_browser(full_run, tmp_path):
+    work, *_ = full_run
+    result = render(work / "results/eval/report.html", tmp_path)
+    check_rendered(result)
+    assert sum(i["alt"] == "generated" for i in result["images"]) >= 1
 
 
 def test_text_encoder_change_reruns_text_stage_and_downstream(full_run):

@@ -43,13 +43,3 @@ def image_png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
-
-
-def grid_png(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 2) -> bytes:
-    """previous | generated | real target, one row per pair, as one PNG (for `snakemake --report`)."""
-    s = rows[0][0].shape[0]
-    canvas = np.full((len(rows) * (s + gap) - gap, 3 * (s + gap) - gap), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            canvas[i * (s + gap) : i * (s + gap) + s, j * (s + gap) : j * (s + gap) + s] = img
-    return image_png(canvas)

