@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, TRIPLETS
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings, SplitConfig
 from ehrxdiff_core.data import DataError
 from ehrxdiff_core.data.stages import build_cohort
@@ -164,10 +165,9 @@ def test_contract_columns_and_labels(tmp_path):
     assert row["prev_edema"] == 1.0 and row["trg_edema"] == 0.0
     assert row["prev_pleural_effusion"] is None  # uncertain -1 → NULL
     assert row["trg_cardiomegaly"] == 1.0 and row["prev_cardiomegaly"] is None
-    expected = {"pair_id", "subject_id", "hadm_id", "prev_dicom_id", "trg_dicom_id", "prev_study_id",
-                "trg_study_id", "prev_time", "trg_time", "gap_hours", "split", "age", "gender", "race"}  # fmt: skip
-    expected |= {f"{p}{c}" for p in ("prev_", "trg_") for c in LABEL_COLUMNS}
-    assert set(row) == expected
+    assert list(row) == TRIPLETS.names
+    TRIPLETS.check_file(tmp_path / "cohort/triplets.parquet")
+    COHORT_IMAGES.check_file(tmp_path / "cohort/images.parquet")
     img = {r["dicom_id"]: r for r in images}
     assert img["b"]["path"] == "files/p10/p10000001/s50000002/b.jpg" and img["b"]["view"] == "PA"
     assert img["a"]["pleural_effusion"] is None and img["a"]["edema"] == 1.0

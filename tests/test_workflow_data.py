@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import local_snakemake_env, planned_jobs, run_snakemake, write_config
-from contracts import check_events, check_images_h5, check_triplets
+from contracts import check_events, check_images_h5, check_parquet_schemas, check_triplets
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,7 @@ def data_run(tmp_path_factory):
 def test_artifacts_satisfy_contracts(data_run):
     work, _ = data_run
     res = work / "results"
+    check_parquet_schemas(res)
     cohort = pd.read_parquet(res / "cohort/triplets.parquet")
     check_triplets(cohort)
     kept = pd.read_parquet(res / "events/triplets.parquet")

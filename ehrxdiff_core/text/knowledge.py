@@ -10,12 +10,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehrxdiff_core.artifacts.text import KNOWLEDGE
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.text.glossary import load_glossary
 
 log = logging.getLogger(__name__)
 
-KNOWLEDGE_COLUMNS = ["snippet_id", "source", "ref", "itemid", "key", "kind", "aliases", "text", "low", "high", "unit"]
 D_ITEMS_COLUMNS = ["itemid", "label", "abbreviation", "linksto", "category", "unitname", "param_type",
                    "lownormalvalue", "highnormalvalue"]
 D_LABITEMS_COLUMNS = ["itemid", "label", "fluid", "category"]
@@ -111,13 +111,6 @@ def _glossary_rows() -> list[dict]:
     return rows
 
 
-SCHEMA = pa.schema([
-    ("snippet_id", pa.int64()), ("source", pa.string()), ("ref", pa.string()), ("itemid", pa.int64()),
-    ("key", pa.string()), ("kind", pa.string()), ("aliases", pa.list_(pa.string())), ("text", pa.string()),
-    ("low", pa.float64()), ("high", pa.float64()), ("unit", pa.string()),
-])
-
-
 def build_knowledge_table(d_items: Path, d_labitems: Path) -> pa.Table:
     """Glossary first (its rows win lexical ties), then d_items and d_labitems in itemid order."""
     rows = _glossary_rows()
@@ -125,21 +118,17 @@ def build_knowledge_table(d_items: Path, d_labitems: Path) -> pa.Table:
     rows += _d_labitems_rows(_read(d_labitems, "d_labitems", D_LABITEMS_COLUMNS))
     for i, r in enumerate(rows):
         r["snippet_id"] = i
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    return pa.Table.from_pylist(rows, schema=KNOWLEDGE.schema)
 
 
 def write_knowledge(table: pa.Table, out_parquet: Path) -> None:
     with atomic_path(out_parquet) as tmp:
-        pq.write_table(table, tmp)
+        KNOWLEDGE.write(table, tmp)
 
 
 def read_knowledge(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"knowledge corpus not found: {path} (run the `knowledge` rule)")
+    KNOWLEDGE.require(path)
     df = pq.read_table(path).to_pandas()
-    missing = set(KNOWLEDGE_COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: knowledge corpus lacks columns {sorted(missing)}")
     if df["snippet_id"].tolist() != list(range(len(df))):
         raise ValueError(f"{path}: snippet_id must be 0..N-1 in row order")
     return df
