@@ -1,9 +1,10 @@
 """A Parquet artifact: its path under the results folder, the rule that writes it and its Arrow schema.
 
-Writers conform what they write to the schema (columns in its order, cast to its types, no null where the
-schema says non-null) or, when DuckDB writes the file, check the written file before it is renamed into
-place. Readers ask for the columns they use by name; a name the schema lacks is a bug caught at once, a
-column the file lacks is an `ArtifactError` naming the file and the column.
+Writers conform what they write to the schema (columns in its order, cast to its types, no null where
+the schema says non-null) or, when DuckDB writes the file, select through `select_sql` (the schema's
+columns, cast to its types) and check the written file before it is renamed into place. Readers ask for
+the columns they use by name: a name the schema lacks is a bug caught at once, a column the file lacks
+is an `ArtifactError` naming the file and the column.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# the DuckDB type of each Arrow type the schemas use, for the artifacts DuckDB writes (`ParquetArtifact.select_sql`)
+_SQL_TYPES = {
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.timestamp("us"): "TIMESTAMP",
+    pa.bool_(): "BOOLEAN",
+}
 
 
 class ArtifactError(ValueError):
@@ -40,6 +51,19 @@ class ParquetArtifact:
         if unknown:
             raise KeyError(f"{self.path} has no column(s) {unknown}; its columns are {self.names}")
         return list(names)
+
+    def select_sql(self, exprs: dict[str, str] | None = None, alias: str | None = None) -> str:
+        """The SELECT list of a SQL query that writes this artifact: its columns in order, each from `exprs[name]`
+        (default: the column of that name, of relation `alias` when given), cast to its type."""
+        exprs = exprs or {}
+        unknown = sorted(set(exprs) - set(self.schema.names))
+        if unknown:
+            raise KeyError(f"expressions for columns {unknown}, which {self.path} lacks")
+        parts = []
+        for field in self.schema:
+            expr = exprs.get(field.name, f"{alias}.{field.name}" if alias else field.name)
+            parts.append(f"CAST({expr} AS {_SQL_TYPES[field.type]}) AS {field.name}")
+        return ", ".join(parts)
 
     def conform(self, table, out: str | Path) -> pa.Table:
         """`table` (Arrow or pandas) as exactly this schema: its columns in order, each cast to its type; a

@@ -21,7 +21,7 @@ import pyarrow as pa
 from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, PREV, SPLITS, TRG, TRIPLETS, label_columns
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings
-from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, select_as, sql_list, sql_str
+from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, sql_list, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.split import read_key_file, split_subjects
 from ehrxdiff_core.labels import LABEL_COLUMNS
@@ -158,7 +158,7 @@ def build_cohort(
             "QUALIFY row_number() OVER (PARTITION BY study_id ORDER BY subject_id) = 1"
         )
         # the output columns, typed, are those of the artifacts (artifacts/cohort.py)
-        trip_cols = select_as(TRIPLETS.schema, {**_label_exprs("lp", PREV), **_label_exprs("lt", TRG)}, "q")
+        trip_cols = TRIPLETS.select_sql({**_label_exprs("lp", PREV), **_label_exprs("lt", TRG)}, "q")
         trip_query = (
             f"SELECT {trip_cols} FROM pairs4 q "
             "LEFT JOIN labels lp "
@@ -171,7 +171,7 @@ def build_cohort(
             "CAST(i.subject_id AS VARCHAR) || '/s' || CAST(i.study_id AS VARCHAR) || '/' || i.dicom_id || '.jpg')"
         )
         img_exprs = {"split": "u.split", "path": image_path, **_label_exprs("l", "")}
-        img_cols = select_as(COHORT_IMAGES.schema, img_exprs, "i")
+        img_cols = COHORT_IMAGES.select_sql(img_exprs, "i")
         img_query = (
             "WITH used AS (SELECT prev_dicom_id AS dicom_id, split FROM pairs4 UNION "
             "SELECT trg_dicom_id, split FROM pairs4) "

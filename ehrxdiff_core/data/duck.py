@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from ehrxdiff_core.config import DuckDBSettings
+
 
 ROW_GROUP = 122_880  # rows per Parquet row group (DuckDB's default), for every file the stages write
 _SCRATCH: dict[int, Path] = {}  # connection id → spill folder we created (removed by `close`)
@@ -66,33 +66,9 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-# the DuckDB type of each Arrow type an artifact schema uses (ehrxdiff_core/artifacts)
-_SQL_TYPES = {
-    pa.int64(): "BIGINT",
-    pa.int32(): "INTEGER",
-    pa.float64(): "DOUBLE",
-    pa.string(): "VARCHAR",
-    pa.timestamp("us"): "TIMESTAMP",
-    pa.bool_(): "BOOLEAN",
-}
-
-
-def select_as(schema: pa.Schema, exprs: dict[str, str] | None = None, alias: str | None = None) -> str:
-    """The SELECT list of a query that writes an artifact of `schema`: its columns in order, each from
-    `exprs[name]` (default: the column of that name, of relation `alias` when given), cast to its type."""
-    exprs = exprs or {}
-    unknown = sorted(set(exprs) - set(schema.names))
-    if unknown:
-        raise KeyError(f"expressions for columns {unknown}, which the schema lacks")
-    parts = []
-    for field in schema:
-        expr = exprs.get(field.name, f"{alias}.{field.name}" if alias else field.name)
-        parts.append(f"CAST({expr} AS {_SQL_TYPES[field.type]}) AS {field.name}")
-    return ", ".join(parts)
-
-
 def copy_to_parquet(con: duckdb.DuckDBPyConnection, query: str, out: Path, compression: str = "zstd") -> int:
     """Stream a query into a Parquet file (zstd for artifacts, snappy for scratch); returns rows written."""
-    options = f"FORMAT parquet, COMPRESSION {compression}, ROW_GROUP_SIZE {ROW_GROUP}"
-    res = con.execute(f"COPY ({query}) TO '{sql_str(str(out))}' ({options})").fetchall()
+    res = con.execute(
+        f"COPY ({query}) TO '{sql_str(str(out))}' (FORMAT parquet, COMPRESSION {compression}, ROW_GROUP_SIZE {ROW_GROUP})"
+    ).fetchall()
     return int(res[0][0]) if res else 0

@@ -22,7 +22,7 @@ from ehrxdiff_core.artifacts.events import EVENT_TRIPLETS
 from ehrxdiff_core.artifacts.images import open_image_store
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
-from ehrxdiff_core.data.duck import ROW_GROUP, close, connect, copy_to_parquet, select_as, sql_str
+from ehrxdiff_core.data.duck import ROW_GROUP, close, connect, copy_to_parquet, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.event_filters import load_prescription_whitelist, table_filter
 from ehrxdiff_core.data.pair_slices import PairWindows, write_pair_events
@@ -169,7 +169,7 @@ def build_events(
             has = kept > 0
             con.register("n_kept", pa.table({"pair_id": pairs_tab.column("pair_id").filter(pa.array(has)),
                                              "n_events": pa.array(kept[has], pa.int64())}))  # fmt: skip
-            cols = select_as(EVENT_TRIPLETS.schema, {"n_events": "n.n_events"}, "q")
+            cols = EVENT_TRIPLETS.select_sql({"n_events": "n.n_events"}, "q")
             copy_to_parquet(con, f"SELECT {cols} FROM trip q JOIN n_kept n USING (pair_id) ORDER BY q.pair_id", tmp_t)
             EVENT_TRIPLETS.check_file(tmp_t)
         log.info("events: written (%.1f s)", time.perf_counter() - t0)
