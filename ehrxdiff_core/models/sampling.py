@@ -1,6 +1,6 @@
 """Sampling: DDIM (paper: 100 steps, η = 1) or DPM-Solver++ chosen by `sample.sampler`, optional
 classifier-free guidance against the null-event condition, `sample.n_seeds` seeds per pair, PNG +
-manifest output (the samples-folder contract of `ehrxdiff_core.samples_folder`).
+manifest output (the samples-folder contract of `ehrxdiff_core.artifacts.samples`).
 
 The scheduler is the only thing that changes between samplers (diffusers' interchangeable
 `set_timesteps` / `step`). Each pair's initial noise and DDIM noise come from its own generator
