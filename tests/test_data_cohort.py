@@ -88,7 +88,8 @@ def pair_ids(rows):
 
 
 def test_gap_47h_kept_49h_dropped(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 47, "AP"), ("c", 10000001, 50000003, 49, "AP")]
+    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 47, "AP"),
+            ("c", 10000001, 50000003, 49, "AP")]
     trip, _, _ = run(tmp_path, imgs)
     assert sorted(p.name for p in (tmp_path / "cohort").iterdir()) == ["images.parquet", "triplets.parquet"]
     # a→b (47 h) and b→c (2 h) kept, a→c (49 h) dropped
@@ -98,14 +99,16 @@ def test_gap_47h_kept_49h_dropped(tmp_path):
 
 
 def test_gap_exactly_48h_dropped(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 48, "PA"), ("c", 10000001, 50000003, 47.99, "AP")]
+    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 48, "PA"),
+            ("c", 10000001, 50000003, 47.99, "AP")]
     trip, _, _ = run(tmp_path, imgs)
     assert "b_a" not in pair_ids(trip)
     assert "c_a" in pair_ids(trip)
 
 
 def test_lateral_dropped(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("lat", 10000001, 50000002, 5, "LATERAL"), ("b", 10000001, 50000003, 10, "PA")]
+    imgs = [("a", 10000001, 50000001, 0, "AP"), ("lat", 10000001, 50000002, 5, "LATERAL"),
+            ("b", 10000001, 50000003, 10, "PA")]
     trip, images, counts = run(tmp_path, imgs)
     assert pair_ids(trip) == ["b_a"]
     assert "lat" not in {r["dicom_id"] for r in images}
@@ -142,7 +145,8 @@ def test_images_outside_admission_dropped(tmp_path):
 
 def test_same_study_pair_dropped(tmp_path):
     # two frontal images of one study (same time) + a second study: no pair inside study 1
-    imgs = [("a1", 10000001, 50000001, 0, "AP"), ("a2", 10000001, 50000001, 0, "PA"), ("b", 10000001, 50000002, 3, "AP")]
+    imgs = [("a1", 10000001, 50000001, 0, "AP"), ("a2", 10000001, 50000001, 0, "PA"),
+            ("b", 10000001, 50000002, 3, "AP")]
     trip, _, _ = run(tmp_path, imgs)
     assert pair_ids(trip) == ["b_a1", "b_a2"]
     assert all(r["prev_study_id"] != r["trg_study_id"] for r in trip)

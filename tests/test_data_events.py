@@ -1,4 +1,5 @@
-"""Events stage rules (the original's table filters, time window and event cap) on tiny hand-made tables with known answers."""
+"""Events stage rules (the original's table filters, time window and event cap) on tiny hand-made tables with
+known answers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ehrxdiff_core.data.tables import TABLES
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)
 T0 = datetime(2150, 1, 1, 8, 0, 0)
-ARROW = {"id": pa.int64(), "int": pa.int64(), "num": pa.float64(), "ts": pa.timestamp("us"), "code": pa.string(), "text": pa.string()}
+ARROW = {"id": pa.int64(), "int": pa.int64(), "num": pa.float64(), "ts": pa.timestamp("us"), "code": pa.string(),
+         "text": pa.string()}
 HADM = 20000001
 
 
@@ -85,7 +87,8 @@ def make(tmp_path, tables: dict, pairs, cfg=None):
 
 
 def hr(hours, value=80.0, hadm=HADM):
-    return {"hadm_id": hadm, "charttime": h(hours), "itemid": 220045, "value": str(float(value)), "valuenum": float(value), "valueuom": "bpm"}
+    return {"hadm_id": hadm, "charttime": h(hours), "itemid": 220045, "value": str(float(value)),
+            "valuenum": float(value), "valueuom": "bpm"}
 
 
 def test_window_edges_kept_outside_dropped(tmp_path):

@@ -1,7 +1,7 @@
 """Patient-level train/valid/test split: by seeded shuffle + cumulative fractions, or from a key file.
 
 The shuffle assigns whole subjects, so no patient's images can leak between splits; fractions are
-matched on the cumulative number of pairs, as the original `ehr.py::make_input` does (test first,
+matched on the cumulative number of pairs, as the original EHRXDiff preprocessing does (test first,
 then valid, the rest train).
 """
 

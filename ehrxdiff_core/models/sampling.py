@@ -27,7 +27,8 @@ def make_scheduler(sample: SampleConfig, ldm: LdmConfig):
                   beta_schedule="scaled_linear", prediction_type=ldm.prediction_type)
     if sample.sampler == "ddim":
         # LDM's uniform DDIM timesteps 1, 11, …, 991: "leading" spacing + offset 1; α_0 for the last step
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                             timestep_spacing="leading")
     return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
 
 
@@ -71,7 +72,9 @@ def denoise(model: LatentDiffusion, cond: tuple, uncond: tuple | None, sample: S
     return ((x[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
 
 
-def sample_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device) -> np.ndarray:
+def sample_batch(
+    model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device
+) -> np.ndarray:
     """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
     cond, uncond = condition_batch(model, batch, sample)
     return denoise(model, cond, uncond, sample, seeds, device)
