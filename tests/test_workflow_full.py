@@ -14,6 +14,7 @@ import yaml
 
 from conftest import REPO, planned_jobs, run_snakemake, write_config
 from contracts import check_embeddings_h5, check_events, check_metrics, check_triplets
+from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.config import SyntheticConfig
 from ehrxdiff_core.synthetic import write_world
 
@@ -53,7 +54,7 @@ def test_every_artifact_obeys_its_contract(full_run):
         assert (folder / "metrics.csv").exists() and (folder / "loss.png").exists(), model
     for folder in ("samples/test", "samples/image_only/test", "samples/previous_vae/test", "samples/previous_blur/test"):
         manifest = pd.read_parquet(res / folder / "manifest.parquet")
-        assert list(manifest.columns) == ["pair_id", "seed_index", "seed", "path", "sampler", "steps", "guidance", "seconds"]
+        MANIFEST.check_file(res / folder / "manifest.parquet")
         assert all((res / folder / p).exists() for p in manifest["path"]), folder
         assert set(manifest["pair_id"]) <= set(triplets.loc[triplets["split"] == "test", "pair_id"])
     assert sorted(pd.read_parquet(res / "samples/test/manifest.parquet")["seed_index"].unique()) == [0, 1]
