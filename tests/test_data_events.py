@@ -1,4 +1,5 @@
-"""Events stage rules (the original's table filters, time window and event cap) on tiny hand-made tables with known answers."""
+"""Events stage rules (the original's table filters, time window and event cap) on tiny hand-made tables with
+known answers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ehrxdiff_core.artifacts.cohort import TRIPLETS
+from ehrxdiff_core.artifacts.events import EVENT_TRIPLETS, EVENTS
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
 from ehrxdiff_core.data import DataError
 from ehrxdiff_core.data.events import build_events
@@ -15,7 +18,8 @@ from ehrxdiff_core.data.tables import TABLES
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)
 T0 = datetime(2150, 1, 1, 8, 0, 0)
-ARROW = {"id": pa.int64(), "int": pa.int64(), "num": pa.float64(), "ts": pa.timestamp("us"), "code": pa.string(), "text": pa.string()}
+ARROW = {"id": pa.int64(), "int": pa.int64(), "num": pa.float64(), "ts": pa.timestamp("us"), "code": pa.string(),
+         "text": pa.string()}
 HADM = 20000001
 
 
@@ -30,22 +34,22 @@ def write_table(ehr, name, rows):
 
 
 def write_triplets(path, pairs):
-    """pairs: (pair_id, hadm_id, prev hours, trg hours)."""
-    pq.write_table(
-        pa.table(
-            {
-                "pair_id": [p[0] for p in pairs],
-                "subject_id": pa.array([10000001] * len(pairs), pa.int64()),
-                "hadm_id": pa.array([p[1] for p in pairs], pa.int64()),
-                "prev_dicom_id": [p[0].split("_")[1] for p in pairs],
-                "trg_dicom_id": [p[0].split("_")[0] for p in pairs],
-                "prev_time": pa.array([h(p[2]) for p in pairs], pa.timestamp("us")),
-                "trg_time": pa.array([h(p[3]) for p in pairs], pa.timestamp("us")),
-                "split": ["train"] * len(pairs),
-            }
-        ),
-        path,
-    )
+    """pairs: (pair_id, hadm_id, prev hours, trg hours); a cohort/triplets.parquet of them (labels unknown)."""
+    n = len(pairs)
+    known = {
+        "pair_id": [p[0] for p in pairs],
+        "subject_id": [10000001] * n,
+        "hadm_id": [p[1] for p in pairs],
+        "prev_dicom_id": [p[0].split("_")[1] for p in pairs],
+        "trg_dicom_id": [p[0].split("_")[0] for p in pairs],
+        "prev_study_id": [50000000 + 2 * i for i in range(n)],
+        "trg_study_id": [50000001 + 2 * i for i in range(n)],
+        "prev_time": [h(p[2]) for p in pairs],
+        "trg_time": [h(p[3]) for p in pairs],
+        "gap_hours": [float(p[3] - p[2]) for p in pairs],
+        "split": ["train"] * n,
+    }
+    TRIPLETS.write(pa.table({c: known.get(c, [None] * n) for c in TRIPLETS.names}), path)
 
 
 D_ITEMS = [
@@ -77,11 +81,14 @@ def make(tmp_path, tables: dict, pairs, cfg=None):
     write_triplets(trip, pairs)
     out_e, out_t = tmp_path / "events" / "events.parquet", tmp_path / "events" / "triplets.parquet"
     counts = build_events(ehr, trip, cfg, DUCK, out_e, out_t)
+    EVENTS.check_file(out_e)
+    EVENT_TRIPLETS.check_file(out_t)
     return pq.read_table(out_e).to_pylist(), pq.read_table(out_t).to_pylist(), counts
 
 
 def hr(hours, value=80.0, hadm=HADM):
-    return {"hadm_id": hadm, "charttime": h(hours), "itemid": 220045, "value": str(float(value)), "valuenum": float(value), "valueuom": "bpm"}
+    return {"hadm_id": hadm, "charttime": h(hours), "itemid": 220045, "value": str(float(value)),
+            "valuenum": float(value), "valueuom": "bpm"}
 
 
 def test_window_edges_kept_outside_dropped(tmp_path):

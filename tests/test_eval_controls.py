@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
+from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.config import VaeConfig
 from ehrxdiff_core.evaluation import metrics
 from ehrxdiff_core.evaluation.controls import (
@@ -37,8 +37,6 @@ from test_eval_stages import SIZE, build_world
 
 torch.set_num_threads(1)
 
-MANIFEST_TYPES = {"pair_id": "string", "seed_index": "int32", "seed": "int64", "path": "string", "sampler": "string",
-                  "steps": "int64", "guidance": "double", "seconds": "double"}  # the samples-folder contract
 
 
 def sharp_images(n: int = 4, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -85,9 +83,7 @@ def _store_pixels(world, dicom_ids) -> np.ndarray:
 
 def _check_folder(folder: Path, pair_ids: list[str], sampler: str) -> dict[str, np.ndarray]:
     man = pd.read_parquet(folder / "manifest.parquet")
-    schema = pq.read_schema(folder / "manifest.parquet")
-    assert schema.names == list(MANIFEST_TYPES)
-    assert [str(schema.field(c).type) for c in schema.names] == list(MANIFEST_TYPES.values())
+    MANIFEST.check_file(folder / "manifest.parquet")  # the samples-folder contract
     assert man["pair_id"].tolist() == pair_ids
     assert (man["seed_index"] == 0).all() and (man["seed"] == 0).all() and (man["steps"] == 0).all()
     assert man["guidance"].isna().all() and (man["sampler"] == sampler).all() and (man["seconds"] >= 0).all()

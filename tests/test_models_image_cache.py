@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ehrxdiff_core.artifacts.cohort import PAIR_IMAGES
 from ehrxdiff_core.config import ConfigError, TrainLoop, VaeConfig, load_config
 from ehrxdiff_core.models import datasets
 from ehrxdiff_core.models.train_vae import train_vae
@@ -124,7 +125,7 @@ def test_images_that_do_not_fit_are_read_per_batch(monkeypatch):
 
 def test_prepare_opens_the_event_reader_before_workers_fork(tmp_path):
     w = write_world(tmp_path, n_pairs=8, size=16, dim=8, max_len=4)
-    pairs = pd.read_parquet(w["triplets"])[["pair_id", "prev_dicom_id", "trg_dicom_id"]]
+    pairs = pd.read_parquet(w["triplets"])[PAIR_IMAGES]
     data = PairBatches(pairs, w["images"], w["embeddings"], 4)
     assert data._events is None
     assert data.prepare(GiB)

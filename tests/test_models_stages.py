@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.config import ClipConfig, LdmConfig, SampleConfig, TrainLoop, VaeConfig
 from ehrxdiff_core.models.sample import sample
 from ehrxdiff_core.models.train_clip import train_clip
@@ -70,7 +71,7 @@ def test_samplers_write_contract_pngs_and_manifest(world):
     for sampler in ("ddim", "dpmsolver++"):
         info, out = _sample(world, f"s_{sampler}", sampler=sampler)
         man = pd.read_parquet(out / "manifest.parquet")
-        assert list(man.columns) == ["pair_id", "seed_index", "seed", "path", "sampler", "steps", "guidance", "seconds"]
+        MANIFEST.check_file(out / "manifest.parquet")
         assert set(man["seed_index"]) == {0} and list(man["path"]) == [f"{p}.png" for p in man["pair_id"]]
         test_pairs = pd.read_parquet(world["triplets"]).query("split == 'test'")
         assert len(man) == len(test_pairs) - 1  # the pair with a missing image is dropped
@@ -94,8 +95,6 @@ def test_sampling_is_deterministic_and_batch_independent(world):
 
 def test_several_seeds_per_pair(world):
     """Seed index 0 is the one-seed image, bit for bit; index k ≥ 1 lies in seed{k}/ with seed `pair_seed(seed + k, pair)`."""
-    import pyarrow.parquet as pq
-
     from ehrxdiff_core.models.datasets import pair_seed
 
     _, one = _sample(world, "seeds1", sampler="ddim")
@@ -103,10 +102,7 @@ def test_several_seeds_per_pair(world):
     man = pd.read_parquet(two / "manifest.parquet")
     pairs = sorted(pd.read_parquet(one / "manifest.parquet")["pair_id"])
     assert info["n"] == 2 * len(pairs) and info["n_seeds"] == 2 and len(man) == 2 * len(pairs)
-    schema = pq.read_schema(two / "manifest.parquet")
-    assert {f.name: str(f.type) for f in schema} == {
-        "pair_id": "string", "seed_index": "int32", "seed": "int64", "path": "string", "sampler": "string",
-        "steps": "int64", "guidance": "double", "seconds": "double"}
+    MANIFEST.check_file(two / "manifest.parquet")
     assert not man.duplicated(["pair_id", "seed_index"]).any() and set(man["seed_index"]) == {0, 1}
     for row in man.itertuples():
         assert row.seed == pair_seed(42 + row.seed_index, row.pair_id)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import local_snakemake_env, planned_jobs, run_snakemake, write_config
-from contracts import check_events, check_images_h5, check_triplets
+from contracts import check_events, check_images_h5, check_parquet_schemas, check_triplets
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,7 @@ def data_run(tmp_path_factory):
 def test_artifacts_satisfy_contracts(data_run):
     work, _ = data_run
     res = work / "results"
+    check_parquet_schemas(res)
     cohort = pd.read_parquet(res / "cohort/triplets.parquet")
     check_triplets(cohort)
     kept = pd.read_parquet(res / "events/triplets.parquet")
@@ -53,7 +54,8 @@ def test_changed_listed_jpg_reruns_images_only(data_run):
     """A listed JPEG with a new mtime changes the images rule's params (the cohort's file
     inventory); a file the cohort does not list changes nothing."""
     work, cfg = data_run
-    listed = work / "results/synthetic/mimic-cxr-jpg" / pd.read_parquet(work / "results/cohort/images.parquet")["path"].iloc[0]
+    first = pd.read_parquet(work / "results/cohort/images.parquet")["path"].iloc[0]
+    listed = work / "results/synthetic/mimic-cxr-jpg" / first
     stray = listed.parent / "stray.jpg"
     st = listed.stat()
     try:
@@ -106,7 +108,8 @@ def test_missing_mimic_table_is_a_clear_error(data_run, tmp_path):
     (tmp_path / "mimiciv/hosp/prescriptions.csv.gz").unlink()
     cfg = write_config(
         tmp_path / "config.yaml",
-        {"data": {"source": "mimic", "mimic": {"mimiciv_root": str(tmp_path / "mimiciv"), "cxr_root": str(tmp_path / "cxr")}}},
+        {"data": {"source": "mimic",
+                  "mimic": {"mimiciv_root": str(tmp_path / "mimiciv"), "cxr_root": str(tmp_path / "cxr")}}},
     )
     proc = run_snakemake(tmp_path, cfg, "results/ehr/prescriptions.parquet", check=False)
     out = proc.stdout + proc.stderr

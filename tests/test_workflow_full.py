@@ -21,6 +21,7 @@ from test_report_browser import check_rendered, render
 from contracts import check_embeddings_h5, check_events, check_metrics, check_triplets
 from ehrxdiff_core.config import ReportConfig, SyntheticConfig, load_config
 from ehrxdiff_core.evaluation.report import SECTIONS, ReportInputs, build_report
+from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.synthetic import write_world
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_every_artifact_obeys_its_contract(full_run):
         assert (folder / "metrics.csv").exists() and (folder / "loss.png").exists(), model
     for folder in ("samples/test", "samples/image_only/test", "samples/previous_vae/test", "samples/previous_blur/test"):
         manifest = pd.read_parquet(res / folder / "manifest.parquet")
-        assert list(manifest.columns) == ["pair_id", "seed_index", "seed", "path", "sampler", "steps", "guidance", "seconds"]
+        MANIFEST.check_file(res / folder / "manifest.parquet")
         assert all((res / folder / p).exists() for p in manifest["path"]), folder
         assert set(manifest["pair_id"]) <= set(triplets.loc[triplets["split"] == "test", "pair_id"])
     assert sorted(pd.read_parquet(res / "samples/test/manifest.parquet")["seed_index"].unique()) == [0, 1]

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ehrxdiff_core.artifacts.events import EVENTS
+
 # (itemid, label, abbreviation, linksto, category, unitname, param_type, low, high)
 D_ITEMS = [
     (220045, "Heart Rate", "HR", "chartevents", "Routine Vital Signs", "bpm", "Numeric", 60.0, 100.0),
@@ -131,7 +133,7 @@ def make_events(n_pairs: int, seed: int = 0, events_per_pair: tuple[int, int] = 
             source, code, text = _event(rng)
             rows.append((pair_id, pos, float(minutes[pos]), source, code, text))
         trip.append((pair_id, n))
-    events = pd.DataFrame(rows, columns=["pair_id", "position", "minutes_from_prev", "source", "code", "text"])
+    events = pd.DataFrame(rows, columns=EVENTS.names)
     events["position"] = events["position"].astype("int64")
     triplets = pd.DataFrame(trip, columns=["pair_id", "n_events"])
     return events, triplets

@@ -1,8 +1,14 @@
-"""Cohort and (previous, target) pairs per the paper (reference/ehrxdiff.md §2.3, §9), in DuckDB SQL.
+"""The cohort and its (previous, target) image pairs, by the paper's rules, in DuckDB SQL.
 
-Frontal images strictly inside an adult hospital admission; all ordered pairs (or consecutive ones) of
-different studies in one admission with gap < max_gap_hours; patient-level split; demographics and
-CheXpert labels of both images. Counts per filter step are returned for the job log.
+An image enters when its view is one of `cohort.views` (frontal: AP, PA), it has a study time, and that
+time lies strictly inside one hospital admission (admittime < t <= dischtime; the latest admission wins
+if two overlap) of a patient aged at least `cohort.min_age` (age = admission year - anchor_year +
+anchor_age, MIMIC's de-identified age). Pairs are every ordered pair of such images of different
+studies in one admission, the target later and less than `cohort.max_gap_hours` after the previous
+image (`cohort.pairing: consecutive` keeps adjacent studies only), as EHRXDiff pairs them. The split
+is by patient (data/split.py). CheXpert labels of both images come from the study's label row: 1
+positive, 0 negative, uncertain (-1) and blank become null. What the two output files hold:
+`ehrxdiff_core/artifacts/cohort.py`. Counts per filter step are returned for the job log.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, PREV, SPLITS, TRG, TRIPLETS, label_columns
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings
 from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, sql_list, sql_str
@@ -36,11 +43,10 @@ def _count(con, rel: str) -> int:
     return int(con.execute(f"SELECT count(*) FROM {rel}").fetchall()[0][0])
 
 
-def _label_select(alias: str, prefix: str) -> str:
+def _label_exprs(alias: str, prefix: str) -> dict[str, str]:
     # CheXpert: 1 positive, 0 negative, -1 uncertain → NULL, blank → NULL
-    return ", ".join(
-        f"CASE WHEN {alias}.{c} IN (0, 1) THEN {alias}.{c} END AS {prefix}{c}" for c in LABEL_COLUMNS
-    )
+    return {col: f"CASE WHEN {alias}.{c} IN (0, 1) THEN {alias}.{c} END"
+            for col, c in zip(label_columns(prefix), LABEL_COLUMNS)}
 
 
 def build_cohort(
@@ -151,31 +157,34 @@ def build_cohort(
             "CREATE TEMP TABLE labels AS SELECT * FROM cxr_chexpert "
             "QUALIFY row_number() OVER (PARTITION BY study_id ORDER BY subject_id) = 1"
         )
+        # the output columns, typed, are those of the artifacts (artifacts/cohort.py)
+        trip_cols = TRIPLETS.select_sql({**_label_exprs("lp", PREV), **_label_exprs("lt", TRG)}, "q")
         trip_query = (
-            "SELECT q.pair_id, q.subject_id, q.hadm_id, q.prev_dicom_id, q.trg_dicom_id, q.prev_study_id, "
-            "q.trg_study_id, q.prev_time, q.trg_time, q.gap_hours, q.split, CAST(q.age AS BIGINT) AS age, "
-            f"q.gender, q.race, {_label_select('lp', 'prev_')}, {_label_select('lt', 'trg_')} FROM pairs4 q "
+            f"SELECT {trip_cols} FROM pairs4 q "
             "LEFT JOIN labels lp "
             "ON lp.study_id = q.prev_study_id "
             "LEFT JOIN labels lt "
             "ON lt.study_id = q.trg_study_id ORDER BY q.pair_id"
         )
+        image_path = (  # MIMIC-CXR-JPG's layout where the source names no path
+            "coalesce(i.path, 'files/p' || left(CAST(i.subject_id AS VARCHAR), 2) || '/p' || "
+            "CAST(i.subject_id AS VARCHAR) || '/s' || CAST(i.study_id AS VARCHAR) || '/' || i.dicom_id || '.jpg')"
+        )
+        img_exprs = {"split": "u.split", "path": image_path, **_label_exprs("l", "")}
+        img_cols = COHORT_IMAGES.select_sql(img_exprs, "i")
         img_query = (
             "WITH used AS (SELECT prev_dicom_id AS dicom_id, split FROM pairs4 UNION "
             "SELECT trg_dicom_id, split FROM pairs4) "
-            "SELECT i.dicom_id, i.subject_id, i.study_id, i.hadm_id, i.study_time, i.view, u.split, "
-            "CAST(i.age AS BIGINT) AS age, i.gender, i.race, "
-            "coalesce(i.path, 'files/p' || left(CAST(i.subject_id AS VARCHAR), 2) || '/p' || "
-            "CAST(i.subject_id AS VARCHAR) || '/s' || CAST(i.study_id AS VARCHAR) || '/' || i.dicom_id || '.jpg') "
-            "AS path, "
-            f"{_label_select('l', '')} FROM inside i JOIN used u USING (dicom_id) "
+            f"SELECT {img_cols} FROM inside i JOIN used u USING (dicom_id) "
             "LEFT JOIN labels l "
             "ON l.study_id = i.study_id ORDER BY i.dicom_id"
         )
         with atomic_path(out_triplets) as tmp_t, atomic_path(out_images) as tmp_i:
             counts["triplets"] = copy_to_parquet(con, trip_query, tmp_t)
             counts["cohort_images"] = copy_to_parquet(con, img_query, tmp_i)
-        for s in ("train", "valid", "test"):
+            TRIPLETS.check_file(tmp_t)
+            COHORT_IMAGES.check_file(tmp_i)
+        for s in SPLITS:
             counts[f"pairs_{s}"] = int(con.execute(f"SELECT count(*) FROM pairs4 WHERE split = '{s}'").fetchall()[0][0])
         counts["subjects"] = int(con.execute("SELECT count(DISTINCT subject_id) FROM pairs4").fetchall()[0][0])
         # missing demographics are data: counted here, reported as undefined by the evaluation
@@ -183,8 +192,8 @@ def build_cohort(
             counts[f"subjects_without_{what}"] = int(con.execute(
                 f"SELECT count(DISTINCT subject_id) FROM pairs4 WHERE {cond}").fetchall()[0][0])
         if counts["subjects_without_age"] or counts["subjects_without_sex"]:
-            log.warning("cohort: %d of %d subjects have no age and %d no sex (M/F); their age/sex metrics are undefined",
-                        counts["subjects_without_age"], counts["subjects"], counts["subjects_without_sex"])
+            log.warning("cohort: %d of %d subjects have no age and %d no sex (M/F); their age/sex metrics are "
+                        "undefined", counts["subjects_without_age"], counts["subjects"], counts["subjects_without_sex"])
     finally:
         close(con)
     log.info("cohort: %s", counts)
@@ -197,15 +206,14 @@ def _assign_split(con, cfg: CohortConfig, counts: dict) -> None:
         keys = read_key_file(cfg.split.key_file)
         key_tab = pa.table({"pair_id": list(keys), "split": list(keys.values())})
         con.register("split_keys", key_tab)
-        counts["pairs_not_in_key_file"] = int(
-            con.execute("SELECT count(*) FROM pairs3 WHERE pair_id NOT IN (SELECT pair_id FROM split_keys)").fetchall()[0][0]
-        )
-        counts["key_file_pairs_not_found"] = int(
-            con.execute("SELECT count(*) FROM split_keys WHERE pair_id NOT IN (SELECT pair_id FROM pairs3)").fetchall()[0][0]
-        )
+        counts["pairs_not_in_key_file"] = _count(con, "(SELECT * FROM pairs3 WHERE pair_id NOT IN "
+                                                      "(SELECT pair_id FROM split_keys))")
+        counts["key_file_pairs_not_found"] = _count(con, "(SELECT * FROM split_keys WHERE pair_id NOT IN "
+                                                         "(SELECT pair_id FROM pairs3))")
         con.execute("CREATE TEMP TABLE pairs4 AS SELECT p.*, k.split FROM pairs3 p JOIN split_keys k USING (pair_id)")
         return
-    subj = con.sql("SELECT subject_id, count(*) AS n FROM pairs3 GROUP BY subject_id ORDER BY subject_id").to_arrow_table()
+    subj = con.sql("SELECT subject_id, count(*) AS n FROM pairs3 GROUP BY subject_id ORDER BY subject_id")
+    subj = subj.to_arrow_table()
     sids = subj.column("subject_id").to_numpy()
     splits = split_subjects(sids, subj.column("n").to_numpy(), cfg.split)
     con.register("subject_split", pa.table({"subject_id": sids, "split": pa.array(list(splits), pa.string())}))

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ehrxdiff_core.artifacts.cohort import TRIPLETS
+from ehrxdiff_core.artifacts.events import EVENT_TRIPLETS
+from ehrxdiff_core.artifacts.images import open_image_store
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import DuckDBSettings, EventsConfig
 from ehrxdiff_core.data.duck import ROW_GROUP, close, connect, copy_to_parquet, sql_str
@@ -101,12 +104,11 @@ def build_events(
     try:
         if not Path(triplets).exists():
             raise DataError(f"triplets file not found: {triplets} (run the cohort stage)")
+        TRIPLETS.require(triplets)
         con.execute(f"CREATE TEMP TABLE trip AS SELECT * FROM read_parquet('{sql_str(str(triplets))}')")
         counts["pairs_in"] = int(con.execute("SELECT count(*) FROM trip").fetchall()[0][0])
         if image_store is not None:
-            from ehrxdiff_core.data.images import ImageStore
-
-            ids = ImageStore(image_store).dicom_ids
+            ids = open_image_store(image_store).dicom_ids
             con.register("stored", pa.table({"dicom_id": ids}))
             con.execute(
                 "DELETE FROM trip WHERE prev_dicom_id NOT IN (SELECT dicom_id FROM stored) "
@@ -159,9 +161,9 @@ def build_events(
             has = kept > 0
             con.register("n_kept", pa.table({"pair_id": pairs_tab.column("pair_id").filter(pa.array(has)),
                                              "n_events": pa.array(kept[has], pa.int64())}))  # fmt: skip
-            copy_to_parquet(
-                con, "SELECT q.*, n.n_events FROM trip q JOIN n_kept n USING (pair_id) ORDER BY q.pair_id", tmp_t
-            )
+            cols = EVENT_TRIPLETS.select_sql({"n_events": "n.n_events"}, "q")
+            copy_to_parquet(con, f"SELECT {cols} FROM trip q JOIN n_kept n USING (pair_id) ORDER BY q.pair_id", tmp_t)
+            EVENT_TRIPLETS.check_file(tmp_t)
         log.info("events: written (%.1f s)", time.perf_counter() - t0)
     finally:
         close(con)

@@ -35,6 +35,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES
+from ehrxdiff_core.artifacts.images import ImageStore, create_pixels, write_index  # noqa: F401 (ImageStore: re-export)
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import ImagesConfig
 from ehrxdiff_core.data.errors import DataError
@@ -209,7 +211,7 @@ def image_inventory_hash(
     for their round trips together (`stat` releases the GIL); otherwise (a local disk with a warm
     cache: a few µs per stat, where threads only contend for the GIL) the loop stays serial.
     """
-    listed = pc.unique(pq.read_table(images_parquet, columns=["path"]).column("path"))
+    listed = pc.unique(pq.read_table(images_parquet, columns=COHORT_IMAGES.columns("path")).column("path"))
     paths = listed.take(pc.array_sort_indices(listed)).to_pylist()  # Arrow sorts 10× faster than sorted()
     base = str(root)
 
@@ -244,10 +246,10 @@ def image_inventory_hash(
 
 def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, out_h5: Path,
                       workers: int | None = None) -> dict:
-    """Write images/cxr_{size}.h5 (pixels uint8 (N, size, size), dicom_id, attrs size/resize/n_bad/
-    decoded/from_cache) for the images `images_parquet` lists, decoding only those the cache
-    (`images.cache_dir`) does not hold yet; `workers` decode threads (default: the job's CPUs, ≤ 8)."""
-    table = pq.read_table(images_parquet, columns=["dicom_id", "path"])
+    """Write images/cxr_{size}.h5 (layout: artifacts/images.py) for the images `images_parquet` lists, decoding
+    only those the cache (`images.cache_dir`) does not hold yet; `workers` decode threads (default: the job's
+    CPUs, ≤ 8)."""
+    table = pq.read_table(images_parquet, columns=COHORT_IMAGES.columns("dicom_id", "path"))
     # one entry per image even if the cohort lists it twice
     seen: dict[str, str] = {}
     for d, p in zip(table.column("dicom_id").to_pylist(), table.column("path").to_pylist()):
@@ -315,64 +317,12 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
     block = max(1, (256 << 20) // (size * size))  # ~256 MB of pixels in memory at a time
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w") as h5:
-            pixels = h5.create_dataset("pixels", shape=(len(keep), size, size), dtype=np.uint8,
-                                       chunks=(1, size, size))
+            pixels = create_pixels(h5, len(keep), size)
             for b in range(0, len(keep), block):
                 pixels[b : b + block] = cache.read(idx[b : b + block])
-            kept = [dicom_ids[i] for i in keep]
-            h5.create_dataset("dicom_id", data=np.array(kept, dtype=object), dtype=h5py.string_dtype("utf-8"))
-            h5.attrs["size"] = size
-            h5.attrs["resize"] = resize
-            h5.attrs["jpeg_draft"] = bool(cfg.jpeg_draft)
-            h5.attrs["n_bad"] = len(bad)
-            h5.attrs["decoded"] = n_decoded
-            h5.attrs["from_cache"] = n_from_cache
+            write_index(h5, [dicom_ids[i] for i in keep], size=size, resize=resize, jpeg_draft=bool(cfg.jpeg_draft),
+                        n_bad=len(bad), decoded=n_decoded, from_cache=n_from_cache)
     counts = {"images": len(dicom_ids), "stored": len(keep), "n_bad": len(bad), "bad_fraction": round(frac, 6),
               "decoded": n_decoded, "from_cache": n_from_cache}
     log.info("images: %s", counts)
     return counts
-
-
-class ImageStore:
-    """Reader of images/cxr_{size}.h5; reopens the file after a fork (DataLoader workers)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise DataError(f"image store not found: {self.path} (run the images stage)")
-        with h5py.File(self.path, "r") as h5:
-            self.dicom_ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in h5["dicom_id"][:]]
-            self.size = int(h5.attrs["size"])
-            self.resize = str(h5.attrs.get("resize", "stretch"))  # stores without the attribute were stretched
-            self.n_bad = int(h5.attrs.get("n_bad", 0))
-        self._index = {d: i for i, d in enumerate(self.dicom_ids)}
-        self._h5 = None
-        self._pid = None
-
-    def __len__(self) -> int:
-        return len(self.dicom_ids)
-
-    def __contains__(self, dicom_id: object) -> bool:
-        return dicom_id in self._index
-
-    def _file(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
-
-    def load(self, dicom_ids) -> np.ndarray:
-        """uint8 (B, size, size) in the order asked."""
-        try:
-            idx = np.array([self._index[d] for d in dicom_ids], dtype=np.int64)
-        except KeyError as err:
-            raise KeyError(f"dicom_id {err.args[0]} not in image store {self.path}") from None
-        if idx.size == 0:
-            return np.zeros((0, self.size, self.size), np.uint8)
-        uniq, inverse = np.unique(idx, return_inverse=True)  # h5py needs increasing indices
-        return self._file()["pixels"][uniq][inverse]
-
-    def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None

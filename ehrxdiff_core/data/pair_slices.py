@@ -22,29 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ehrxdiff_core.artifacts.events import EVENTS, WRITE_OPTIONS, WRITE_SCHEMA
 from ehrxdiff_core.data.duck import ROW_GROUP
 
-STRINGS = ("source", "code", "text")
-_DICT = pa.dictionary(pa.int32(), pa.string())
-# the columns of events/events.parquet (design "Contracts"); written without the Arrow schema so that
-# readers see plain strings, not the dictionary types used while gathering
-OUTPUT_SCHEMA = pa.schema(
-    [
-        pa.field("pair_id", _DICT, nullable=False),
-        pa.field("position", pa.int64(), nullable=False),
-        pa.field("minutes_from_prev", pa.float64(), nullable=False),
-        pa.field("source", _DICT, nullable=False),
-        pa.field("code", _DICT),  # MEDS input may leave it null
-        pa.field("text", _DICT, nullable=False),
-    ]
-)
-# dictionary pages for the strings only, and no min/max statistics over the long texts: together these
-# halve the writer's time (measured on the synthetic world); pair_id keeps its statistics for filters
-_WRITE_OPTIONS = dict(
-    store_schema=False,
-    use_dictionary=["pair_id", *STRINGS],
-    write_statistics=["pair_id", "position", "minutes_from_prev", "source"],
-)
+STRINGS = ("source", "code", "text")  # the event stream's string columns, carried to the output
+# events/events.parquet as the artifact says (artifacts/events.py), its strings dictionary-encoded while gathering
+OUTPUT_SCHEMA = WRITE_SCHEMA
 _KEY = np.dtype([("hadm_id", "<i8"), ("t", "<i8")])  # numpy orders structured values field by field
 
 
@@ -79,7 +62,7 @@ def write_pair_events(
     done = 0  # pairs [0, done) are written
     pending: list[pa.Table] = []
     # the pool is left first: it waits for a write in flight before the writer closes
-    with pq.ParquetWriter(out, OUTPUT_SCHEMA, **_WRITE_OPTIONS, compression=compression) as writer, ThreadPoolExecutor(
+    with pq.ParquetWriter(out, OUTPUT_SCHEMA, **WRITE_OPTIONS, compression=compression) as writer, ThreadPoolExecutor(
         max_workers=1
     ) as pool:
         writing = None  # writing one row group overlaps with gathering the next (pyarrow releases the GIL)
@@ -119,6 +102,7 @@ def write_pair_events(
             flush()
         if writing is not None:
             writing.result()
+    EVENTS.check_file(out)
     return kept
 
 

@@ -1,7 +1,7 @@
 """Patient-level train/valid/test split: by seeded shuffle + cumulative fractions, or from a key file.
 
 The shuffle assigns whole subjects, so no patient's images can leak between splits; fractions are
-matched on the cumulative number of pairs, as the original `ehr.py::make_input` does (test first,
+matched on the cumulative number of pairs, as the original EHRXDiff preprocessing does (test first,
 then valid, the rest train).
 """
 
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ehrxdiff_core.artifacts.cohort import SPLITS
 from ehrxdiff_core.config import SplitConfig
 from ehrxdiff_core.data.errors import DataError
 
-SPLIT_ORDER = ("test", "valid", "train")
+SPLIT_ORDER = ("test", "valid", "train")  # the SPLITS in the order their shares of the pairs are assigned
 
 
 def split_subjects(subject_ids: np.ndarray, pair_counts: np.ndarray, cfg: SplitConfig) -> np.ndarray:
@@ -42,7 +43,7 @@ def read_key_file(path: str | Path) -> dict[str, str]:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"split key file {path} is not valid JSON: {err} (cohort.split.key_file)") from None
-    if not isinstance(raw, dict) or not set(raw) <= {"train", "valid", "test"} or not raw:
+    if not isinstance(raw, dict) or not set(raw) <= set(SPLITS) or not raw:
         raise DataError(
             f"split key file {path} must be a JSON object with keys train/valid/test holding lists of pair ids "
             f"'{{trg_dicom_id}}_{{prev_dicom_id}}' (cohort.split.key_file); got keys {list(raw)[:5]}"

@@ -11,7 +11,7 @@ blurring it. Two controls make those shortcuts explicit, scored by `evaluate` be
 `vae_quality` asks whether the autoencoder keeps what the evaluator reads: the evaluator on real
 validation images and on their reconstructions, with a pass/fail gate (`GATE_*` constants).
 
-Both control folders follow the samples-folder contract (`ehrxdiff_core/samples_folder.py`), plus `control.json`.
+Both control folders follow the samples-folder contract (`ehrxdiff_core/artifacts/samples.py`), plus `control.json`.
 Heavy or environment-specific imports (diffusers, scipy, scikit-learn) happen inside the functions
 that need them, so the blur control runs in the evaluation environment and the autoencoder control
 in the models environment. Layout and figures: docs/controls.md.
@@ -30,8 +30,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, PAIR_IMAGES, TRIPLETS
+from ehrxdiff_core.artifacts.samples import sample_path, write_manifest
 from ehrxdiff_core.atomic import atomic_dir
-from ehrxdiff_core.samples_folder import sample_path, write_manifest
 from ehrxdiff_core.device import resolve_device
 from ehrxdiff_core.evaluation.common import evaluator_and_images, to_json, write_json
 from ehrxdiff_core.evaluation.inputs import InputError, open_images, read_manifest, read_pngs, read_table
@@ -65,7 +66,7 @@ def _summary(values: np.ndarray) -> dict:
 
 def _split_pairs(triplets, split: str, store, images_h5) -> pd.DataFrame:
     """The pairs of `split` whose previous image has pixels, sorted by pair_id (the control's rows)."""
-    trip = read_table(triplets, ["pair_id", "prev_dicom_id", "trg_dicom_id", "split"], "triplets table")
+    trip = read_table(triplets, [*PAIR_IMAGES, *TRIPLETS.columns("split")], "triplets table")
     trip = trip[trip["split"] == split]
     dup = trip["pair_id"][trip["pair_id"].duplicated()]
     if len(dup):
@@ -73,7 +74,7 @@ def _split_pairs(triplets, split: str, store, images_h5) -> pd.DataFrame:
     trip = trip[trip["prev_dicom_id"].map(lambda d: d in store)]
     if trip.empty:
         raise InputError(f"{triplets}: no pair with split == {split!r} has its previous image in {images_h5}")
-    return trip[["pair_id", "prev_dicom_id", "trg_dicom_id"]].sort_values("pair_id").reset_index(drop=True)
+    return trip[PAIR_IMAGES].sort_values("pair_id").reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------ folder contract
@@ -243,7 +244,8 @@ def control_previous_blur(images_h5, triplets, samples_dir, split: str, out_dir)
     have = set(_seed0_samples(samples_dir))
     fit_pairs = pairs[pairs["pair_id"].isin(have)]
     if fit_pairs.empty:
-        raise InputError(f"{samples_dir}: no sample for any {split} pair of {triplets} with a previous image in {images_h5}")
+        raise InputError(f"{samples_dir}: no sample for any {split} pair of {triplets} with a previous image in "
+                         f"{images_h5}")
     samples = read_pngs(samples_dir, fit_pairs["pair_id"].tolist(), store.size)
     fit_prev = store.load(fit_pairs["prev_dicom_id"].tolist())
     fit = fit_blur_sigma(fit_prev, samples)
@@ -257,7 +259,8 @@ def control_previous_blur(images_h5, triplets, samples_dir, split: str, out_dir)
     fit_rows = pairs["pair_id"].isin(have).to_numpy()
 
     def group(images):
-        return {**_summary(sharpness(images)), "pixel_std_mean": _summary(np.asarray(images, np.float64).std(axis=(1, 2)))["mean"]}
+        std = np.asarray(images, np.float64).std(axis=(1, 2))
+        return {**_summary(sharpness(images)), "pixel_std_mean": _summary(std)["mean"]}
 
     reasons = {
         "fit": "bisection: blurred previous images as sharp as the samples",
@@ -280,7 +283,8 @@ def control_previous_blur(images_h5, triplets, samples_dir, split: str, out_dir)
         },
         "sharpness_pairs": "samples, previous and previous_blurred: the pairs with a seed-0 sample; "
                            "real_target: those of them whose target has pixels",
-        "n_pairs": len(pairs), "n_fit_pairs": len(fit_pairs), "n_pairs_without_sample": int(len(pairs) - len(fit_pairs)),
+        "n_pairs": len(pairs), "n_fit_pairs": len(fit_pairs),
+        "n_pairs_without_sample": int(len(pairs) - len(fit_pairs)),
     }
     write_control_folder(out_dir, pairs["pair_id"], blurred, "previous_blur", per_image, control)
     s = control["sharpness"]
@@ -350,7 +354,8 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
     device = resolve_device(device)
     vae = load_vae(vae_dir)
     model, meta, labels, store = evaluator_and_images(evaluator_dir, images_h5, device)
-    cohort = read_table(cohort_images, ["dicom_id", "split", "age", "gender", *labels], "cohort images table")
+    cohort = read_table(cohort_images, COHORT_IMAGES.columns("dicom_id", "split", "age", "gender", *labels),
+                        "cohort images table")
     cohort = cohort[cohort["split"] == QUALITY_SPLIT]
     in_store = cohort["dicom_id"].map(lambda d: d in store)
     df = cohort[in_store].drop_duplicates("dicom_id").sort_values("dicom_id").reset_index(drop=True)
@@ -364,14 +369,17 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
     err = np.abs(recon_px.astype(np.float64) - real_px)
     result = {
         "split": QUALITY_SPLIT, "n_images": len(df), "n_without_pixels": int((~in_store).sum()),
-        "labels": list(labels), "images_h5": str(images_h5), "vae_dir": str(vae_dir), "evaluator_dir": str(evaluator_dir),
+        "labels": list(labels), "images_h5": str(images_h5), "vae_dir": str(vae_dir),
+        "evaluator_dir": str(evaluator_dir),
         "real": real, "reconstructed": recon,
         "difference": {
             "sign": "reconstructed - real",
             "macro_auroc": _diff(real["auroc"]["macro"]["value"], recon["auroc"]["macro"]["value"]),
             "micro_auroc": _diff(real["auroc"]["micro"]["value"], recon["auroc"]["micro"]["value"]),
-            "per_label_auroc": {l: _diff(real["auroc"]["per_label"][l]["value"], recon["auroc"]["per_label"][l]["value"])
-                                for l in labels},
+            "per_label_auroc": {
+                l: _diff(real["auroc"]["per_label"][l]["value"], recon["auroc"]["per_label"][l]["value"])
+                for l in labels
+            },
             "sex_auroc": _diff(real["sex_auroc"]["value"], recon["sex_auroc"]["value"]),
             "age_pearson_r": _diff(real["age_pearson_r"]["value"], recon["age_pearson_r"]["value"]),
         },
@@ -383,7 +391,8 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
     d, g = result["difference"], result["gate"]
     log.info("vae_quality on %d %s images: macro AUROC real %s, reconstructed %s (diff %s); sex AUROC real %s, "
              "reconstructed %s; age r real %s, reconstructed %s; pixel MAE %.2f, PSNR %.2f dB",
-             len(df), QUALITY_SPLIT, real["auroc"]["macro"]["value"], recon["auroc"]["macro"]["value"], d["macro_auroc"],
+             len(df), QUALITY_SPLIT, real["auroc"]["macro"]["value"], recon["auroc"]["macro"]["value"],
+             d["macro_auroc"],
              real["sex_auroc"]["value"], recon["sex_auroc"]["value"], real["age_pearson_r"]["value"],
              recon["age_pearson_r"]["value"], result["pixels"]["mae"], result["pixels"]["psnr_db"] or float("inf"))
     log.info("vae_quality gate: %s %s", "PASSED" if g["passed"] else "FAILED", "; ".join(g["reasons"]))

@@ -1,6 +1,7 @@
 """Readers for the artifacts evaluation consumes, with errors that name the file and column.
 
-Images are read through the data package's `ImageStore` (contract: images/cxr_{size}.h5).
+What each artifact holds, and the image store's opener, are in `ehrxdiff_core/artifacts`; the column
+lists below come from there.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, PAIR_IMAGES, PREV, TRG, TRIPLETS, label_columns
+from ehrxdiff_core.artifacts.images import ImageStore, open_image_store
+from ehrxdiff_core.artifacts.parquet import ArtifactError
+from ehrxdiff_core.artifacts.samples import MANIFEST_REQUIRED, sample_path
 from ehrxdiff_core.data.errors import DataError
-from ehrxdiff_core.data.images import ImageStore
-from ehrxdiff_core.samples_folder import sample_path
 
 
 class InputError(DataError):
@@ -21,10 +24,11 @@ class InputError(DataError):
 
 
 def open_images(path: str | Path) -> ImageStore:
-    """The image store of the `images` stage (`images/cxr_{size}.h5`)."""
-    if not Path(path).exists():
-        raise InputError(f"image file not found: {path} (run the images stage)")
-    return ImageStore(path)
+    """The image store of the `images` stage (`images/cxr_{size}.h5`); a missing or malformed one is an InputError."""
+    try:
+        return open_image_store(path)
+    except ArtifactError as err:
+        raise InputError(str(err)) from None
 
 
 def read_table(path: str | Path, required: list[str], what: str) -> pd.DataFrame:
@@ -40,22 +44,23 @@ def read_table(path: str | Path, required: list[str], what: str) -> pd.DataFrame
 
 
 def read_cohort_images(path: str | Path, labels: tuple[str, ...]) -> pd.DataFrame:
-    return read_table(path, ["dicom_id", "subject_id", "split", "age", "gender", *labels], "cohort images table")
+    cols = COHORT_IMAGES.columns("dicom_id", "subject_id", "split", "age", "gender", *labels)
+    return read_table(path, cols, "cohort images table")
 
 
 def read_triplets(path: str | Path, labels: tuple[str, ...]) -> pd.DataFrame:
-    cols = ["pair_id", "subject_id", "prev_dicom_id", "trg_dicom_id", "split", "age", "gender"]
-    cols += [f"prev_{l}" for l in labels] + [f"trg_{l}" for l in labels]
+    cols = [*PAIR_IMAGES, *TRIPLETS.columns("subject_id", "split", "age", "gender")]
+    cols += TRIPLETS.columns(*label_columns(PREV, labels), *label_columns(TRG, labels))
     return read_table(path, cols, "triplets table")
 
 
 def read_manifest(folder: str | Path) -> pd.DataFrame:
     """The manifest of a samples folder, one row per (pair, seed_index) with the image's relative `path`.
 
-    Seed 0 of a pair is `{pair_id}.png`, seed k is `seed{k}/{pair_id}.png` (`samples_folder.py`);
+    Seed 0 of a pair is `{pair_id}.png`, seed k is `seed{k}/{pair_id}.png` (`artifacts/samples.py`);
     manifests written before several seeds existed have neither column and mean seed 0 only.
     """
-    df = read_table(Path(folder) / "manifest.parquet", ["pair_id", "seed", "sampler", "steps", "guidance"], "sample manifest")
+    df = read_table(Path(folder) / "manifest.parquet", MANIFEST_REQUIRED, "sample manifest")
     if "seed_index" not in df.columns:
         df["seed_index"] = 0
     if "path" not in df.columns:
@@ -92,7 +97,7 @@ def truth_severity_columns(truth: pd.DataFrame) -> list[str]:
 
 def label_matrix(df: pd.DataFrame, prefix: str, labels: tuple[str, ...]) -> np.ndarray:
     """Labels as float (N, L) with NaN for NULL; values other than 1/0/NULL are an error."""
-    m = df[[f"{prefix}{l}" for l in labels]].astype("float64").to_numpy()
+    m = df[label_columns(prefix, labels)].astype("float64").to_numpy()
     bad = ~np.isnan(m) & (m != 0) & (m != 1)
     if bad.any():
         col = labels[int(np.argwhere(bad)[0][1])]

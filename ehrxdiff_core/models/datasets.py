@@ -1,9 +1,10 @@
 """Pairs, images and event embeddings as training batches, with a stateless step → batch schedule.
 
-Readers are reached through two tiny interfaces (`ImageSource`, `EventSource`), met by the data
-stage's `ImageStore` and the text stage's `EmbeddingReader`. Which rows form step `s` depends only on (seed, s), never on a loader's
-state, so a resumed run sees exactly the batches of the uninterrupted one (also under DDP:
-each rank takes its slice of the same global batch).
+Readers are reached through two tiny interfaces (`ImageSource`, `EventSource`), met by the image
+store's opener (`ehrxdiff_core/artifacts/images.py`) and the text stage's `EmbeddingReader`. Which
+rows form step `s` depends only on (seed, s), never on a loader's state, so a resumed run sees
+exactly the batches of the uninterrupted one (also under DDP: each rank takes its slice of the same
+global batch).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 import torch
+
+from ehrxdiff_core.artifacts.cohort import PAIR_IMAGES, TRIPLETS
+from ehrxdiff_core.artifacts.images import open_image_store  # noqa: F401 (the stages open the store through here)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,9 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def cgroup_memory_limits(proc_cgroup: str | Path = "/proc/self/cgroup", fs_root: str | Path = "/sys/fs/cgroup") -> list[int]:
+def cgroup_memory_limits(
+    proc_cgroup: str | Path = "/proc/self/cgroup", fs_root: str | Path = "/sys/fs/cgroup"
+) -> list[int]:
     """Memory limits of this process's cgroup and its parents (v2 `memory.max`, v1 `memory.limit_in_bytes`).
 
     Slurm's cgroup plugin and containers enforce `--mem` this way, so the job's share is this, not the RAM.
@@ -100,7 +106,8 @@ def cgroup_memory_limits(proc_cgroup: str | Path = "/proc/self/cgroup", fs_root:
 
 
 def memory_limit_bytes() -> int:
-    """The memory this job may use: the smallest of the RAM, its cgroup limits and Slurm's `--mem` (SLURM_MEM_PER_NODE, MB)."""
+    """The memory this job may use: the smallest of the RAM, its cgroup limits and Slurm's `--mem`
+    (SLURM_MEM_PER_NODE, MB)."""
     limits = [physical_memory_bytes(), *cgroup_memory_limits()]
     slurm = os.environ.get("SLURM_MEM_PER_NODE", "")
     if slurm.isdigit() and int(slurm) > 0:
@@ -118,13 +125,6 @@ def image_cache_budget(fraction: float, processes: int = 1) -> int:
     if free is not None:
         base = min(base, free)
     return int(fraction * base) // max(1, processes)
-
-
-def open_image_store(path: str | Path) -> ImageSource:
-    """The image store of the images stage (`images/cxr_{size}.h5`)."""
-    from ehrxdiff_core.data.images import ImageStore
-
-    return ImageStore(path)
 
 
 def open_embedding_reader(path: str | Path, numeric: bool | None = None) -> EventSource:
@@ -147,7 +147,7 @@ def load_pairs(
 ) -> pd.DataFrame:
     """Pairs of one split whose images (and embeddings, when given) exist; drops are logged with counts."""
     df = pd.read_parquet(triplets) if not isinstance(triplets, pd.DataFrame) else triplets
-    need = {"pair_id", "prev_dicom_id", "trg_dicom_id", "split"}
+    need = {*PAIR_IMAGES, *TRIPLETS.columns("split")}
     missing = need - set(df.columns)
     if missing:
         raise ValueError(f"{triplets}: columns missing from triplets: {sorted(missing)}")
@@ -156,14 +156,15 @@ def load_pairs(
         raise ValueError(f"{triplets}: no '{split}' pairs (see cohort.split.fractions / cohort.split.key_file)")
     has_img = df["prev_dicom_id"].map(lambda d: d in images) & df["trg_dicom_id"].map(lambda d: d in images)
     if (~has_img).any():
-        log.warning("dropped %d of %d %s pairs whose images are missing from the image store", (~has_img).sum(), len(df), split)
+        log.warning("dropped %d of %d %s pairs whose images are missing from the image store",
+                    (~has_img).sum(), len(df), split)
     df = df[has_img]
     if events is not None:
         has_ev = df["pair_id"].map(lambda p: p in events)
         if (~has_ev).any():
             log.warning("dropped %d %s pairs without event embeddings", (~has_ev).sum(), split)
         df = df[has_ev]
-    df = df[["pair_id", "prev_dicom_id", "trg_dicom_id"]].reset_index(drop=True)
+    df = df[PAIR_IMAGES].reset_index(drop=True)
     if df.empty:
         raise ValueError(f"{triplets}: no usable '{split}' pairs (after dropping missing images/embeddings)")
     return df
@@ -248,7 +249,8 @@ class PairBatches:
                      max_bytes / 2**30, self.images_h5)
             return False
         self._cache = dict(zip(ids, self.images.load(ids)))
-        log.info("images cached in memory: %d images, %.2f GiB (budget %.2f GiB)", len(ids), need / 2**30, max_bytes / 2**30)
+        log.info("images cached in memory: %d images, %.2f GiB (budget %.2f GiB)", len(ids), need / 2**30,
+                 max_bytes / 2**30)
         return True
 
     def _pixels(self, ids: list[str]) -> np.ndarray:

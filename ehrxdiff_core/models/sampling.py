@@ -1,6 +1,6 @@
 """Sampling: DDIM (paper: 100 steps, η = 1) or DPM-Solver++ chosen by `sample.sampler`, optional
 classifier-free guidance against the null-event condition, `sample.n_seeds` seeds per pair, PNG +
-manifest output (the samples-folder contract of `ehrxdiff_core.samples_folder`).
+manifest output (the samples-folder contract of `ehrxdiff_core.artifacts.samples`).
 
 The scheduler is the only thing that changes between samplers (diffusers' interchangeable
 `set_timesteps` / `step`). Each pair's initial noise and DDIM noise come from its own generator
@@ -27,7 +27,8 @@ def make_scheduler(sample: SampleConfig, ldm: LdmConfig):
                   beta_schedule="scaled_linear", prediction_type=ldm.prediction_type)
     if sample.sampler == "ddim":
         # LDM's uniform DDIM timesteps 1, 11, …, 991: "leading" spacing + offset 1; α_0 for the last step
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                             timestep_spacing="leading")
     return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
 
 
@@ -71,7 +72,9 @@ def denoise(model: LatentDiffusion, cond: tuple, uncond: tuple | None, sample: S
     return ((x[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
 
 
-def sample_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device) -> np.ndarray:
+def sample_batch(
+    model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device
+) -> np.ndarray:
     """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
     cond, uncond = condition_batch(model, batch, sample)
     return denoise(model, cond, uncond, sample, seeds, device)

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehrxdiff_core.artifacts.events import EVENT_TRIPLETS, EVENTS
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup
 from ehrxdiff_core.text.encoders import load_encoder
@@ -27,16 +28,12 @@ from ehrxdiff_core.text.store import EmbeddingCache, settings_key, text_hashes, 
 
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS = ["pair_id", "position", "source", "code", "text"]
+EVENT_COLUMNS = EVENTS.columns("pair_id", "position", "source", "code", "text")
 
 
 def _read_pairs(triplets_parquet: Path) -> list[str]:
     path = Path(triplets_parquet)
-    if not path.is_file():
-        raise FileNotFoundError(f"triplets not found: {path}")
-    names = pq.read_schema(path).names
-    if "pair_id" not in names:
-        raise ValueError(f"{path}: column 'pair_id' missing (events/triplets.parquet contract)")
+    EVENT_TRIPLETS.require(path, ["pair_id"])
     pairs = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()
     if len(set(pairs)) != len(pairs):
         raise ValueError(f"{path}: duplicate pair_id values")
@@ -70,11 +67,7 @@ class EventTexts:
 def _read_events(events_parquet: Path, pairs: list[str]) -> EventTexts:
     """Deduplicate in DuckDB so that only unique texts and integer rows reach Python (MIMIC: ~10^8 events)."""
     path = Path(events_parquet)
-    if not path.is_file():
-        raise FileNotFoundError(f"events not found: {path}")
-    missing = [c for c in EVENT_COLUMNS if c not in pq.read_schema(path).names]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (events/events.parquet contract)")
+    EVENTS.require(path, EVENT_COLUMNS)
     con = duckdb.connect()
     try:
         con.execute("SET preserve_insertion_order = false")

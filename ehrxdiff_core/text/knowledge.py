@@ -16,13 +16,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehrxdiff_core.artifacts.text import KNOWLEDGE
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.data.tables import EVENT_TABLES, TABLES, DictionaryJoin, dictionaries
 from ehrxdiff_core.text.glossary import load_glossary
 
 log = logging.getLogger(__name__)
 
-KNOWLEDGE_COLUMNS = ["snippet_id", "source", "ref", "itemid", "key", "kind", "aliases", "text", "low", "high", "unit"]
 
 # d_items also names the items of ICU tables no event table here reads: their snippets still say what they are
 UNREAD_TABLE_ITEMS = {"datetimeevents": "ICU date/time record", "ingredientevents": "ICU input ingredient"}
@@ -123,13 +123,6 @@ def _glossary_rows() -> list[dict]:
     return rows
 
 
-SCHEMA = pa.schema([
-    ("snippet_id", pa.int64()), ("source", pa.string()), ("ref", pa.string()), ("itemid", pa.int64()),
-    ("key", pa.string()), ("kind", pa.string()), ("aliases", pa.list_(pa.string())), ("text", pa.string()),
-    ("low", pa.float64()), ("high", pa.float64()), ("unit", pa.string()),
-])
-
-
 def build_knowledge_table(dictionary_files: Mapping[str, Path]) -> pa.Table:
     """Glossary first (its rows win lexical ties), then every dictionary the registered event tables join, by name
     (d_items, d_labitems), each in key order. `dictionary_files`: dictionary name → its ingested Parquet file."""
@@ -142,21 +135,17 @@ def build_knowledge_table(dictionary_files: Mapping[str, Path]) -> pa.Table:
         rows += _d_items_rows(df, described) if name == "d_items" else _dictionary_rows(name, join, df, described)
     for i, r in enumerate(rows):
         r["snippet_id"] = i
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    return pa.Table.from_pylist(rows, schema=KNOWLEDGE.schema)
 
 
 def write_knowledge(table: pa.Table, out_parquet: Path) -> None:
     with atomic_path(out_parquet) as tmp:
-        pq.write_table(table, tmp)
+        KNOWLEDGE.write(table, tmp)
 
 
 def read_knowledge(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"knowledge corpus not found: {path} (run the `knowledge` rule)")
+    KNOWLEDGE.require(path)
     df = pq.read_table(path).to_pandas()
-    missing = set(KNOWLEDGE_COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: knowledge corpus lacks columns {sorted(missing)}")
     if df["snippet_id"].tolist() != list(range(len(df))):
         raise ValueError(f"{path}: snippet_id must be 0..N-1 in row order")
     return df

@@ -1,7 +1,9 @@
-"""Content-addressed embedding store (`embeddings/events.h5`), its persistent cache, and the training reader.
+"""Content hashes of event texts, the persistent embedding cache, and the training reader of `embeddings/events.h5`.
 
 Each unique (encoder, augmentation settings, event text) is embedded once and stored once as float16; pairs
-are offsets into a row list. Optional per-text numeric features (`texts/numeric`) sit beside the embeddings. This replaces the paper's 1024x1536 float16 matrix per pair (~3 MB/pair).
+are offsets into a row list. Optional per-text numeric features (`texts/numeric`) sit beside the embeddings.
+This replaces the paper's 1024x1536 float16 matrix per pair (~3 MB/pair). The file's layout, its writer and
+its opener are in `ehrxdiff_core/artifacts/text.py`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import os
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
+from ehrxdiff_core.artifacts.text import read_embedding_store
+from ehrxdiff_core.artifacts.text import write_embedding_store as write_store  # noqa: F401 (re-export)
 from ehrxdiff_core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -90,40 +93,6 @@ class EmbeddingCache:
         self.hashes, self.embeddings = h, e[first]
 
 
-def write_store(out_h5: Path, *, hashes: np.ndarray, embeddings: np.ndarray, pair_ids: list[str],
-                offsets: np.ndarray, rows: np.ndarray, attrs: dict, numeric: np.ndarray | None = None,
-                numeric_attrs: dict | None = None) -> None:
-    """Write embeddings/events.h5 per the contract (texts + pairs groups), atomically.
-
-    `numeric` (N x K, row-aligned with the embeddings) becomes `texts/numeric` with `numeric_attrs`; without it
-    the file is exactly the text-only layout.
-    """
-    if numeric is not None and (numeric.ndim != 2 or numeric.shape[0] != len(hashes)):
-        raise ValueError(f"{out_h5}: numeric features of shape {numeric.shape} do not match {len(hashes)} texts")
-    with atomic_path(out_h5) as tmp:
-        with h5py.File(tmp, "w") as f:
-            t = f.create_group("texts")
-            t.create_dataset("hash", data=hashes.astype(np.uint64))
-            t.create_dataset("embedding", data=embeddings.astype(np.float16),
-                             chunks=(min(max(len(hashes), 1), 4096), embeddings.shape[1]) if len(hashes) else None)
-            for k, v in attrs.items():
-                t.attrs[k] = v
-            if numeric is not None:
-                d = t.create_dataset("numeric", data=numeric.astype(np.float32))
-                for k, v in (numeric_attrs or {}).items():
-                    d.attrs[k] = v
-            p = f.create_group("pairs")
-            p.create_dataset("pair_id", data=np.array(pair_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-            p.create_dataset("offsets", data=offsets.astype(np.int64))
-            # rows dominate the file at scale (one int64 per event); small ints shuffle+gzip to a few bits each
-            p.create_dataset("rows", data=rows.astype(np.int64), chunks=(min(max(len(rows), 1), 1 << 20),),
-                             compression="gzip", compression_opts=4, shuffle=True)
-
-
-def _attrs(obj) -> dict:
-    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in obj.attrs.items()}
-
-
 class EmbeddingReader:
     """Padded event-embedding batches for training; everything is loaded once, a batch is one vectorised gather.
 
@@ -133,34 +102,14 @@ class EmbeddingReader:
     """
 
     def __init__(self, path: str | Path, numeric: bool | None = None):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"embedding store not found: {path} (run the `embed` rule)")
-        with h5py.File(path, "r") as f:
-            self.attrs = _attrs(f["texts"])
-            emb = f["texts/embedding"][:]
-            self.hashes = f["texts/hash"][:]
-            self.pair_ids = [s.decode() if isinstance(s, bytes) else s for s in f["pairs/pair_id"][:]]
-            self.offsets = f["pairs/offsets"][:].astype(np.int64)
-            self.rows = f["pairs/rows"][:].astype(np.int64)
-            has_numeric = "numeric" in f["texts"]
-            if numeric and not has_numeric:
-                raise ValueError(f"{path}: no texts/numeric dataset; it is written when text.numeric_features "
-                                 "is true (re-run the `embed` rule)")
-            feats, self.numeric_attrs = None, {}
-            if has_numeric and numeric is not False:
-                feats, self.numeric_attrs = f["texts/numeric"][:], _attrs(f["texts/numeric"])
+        store = read_embedding_store(path, numeric=numeric)
+        self.attrs, self.hashes, self.pair_ids = store.attrs, store.hashes, store.pair_ids
+        self.offsets, self.rows, self.numeric_attrs = store.offsets, store.rows, store.numeric_attrs
+        emb = store.embedding
         self.text_dim = int(emb.shape[1])
-        self.numeric_features: list[str] = []
-        if feats is not None:
-            names = json.loads(self.numeric_attrs.get("features", "[]"))
-            if feats.ndim != 2 or feats.shape[0] != emb.shape[0] or len(names) != feats.shape[1]:
-                raise ValueError(f"{path}: texts/numeric has shape {feats.shape} and features {names}; expected "
-                                 f"({emb.shape[0]}, {len(names)}) row-aligned with texts/embedding")
-            if "scale" not in self.numeric_attrs:
-                raise ValueError(f"{path}: texts/numeric lacks its 'scale' attribute")
-            self.numeric_features = names
-            scaled = feats.astype(np.float32) * float(self.numeric_attrs["scale"])
+        self.numeric_features: list[str] = store.numeric_features
+        if store.numeric is not None:
+            scaled = store.numeric.astype(np.float32) * float(self.numeric_attrs["scale"])
             emb = np.concatenate([emb, scaled.astype(np.float16)], axis=1)
         self.dim = int(emb.shape[1])
         # one extra zero row: padding slots gather it, so no masking copy is needed afterwards
