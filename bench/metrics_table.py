@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ehrxdiff_core.evaluation.schema import read_metrics
+from ehrxdiff_core.artifacts.metrics import read_metrics
 
 
 def fmt(v, digits: int = 3) -> str:

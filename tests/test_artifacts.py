@@ -18,7 +18,7 @@ import pytest
 from ehrxdiff_core.artifacts import ArtifactError, MissingArtifactError
 from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, PAIR_IMAGES, TRIPLETS
 from ehrxdiff_core.artifacts.events import EVENT_TRIPLETS, EVENTS, WRITE_SCHEMA
-from ehrxdiff_core.artifacts.images import ImageStore, create_pixels, open_image_store, write_index
+from ehrxdiff_core.artifacts.images import create_pixels, open_image_store, write_index
 from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.artifacts.text import KNOWLEDGE, read_embedding_store, write_embedding_store
 
@@ -173,19 +173,6 @@ def test_embedding_store_round_trips_and_rejects_a_missing_dataset(tmp_path):
         read_embedding_store(path)
     with pytest.raises(FileNotFoundError, match="run the `embed` rule"):
         read_embedding_store(tmp_path / "none.h5")
-
-
-def test_one_definition_each():
-    from ehrxdiff_core import samples_folder
-    from ehrxdiff_core.artifacts import metrics
-    from ehrxdiff_core.data import images as data_images
-    from ehrxdiff_core.evaluation import schema
-    from ehrxdiff_core.models import datasets
-    from ehrxdiff_core.text import knowledge, store
-
-    assert schema.MetricsFile is metrics.MetricsFile and samples_folder.MANIFEST_SCHEMA is MANIFEST.schema
-    assert datasets.open_image_store is open_image_store and data_images.ImageStore is ImageStore
-    assert store.write_store is write_embedding_store and knowledge.KNOWLEDGE is KNOWLEDGE
 
 
 def test_artifacts_import_nothing_heavy():

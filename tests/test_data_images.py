@@ -14,7 +14,8 @@ from PIL import Image
 
 from ehrxdiff_core.config import ConfigError, ImagesConfig, load_config
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.data.images import ImageStore, load_resized, to_gray8
+from ehrxdiff_core.artifacts.images import ImageStore
+from ehrxdiff_core.data.images import load_resized, to_gray8
 from ehrxdiff_core.data.images import build_image_store
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig, TrainLoop
-from ehrxdiff_core.evaluation.schema import read_metrics
+from ehrxdiff_core.artifacts.metrics import read_metrics
 from ehrxdiff_core.evaluation.inputs import InputError
 from ehrxdiff_core.evaluation.evaluate import evaluate
 from ehrxdiff_core.evaluation.train_evaluator import train_evaluator

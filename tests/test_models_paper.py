@@ -15,7 +15,8 @@ from ehrxdiff_core.models.train_clip import train_clip
 from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.models.adapter import FusionAdapter
 from ehrxdiff_core.models.clip import ClipModel
-from ehrxdiff_core.models.datasets import load_pairs, open_image_store, to_unit_range
+from ehrxdiff_core.artifacts.images import open_image_store
+from ehrxdiff_core.models.datasets import load_pairs, to_unit_range
 from ehrxdiff_core.models.ldm import build_unet
 from ehrxdiff_core.models.vae import load_vae
 from toy_world import write_world

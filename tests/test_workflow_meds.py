@@ -71,10 +71,9 @@ def test_dag_from_real_shaped_meds(tmp_path):
     16-bit non-square PNGs, no encounters. The DAG runs to the report with nothing invented: age and
     label metrics are undefined with a reason, the string ids are mapped through a kept map."""
     import h5py
-    import numpy as np
     import yaml
 
-    from ehrxdiff_core.evaluation.schema import read_metrics
+    from ehrxdiff_core.artifacts.metrics import read_metrics
     from realshaped import make_real_shaped
 
     tiny = write_config(tmp_path / "tiny.yaml")

@@ -24,7 +24,6 @@ MANIFEST = ParquetArtifact("samples/{split}/manifest.parquet", "sample", pa.sche
     pa.field("guidance", pa.float64()),
     pa.field("seconds", pa.float64(), nullable=False),
 ]))
-MANIFEST_SCHEMA = MANIFEST.schema
 # what every manifest has; those written before several seeds existed lack seed_index and path (seed 0 only)
 MANIFEST_REQUIRED = MANIFEST.columns("pair_id", "seed", "sampler", "steps", "guidance")
 

@@ -36,7 +36,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES
-from ehrxdiff_core.artifacts.images import ImageStore, create_pixels, write_index  # noqa: F401 (ImageStore: re-export)
+from ehrxdiff_core.artifacts.images import create_pixels, write_index
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import ImagesConfig
 from ehrxdiff_core.data.errors import DataError

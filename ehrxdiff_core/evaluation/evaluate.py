@@ -27,7 +27,7 @@ from ehrxdiff_core.evaluation.inputs import (
     read_images,
     read_triplets,
 )
-from ehrxdiff_core.evaluation.schema import MetricsFile
+from ehrxdiff_core.artifacts.metrics import MetricsFile
 from ehrxdiff_core.evaluation.truth import DYNAMIC_MIN_CHANGE, PairTruth, pair_truth
 
 log = logging.getLogger(__name__)

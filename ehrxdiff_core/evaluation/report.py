@@ -24,7 +24,7 @@ from PIL import Image
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import ReportConfig
 from ehrxdiff_core.evaluation.plots import image_png, loss_curve_png
-from ehrxdiff_core.evaluation.schema import MetricsFile, read_metrics
+from ehrxdiff_core.artifacts.metrics import MetricsFile, read_metrics
 from ehrxdiff_core.labels import DISPLAY_NAME, EVAL_LABELS, LABEL_COLUMNS
 
 SECTIONS = ("Cohort summary", "Metrics", "Image grid", "Training curves", "Configuration", "Package versions")

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ehrxdiff_core.artifacts.cohort import PAIR_IMAGES, TRIPLETS
-from ehrxdiff_core.artifacts.images import open_image_store  # noqa: F401 (the stages open the store through here)
+from ehrxdiff_core.artifacts.images import open_image_store
 
 log = logging.getLogger(__name__)
 

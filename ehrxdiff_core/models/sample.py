@@ -7,16 +7,17 @@ import torch
 
 from ehrxdiff_core.atomic import atomic_dir
 from ehrxdiff_core.config import SampleConfig
-from ehrxdiff_core.models.datasets import PairBatches, load_pairs, open_embedding_reader, open_image_store, pair_seed
+from ehrxdiff_core.artifacts.images import open_image_store
+from ehrxdiff_core.models.datasets import PairBatches, load_pairs, open_embedding_reader, pair_seed
 from ehrxdiff_core.models.ldm import load_ldm
 from ehrxdiff_core.models.sampling import sample_seeds
 from ehrxdiff_core.models.vae import load_vae
-from ehrxdiff_core.samples_folder import sample_path, write_manifest
+from ehrxdiff_core.artifacts.samples import sample_path, write_manifest
 
 
 def sample(images_h5, embeddings_h5, triplets, vae_dir, ldm_dir, cfg: SampleConfig, max_events: int, out_dir, device="auto") -> dict:
     """Predict target images for the pairs of `cfg.split`, `cfg.n_seeds` per pair, atomically: seed index 0 at
-    `{pair_id}.png`, k ≥ 1 at `seed{k}/{pair_id}.png`, one `manifest.parquet` row per image (`MANIFEST_SCHEMA`).
+    `{pair_id}.png`, k ≥ 1 at `seed{k}/{pair_id}.png`, one `manifest.parquet` row per image (`artifacts.samples.MANIFEST`).
     An image-only model (`ldm_config.json` `mask_events`) is sampled with every event masked."""
     from PIL import Image
     from tqdm import tqdm

@@ -8,7 +8,8 @@ import torch
 
 from ehrxdiff_core.config import ClipConfig
 from ehrxdiff_core.models.clip import ClipModel
-from ehrxdiff_core.models.datasets import PairBatches, load_pairs, open_embedding_reader, open_image_store
+from ehrxdiff_core.artifacts.images import open_image_store
+from ehrxdiff_core.models.datasets import PairBatches, load_pairs, open_embedding_reader
 from ehrxdiff_core.models.ddp import barrier, init_distributed
 from ehrxdiff_core.models.runs import default_work_dir, make_batch_fn, prepare_data, publish, summary
 from ehrxdiff_core.models.training import run_training

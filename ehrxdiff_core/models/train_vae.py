@@ -12,7 +12,8 @@ import torch
 
 from ehrxdiff_core.atomic import atomic_dir
 from ehrxdiff_core.config import PRETRAINED_REQUIRED, SCALE_WITHOUT_IMPORT, VaeConfig
-from ehrxdiff_core.models.datasets import PairBatches, load_pairs, open_image_store
+from ehrxdiff_core.artifacts.images import open_image_store
+from ehrxdiff_core.models.datasets import PairBatches, load_pairs
 from ehrxdiff_core.models.ddp import barrier, init_distributed
 from ehrxdiff_core.models.runs import default_work_dir, make_batch_fn, prepare_data, publish, summary
 from ehrxdiff_core.models.training import run_training

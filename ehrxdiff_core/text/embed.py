@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -24,7 +23,8 @@ from ehrxdiff_core.text.index import check_index_matches, knowledge_digest, read
 from ehrxdiff_core.text.knowledge import read_knowledge
 from ehrxdiff_core.text.numeric import input_scale, numeric_features
 from ehrxdiff_core.text.rewrite import Rewriter, rewrite_id
-from ehrxdiff_core.text.store import EmbeddingCache, settings_key, text_hashes, write_store
+from ehrxdiff_core.artifacts.text import write_embedding_store
+from ehrxdiff_core.text.store import EmbeddingCache, settings_key, text_hashes
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
         numeric, numeric_attrs = numeric_features(uniques, ev.sources, ev.codes, weights, KnowledgeLookup(corpus),
                                                   stats_from)
         numeric_attrs["scale"] = input_scale(embeddings, numeric.shape[1])
-    write_store(Path(out_h5), hashes=hashes, embeddings=embeddings, pair_ids=pairs, offsets=offsets,
+    write_embedding_store(Path(out_h5), hashes=hashes, embeddings=embeddings, pair_ids=pairs, offsets=offsets,
                 rows=ev.rows, attrs=attrs, numeric=numeric, numeric_attrs=numeric_attrs)
     n_empty = int((counts == 0).sum())
     if n_empty:

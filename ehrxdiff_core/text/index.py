@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ehrxdiff_core.artifacts.text import KNOWLEDGE
 from ehrxdiff_core.atomic import atomic_path
 from ehrxdiff_core.config import RagIndexConfig, TextConfig
 from ehrxdiff_core.text.encoders import load_encoder
@@ -31,7 +32,7 @@ def sidecar_path(index_path: Path) -> Path:
 def knowledge_digest(knowledge: pd.DataFrame) -> str:
     """Digest of what retrieval can return (ids, texts, ranges): part of every augmented text's hash."""
     h = hashlib.blake2b(digest_size=16)
-    for r in knowledge[["snippet_id", "ref", "key", "text", "low", "high", "unit"]].itertuples(index=False):
+    for r in knowledge[KNOWLEDGE.columns("snippet_id", "ref", "key", "text", "low", "high", "unit")].itertuples(index=False):
         h.update(json.dumps([int(r.snippet_id), r.ref, r.key, r.text,
                              None if pd.isna(r.low) else float(r.low),
                              None if pd.isna(r.high) else float(r.high),

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ehrxdiff_core.artifacts.text import read_embedding_store
-from ehrxdiff_core.artifacts.text import write_embedding_store as write_store  # noqa: F401 (re-export)
 from ehrxdiff_core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
