@@ -17,8 +17,9 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/snakemake --profile profiles/local
 
-## test: the test suite (starts a one-node Slurm first when the packages are there: see .ci/run)
+## test: the linter (ruff: pyproject.toml), then the test suite (the Slurm tests need a one-node Slurm: see .ci/run)
 test: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest ran no test" >&2; exit 1; fi; exit $$rc
 

@@ -87,7 +87,8 @@ def run_engine(engine: str, ehr: Path, work: Path, args) -> dict:
     so after the parent has loaded a result for its digests every later child would report that.
     """
     cmd = [sys.executable, __file__, "--_engine", engine, "--_ehr", str(ehr), "--out", str(work),
-           "--memory-limit", args.memory_limit, "--threads", str(args.threads), "--max-events", str(args.max_events)]  # fmt: skip
+           "--memory-limit", args.memory_limit, "--threads", str(args.threads),
+           "--max-events", str(args.max_events)]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
@@ -125,8 +126,14 @@ def engine_duckdb(ehr: Path, work: Path, duck, max_events: int) -> dict:
     e = build_events(ehr, work / "cohort/triplets.parquet", EventsConfig(max_events=max_events), duck,
                      work / "events/events.parquet", work / "events/triplets.parquet")  # fmt: skip
     t2 = time.perf_counter()
-    return {"pairs": c["triplets"], "pairs_with_events": e["pairs_with_events"], "events": e["events"],
-            "cohort_s": t1 - t0, "events_s": t2 - t1, "seconds": t2 - t0}  # digests: by the parent, not in RSS
+    return {
+        "pairs": c["triplets"],
+        "pairs_with_events": e["pairs_with_events"],
+        "events": e["events"],
+        "cohort_s": t1 - t0,
+        "events_s": t2 - t1,
+        "seconds": t2 - t0,
+    }  # digests: by the parent, not in RSS
 
 
 def _digests(ev) -> dict:
@@ -159,8 +166,9 @@ def csv_reader(world: Path):
         header = pd.read_csv(src, nrows=0).columns
         by_lower = {c.lower(): c for c in header}
         cols = [c for c in t.columns if c.name in by_lower]
-        df = pd.read_csv(src, usecols=[by_lower[c.name] for c in cols], dtype=str, keep_default_na=False,
-                         na_values=[""])
+        df = pd.read_csv(
+            src, usecols=[by_lower[c.name] for c in cols], dtype=str, keep_default_na=False, na_values=[""]
+        )
         df.columns = [c.lower() for c in df.columns]
         for c in cols:
             if c.kind in ("id", "int"):
@@ -175,8 +183,11 @@ def csv_reader(world: Path):
         if name == "cxr_metadata":
             tm = pd.to_numeric(df.studytime)
             hh, mm = (tm // 10000), (tm // 100) % 100
-            df["study_time"] = (pd.to_datetime(df.studydate, format="%Y%m%d") + pd.to_timedelta(hh * 3600 + mm * 60, "s")
-                                + pd.to_timedelta((tm % 100).mul(1e6).round(), "us"))
+            df["study_time"] = (
+                pd.to_datetime(df.studydate, format="%Y%m%d")
+                + pd.to_timedelta(hh * 3600 + mm * 60, "s")
+                + pd.to_timedelta((tm % 100).mul(1e6).round(), "us")
+            )
         return df
 
     return rd
@@ -292,9 +303,18 @@ def engine_pandas(ehr: Path, max_events: int, world: Path | None = None) -> dict
 def snakemake_run(work: Path, config: Path, cores: int) -> float:
     """`snakemake results/events/events.parquet` in `work` (ingest + cohort + events as the DAG runs them)."""
     repo = Path(__file__).resolve().parents[1]
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "results/events/events.parquet",
-           "--snakefile", str(repo / "Snakefile"), "--directory", str(work), "--cores", str(cores),
-           "--configfile", str(config)]
+    cmd = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "results/events/events.parquet",
+        "--snakefile",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        str(cores),
+        "--configfile",
+        str(config),
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -318,15 +338,23 @@ def from_csv(args) -> None:
         work = base / "pipeline"
         configs = []
         for gap in (48, 24):
-            cfg = {"data": {"source": "mimic", "mimic": {"mimiciv_root": str(syn.resolve() / "mimiciv"),
-                                                         "cxr_root": str(syn.resolve() / "mimic-cxr-jpg")},
-                            "duckdb": {"memory_limit": args.memory_limit, "threads": args.threads}},
-                   "events": {"max_events": args.max_events}, "cohort": {"max_gap_hours": gap}}
+            cfg = {
+                "data": {
+                    "source": "mimic",
+                    "mimic": {
+                        "mimiciv_root": str(syn.resolve() / "mimiciv"),
+                        "cxr_root": str(syn.resolve() / "mimic-cxr-jpg"),
+                    },
+                    "duckdb": {"memory_limit": args.memory_limit, "threads": args.threads},
+                },
+                "events": {"max_events": args.max_events},
+                "cohort": {"max_gap_hours": gap},
+            }
             path = base / f"config_gap{gap}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             configs.append(path)
         scratch, rerun, pandas = [], [], []
-        for k in range(args.repeat):  # alternate so drift hits both alike
+        for _ in range(args.repeat):  # alternate so drift hits both alike
             r = run_engine("pandas_csv", syn, base / "work_pandas", args)
             _show(r)
             pandas.append(r["wall_s"])
@@ -335,11 +363,17 @@ def from_csv(args) -> None:
             scratch.append(snakemake_run(work, configs[0], args.threads))
             rerun.append(snakemake_run(work, configs[1], args.threads))  # cohort.max_gap_hours 48 → 24
             rerun.append(snakemake_run(work, configs[0], args.threads))  # and back
-            print(f"  snakemake from scratch {scratch[-1]:.1f} s; cohort-rule reruns {rerun[-2]:.1f} s, "
-                  f"{rerun[-1]:.1f} s; pandas from CSV {pandas[-1]:.1f} s (wall, incl. interpreter)", flush=True)
+            print(
+                f"  snakemake from scratch {scratch[-1]:.1f} s; cohort-rule reruns {rerun[-2]:.1f} s, "
+                f"{rerun[-1]:.1f} s; pandas from CSV {pandas[-1]:.1f} s (wall, incl. interpreter)",
+                flush=True,
+            )
         p, s, r = statistics.median(pandas), statistics.median(scratch), statistics.median(rerun)
-        print(f"  median: pandas {p:.1f} s, pipeline from scratch {s:.1f} s (pandas/pipeline {p / s:.2f}x), "
-              f"cohort-rule rerun {r:.1f} s (pandas from scratch/rerun {p / r:.1f}x)", flush=True)
+        print(
+            f"  median: pandas {p:.1f} s, pipeline from scratch {s:.1f} s (pandas/pipeline {p / s:.2f}x), "
+            f"cohort-rule rerun {r:.1f} s (pandas from scratch/rerun {p / r:.1f}x)",
+            flush=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -357,8 +391,11 @@ def main() -> None:
     ap.add_argument("--skip-pandas", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="runs per engine; the medians are compared")
     ap.add_argument("--memory-only", action="store_true", help="DuckDB only, at the first --patients scale")
-    ap.add_argument("--from-csv", action="store_true",
-                    help="Snakemake from raw CSV (ingest + cohort + events) and a cohort-rule rerun vs pandas from CSV")
+    ap.add_argument(
+        "--from-csv",
+        action="store_true",
+        help="Snakemake from raw CSV (ingest + cohort + events) and a cohort-rule rerun vs pandas from CSV",
+    )
     ap.add_argument("--_engine", choices=["duckdb", "pandas", "pandas_csv"], help=argparse.SUPPRESS)
     ap.add_argument("--_ehr", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -418,8 +455,10 @@ def main() -> None:
             rate = ev_rows / d["seconds"]
             full = sum(FULL_MIMIC.values())
             scale_ch = FULL_MIMIC["chartevents"] / max(rows["chartevents"], 1)
-            print(f"  DuckDB cohort+events: {ev_rows:,} event rows in {d['seconds']:.1f} s = {rate:,.0f} rows/s; "
-                  f"peak RSS {d['peak_rss_mb']:.0f} MB with memory_limit={args.memory_limit}, threads={args.threads}")
+            print(
+                f"  DuckDB cohort+events: {ev_rows:,} event rows in {d['seconds']:.1f} s = {rate:,.0f} rows/s; "
+                f"peak RSS {d['peak_rss_mb']:.0f} MB with memory_limit={args.memory_limit}, threads={args.threads}"
+            )
             print(f"  ingest: {ev_rows / ingest_s:,.0f} event rows/s")
             print(f"  extrapolated to full MIMIC-IV ({full:,} chart+lab rows, {scale_ch:.0f}x this chartevents): "
                   f"events ≈ {full / rate / 60:.0f} min, ingest ≈ {full / (ev_rows / ingest_s) / 60:.0f} min; "
@@ -442,7 +481,8 @@ def _show(r: dict) -> None:
     if "error" in r:
         print(f"  {r['engine']:7s} FAILED ({r['error']}) after {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
         return
-    print(f"  {r['engine']:7s} pairs={r['pairs']:,} pairs_with_events={r['pairs_with_events']:,} events={r['events']:,} "
+    print(f"  {r['engine']:7s} pairs={r['pairs']:,} pairs_with_events={r['pairs_with_events']:,} "
+          f"events={r['events']:,} "
           f"cohort {r['cohort_s']:.2f} s + events {r['events_s']:.2f} s = {r['seconds']:.2f} s; "
           f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
 

@@ -33,8 +33,18 @@ def main() -> None:
     ap.add_argument("--configfile", default=str(REPO / "config.yaml"))
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    dry = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", args.directory,
-           "--configfile", args.configfile, "--cores", "2", "--dry-run"]
+    dry = [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        args.directory,
+        "--configfile",
+        args.configfile,
+        "--cores",
+        "2",
+        "--dry-run",
+    ]
     _, out = timed(dry)
     if "Nothing to be done" not in out:
         raise SystemExit(f"{args.directory} is not fully built: a dry run plans jobs\n{out[-3000:]}")
@@ -42,7 +52,10 @@ def main() -> None:
     runs = [timed(dry)[0] for _ in range(args.repeat)]
     b, r = statistics.median(base), statistics.median(runs)
     print(f"snakemake --version (start-up baseline): median {b:.2f} s over {args.repeat}")
-    print(f"snakemake -n on the built DAG:           median {r:.2f} s over {args.repeat} (min {min(runs):.2f}, max {max(runs):.2f})")
+    print(
+        f"snakemake -n on the built DAG:           median {r:.2f} s over {args.repeat} (min "
+        f"{min(runs):.2f}, max {max(runs):.2f})"
+    )
     print(f"ratio dry-run / start-up: {r / b:.1f}x; target <= 3 s: {'met' if r <= 3 else 'NOT met'}")
 
 

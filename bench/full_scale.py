@@ -39,16 +39,36 @@ def child(args) -> dict:
         rows = ingest_table(table, source_path(table, DataConfig(), args.world), ehr / f"{table}.parquet", duck)
         return {"rows": rows}
     if stage == "cohort":
-        c = build_cohort(ehr, CohortConfig(), duck, args.out / "cohort/images.parquet", args.out / "cohort/triplets.parquet")
+        c = build_cohort(
+            ehr, CohortConfig(), duck, args.out / "cohort/images.parquet", args.out / "cohort/triplets.parquet"
+        )
         return {"rows": c["triplets"]}
-    e = build_events(ehr, args.out / "cohort/triplets.parquet", EventsConfig(), duck,
-                     args.out / "events/events.parquet", args.out / "events/triplets.parquet")
+    e = build_events(
+        ehr,
+        args.out / "cohort/triplets.parquet",
+        EventsConfig(),
+        duck,
+        args.out / "events/events.parquet",
+        args.out / "events/triplets.parquet",
+    )
     return {"rows": e["events"], "pairs_with_events": e["pairs_with_events"]}
 
 
 def run_stage(stage: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--world", str(args.world), "--out", str(args.out), "--_stage", stage,
-           "--memory-limit", args.memory_limit, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--world",
+        str(args.world),
+        "--out",
+        str(args.out),
+        "--_stage",
+        stage,
+        "--memory-limit",
+        args.memory_limit,
+        "--threads",
+        str(args.threads),
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t
@@ -64,8 +84,14 @@ def generate(world: Path, lab_rate: float) -> float:
     from ehrxdiff_core.config import SyntheticConfig
     from ehrxdiff_core.synthetic import write_world
 
-    cfg = SyntheticConfig(patients=40_000, chartevent_rate_per_hour=26.5, lab_rate_per_hour=lab_rate,
-                          write_images=False, gzip_level=1, seed=0)
+    cfg = SyntheticConfig(
+        patients=40_000,
+        chartevent_rate_per_hour=26.5,
+        lab_rate_per_hour=lab_rate,
+        write_images=False,
+        gzip_level=1,
+        seed=0,
+    )
     t = time.perf_counter()
     write_world(world, cfg)
     return time.perf_counter() - t
@@ -95,18 +121,24 @@ def main() -> None:
     rows += [run_stage("cohort", args), run_stage("events", args)]
     by = {r["stage"]: r for r in rows}
     chart, lab = by["ingest:chartevents"]["rows"], by["ingest:labevents"]["rows"]
-    print(f"\nchartevents {chart:,} rows (MIMIC-IV 2.2: {FULL_MIMIC['chartevents']:,}), "
-          f"labevents {lab:,} (MIMIC-IV 2.2: {FULL_MIMIC['labevents']:,}); "
-          f"data.duckdb.memory_limit={args.memory_limit}, threads={args.threads}\n")
+    print(
+        f"\nchartevents {chart:,} rows (MIMIC-IV 2.2: {FULL_MIMIC['chartevents']:,}), "
+        f"labevents {lab:,} (MIMIC-IV 2.2: {FULL_MIMIC['labevents']:,}); "
+        f"data.duckdb.memory_limit={args.memory_limit}, threads={args.threads}\n"
+    )
     print("| stage | rows out | wall s | peak RSS MB |\n|---|---:|---:|---:|")
     ingest = [r for r in rows if r["stage"].startswith("ingest:")]
     for r in rows:
         print(f"| {r['stage']} | {r['rows']:,} | {r['wall_s']:.1f} | {r['peak_rss_mb']:,.0f} |")
-    print(f"| **ingest (14 tables)** | | **{sum(r['wall_s'] for r in ingest):.1f}** | "
-          f"**{max(r['peak_rss_mb'] for r in ingest):,.0f}** (max) |")
+    print(
+        f"| **ingest (14 tables)** | | **{sum(r['wall_s'] for r in ingest):.1f}** | "
+        f"**{max(r['peak_rss_mb'] for r in ingest):,.0f}** (max) |"
+    )
     total = sum(r["wall_s"] for r in rows)
-    print(f"| **ingest + cohort + events** | {by['events']['pairs_with_events']:,} pairs with events | "
-          f"**{total:.1f} ({total / 60:.1f} min)** | **{max(r['peak_rss_mb'] for r in rows):,.0f}** (max) |")
+    print(
+        f"| **ingest + cohort + events** | {by['events']['pairs_with_events']:,} pairs with events | "
+        f"**{total:.1f} ({total / 60:.1f} min)** | **{max(r['peak_rss_mb'] for r in rows):,.0f}** (max) |"
+    )
 
 
 if __name__ == "__main__":

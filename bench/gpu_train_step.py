@@ -19,7 +19,8 @@ Dense peaks in TFLOP/s, picked by the GPU's name (override with --peak-fp32/--pe
     L40S              91.6   183    362
     A10               31.2   62.5   125
 
-    python bench/gpu_train_step.py                  # GPU; rows not started within --budget-s (540 s) are listed as skipped
+    python bench/gpu_train_step.py                  # GPU; rows not started within --budget-s (540 s):
+                                                    # listed as skipped
     python bench/gpu_train_step.py --no-compile     # skip the torch.compile rows
     python bench/gpu_train_step.py --smoke          # tiny config on CPU, 1 timed step per row (checks the script)
 """
@@ -53,8 +54,13 @@ PEAKS = [
     ("A10", (31.2, 62.5, 125.0)),
 ]
 # (label, precision, channels_last, compile), in the order they run (the time budget skips the last ones)
-VARIANTS = [("bf16", "bf16", False, False), ("tf32", "tf32", False, False), ("fp32", "fp32", False, False),
-            ("bf16+cl", "bf16", True, False), ("bf16+cl+compile", "bf16", True, True)]
+VARIANTS = [
+    ("bf16", "bf16", False, False),
+    ("tf32", "tf32", False, False),
+    ("fp32", "fp32", False, False),
+    ("bf16+cl", "bf16", True, False),
+    ("bf16+cl+compile", "bf16", True, True),
+]
 
 
 def known_peaks(name: str) -> dict[str, float | None]:
@@ -69,10 +75,24 @@ def paper_config(smoke: bool):
     raw = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
     image_size, max_events = 256, 1024
     if smoke:
-        raw["clip"].update(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, tab_width=32,
-                           tab_heads=2, tab_ff=64, embed_dim=32)
-        raw["ldm"].update(block_out_channels=[32, 32], attention_levels=[False, True], layers_per_block=1, num_heads=2,
-                          cross_attention_dim=32)
+        raw["clip"].update(
+            image_size=32,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=1,
+            vision_heads=2,
+            tab_width=32,
+            tab_heads=2,
+            tab_ff=64,
+            embed_dim=32,
+        )
+        raw["ldm"].update(
+            block_out_channels=[32, 32],
+            attention_levels=[False, True],
+            layers_per_block=1,
+            num_heads=2,
+            cross_attention_dim=32,
+        )
         raw["ldm"]["adapter"]["context_tokens"] = 16
         image_size, max_events = 32, 16
     cfg = load_config({**raw, "events": {"max_events": max_events}, "images": {"size": image_size}}, check_paths=False)
@@ -83,7 +103,11 @@ def build_model(cfg, image_size: int, max_events: int, event_dim: int, smoke: bo
     """The model `train_ldm` trains: Cheff's autoencoder geometry (random weights: speed does not depend on them)."""
     from diffusers import AutoencoderKL
 
-    vae_cfg = cheff_vae_config(image_size, ch=32, ch_mult=(1, 1, 1), num_res_blocks=1) if smoke else cheff_vae_config(image_size)
+    vae_cfg = (
+        cheff_vae_config(image_size, ch=32, ch_mult=(1, 1, 1), num_res_blocks=1)
+        if smoke
+        else cheff_vae_config(image_size)
+    )
     vae = AutoencoderKL(**vae_cfg)
     clip = ClipModel(cfg.clip, event_dim, image_size)
     model = build_latent_diffusion(cfg.ldm, vae, clip, image_size, max_events)
@@ -92,11 +116,13 @@ def build_model(cfg, image_size: int, max_events: int, event_dim: int, smoke: bo
 
 def make_batch(n: int, image_size: int, max_events: int, dim: int, dev: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
-    b = {"prev": torch.rand(n, 1, image_size, image_size, generator=g) * 2 - 1,
-         "trg": torch.rand(n, 1, image_size, image_size, generator=g) * 2 - 1,
-         "events": torch.randn(n, max_events, dim, generator=g),
-         "mask": (torch.arange(max_events) < max_events * 3 // 4).expand(n, -1).clone(),
-         "null": torch.zeros(n, dtype=torch.bool)}
+    b = {
+        "prev": torch.rand(n, 1, image_size, image_size, generator=g) * 2 - 1,
+        "trg": torch.rand(n, 1, image_size, image_size, generator=g) * 2 - 1,
+        "events": torch.randn(n, max_events, dim, generator=g),
+        "mask": (torch.arange(max_events) < max_events * 3 // 4).expand(n, -1).clone(),
+        "null": torch.zeros(n, dtype=torch.bool),
+    }
     return {k: v.to(dev) for k, v in b.items()}
 
 
@@ -154,17 +180,28 @@ def fmt(x: float | None, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny config on CPU, batches 1 and 2, 1 timed step per row")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 8 32 64)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per row (default 5; smoke 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps before each row (default 2; smoke 1)")
-    ap.add_argument("--checkpointing", choices=["both", "on", "off"], default="both", help="U-Net gradient checkpointing rows")
+    ap.add_argument(
+        "--checkpointing", choices=["both", "on", "off"], default="both", help="U-Net gradient checkpointing rows"
+    )
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    ap.add_argument("--budget-s", type=float, default=540, help="rows not started after this many seconds are reported as skipped")
+    ap.add_argument(
+        "--budget-s", type=float, default=540, help="rows not started after this many seconds are reported as skipped"
+    )
     ap.add_argument("--event-dim", type=int, default=1536, help="event vector width (ada-002: 1536; smoke: 16)")
     for p in ("fp32", "tf32", "bf16"):
-        ap.add_argument(f"--peak-{p}", type=float, default=None, help=f"dense {p} peak in TFLOP/s (default: by GPU name, table above)")
+        ap.add_argument(
+            f"--peak-{p}",
+            type=float,
+            default=None,
+            help=f"dense {p} peak in TFLOP/s (default: by GPU name, table above)",
+        )
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -193,20 +230,38 @@ def main(argv: list[str] | None = None) -> None:
     n_unet = sum(p.numel() for p in model.unet.parameters())
     n_adapter = sum(p.numel() for p in model.adapter.parameters())
     n_vae = sum(p.numel() for p in model.vae.parameters())
-    print(f"device: {name}; torch {torch.__version__}; dense peaks TFLOP/s: "
-          + ", ".join(f"{p} {fmt(v / 1e12 if v else None, '.3g')}" for p, v in peaks.items()))
-    print(f"{'smoke' if args.smoke else 'paper'} config, {image_size} px, {max_events} events × {dim}: U-Net {n_unet / 1e6:.1f} M, "
-          f"adapter {n_adapter / 1e6:.1f} M (trained), autoencoder {n_vae / 1e6:.1f} M (frozen)")
-    print(f"model FLOPs per training image: {flops / 1e9:.1f} GFLOP, of which the two autoencoder encodes "
-          f"{vae_flops / 1e9:.1f} GFLOP ({vae_flops / flops:.0%}; +{vae_flops / (flops - vae_flops):.0%} over adapter + U-Net)")
+    print(
+        f"device: {name}; torch {torch.__version__}; dense peaks TFLOP/s: "
+        + ", ".join(f"{p} {fmt(v / 1e12 if v else None, '.3g')}" for p, v in peaks.items())
+    )
+    print(
+        f"{'smoke' if args.smoke else 'paper'} config, {image_size} px, {max_events} events × "
+        f"{dim}: U-Net {n_unet / 1e6:.1f} M, "
+        f"adapter {n_adapter / 1e6:.1f} M (trained), autoencoder {n_vae / 1e6:.1f} M (frozen)"
+    )
+    print(
+        f"model FLOPs per training image: {flops / 1e9:.1f} GFLOP, of which the two autoencoder encodes "
+        f"{vae_flops / 1e9:.1f} GFLOP ({vae_flops / flops:.0%}; "
+        f"+{vae_flops / (flops - vae_flops):.0%} over adapter + U-Net)"
+    )
     print(f"{warmup} warm-up + {steps} timed steps per row", flush=True)
 
     rows = []
     for label, precision, channels_last, compiled in variants:
         for ckpt in ckpt_rows:
             for bs in batches:
-                row = {"batch": bs, "variant": label, "ckpt": "on" if ckpt else "off", "ms": None, "img_s": None, "gib": None,
-                       "tflops": None, "peak": peaks[precision], "mfu": None, "note": ""}
+                row = {
+                    "batch": bs,
+                    "variant": label,
+                    "ckpt": "on" if ckpt else "off",
+                    "ms": None,
+                    "img_s": None,
+                    "gib": None,
+                    "tflops": None,
+                    "peak": peaks[precision],
+                    "mfu": None,
+                    "note": "",
+                }
                 rows.append(row)
                 if time.perf_counter() - t_start > args.budget_s:
                     row["note"] = "skipped (time budget)"
@@ -222,25 +277,45 @@ def main(argv: list[str] | None = None) -> None:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(dev)
                 try:
-                    dt = time_row(model, opt, make_batch(bs, image_size, max_events, dim, dev), precision, compiled, dev, warmup, steps)
+                    dt = time_row(
+                        model,
+                        opt,
+                        make_batch(bs, image_size, max_events, dim, dev),
+                        precision,
+                        compiled,
+                        dev,
+                        warmup,
+                        steps,
+                    )
                 except torch.OutOfMemoryError:
                     row["note"] = "out of memory"
                 except Exception as err:  # e.g. a compile failure: report it, keep the other rows
                     row["note"] = f"failed: {type(err).__name__}: {str(err)[:120]}"
                 else:
                     achieved = flops * bs / dt
-                    row.update(ms=dt * 1e3, img_s=bs / dt, tflops=achieved / 1e12,
-                               gib=torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
-                               mfu=achieved / peaks[precision] if peaks[precision] else None)
+                    row.update(
+                        ms=dt * 1e3,
+                        img_s=bs / dt,
+                        tflops=achieved / 1e12,
+                        gib=torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
+                        mfu=achieved / peaks[precision] if peaks[precision] else None,
+                    )
                 opt.zero_grad(set_to_none=True)
                 if cuda:
                     torch.cuda.empty_cache()
 
-    print(f"{'batch':>5}  {'variant':<16} {'ckpt':<4} {'step ms':>9} {'img/s':>8} {'peak GiB':>8} {'TFLOP/s':>8} {'peak':>6} {'MFU':>6}")
+    print(
+        f"{'batch':>5}  {'variant':<16} {'ckpt':<4} {'step ms':>9} {'img/s':>8} {'peak GiB':>8} "
+        f"{'TFLOP/s':>8} {'peak':>6} {'MFU':>6}"
+    )
     for r in sorted(rows, key=lambda r: (r["batch"], [v[0] for v in variants].index(r["variant"]), r["ckpt"] == "off")):
-        line = (f"{r['batch']:>5}  {r['variant']:<16} {r['ckpt']:<4} {fmt(r['ms'], '9.1f'):>9} {fmt(r['img_s'], '8.2f'):>8} "
-                f"{fmt(r['gib'], '8.2f'):>8} {fmt(r['tflops'], '8.3g'):>8} {fmt(r['peak'] / 1e12 if r['peak'] else None, '6.3g'):>6} "
-                f"{fmt(r['mfu'], '6.1%'):>6}")
+        line = (
+            f"{r['batch']:>5}  {r['variant']:<16} {r['ckpt']:<4} {fmt(r['ms'], '9.1f'):>9} "
+            f"{fmt(r['img_s'], '8.2f'):>8} "
+            f"{fmt(r['gib'], '8.2f'):>8} {fmt(r['tflops'], '8.3g'):>8} "
+            f"{fmt(r['peak'] / 1e12 if r['peak'] else None, '6.3g'):>6} "
+            f"{fmt(r['mfu'], '6.1%'):>6}"
+        )
         print(line + (f"  {r['note']}" if r["note"] else ""))
     print(f"total {time.perf_counter() - t_start:.0f} s")
 

@@ -85,8 +85,10 @@ def main() -> None:
     paths = [str(root / r) for r in rels]
     n, size = len(paths), args.size
     mb = sum(os.path.getsize(p) for p in paths) / n / 1e6
-    print(f"{n} JPEGs of {MIMIC_W} x {MIMIC_H}, {mb:.2f} MB each on average (ready in {time.perf_counter() - t:.0f} s); "
-          f"{size} px, {args.workers} workers, {os.cpu_count()} CPUs")
+    print(
+        f"{n} JPEGs of {MIMIC_W} x {MIMIC_H}, {mb:.2f} MB each on average (ready in {time.perf_counter() - t:.0f} s); "
+        f"{size} px, {args.workers} workers, {os.cpu_count()} CPUs"
+    )
     for p in paths:  # warm the page cache for every row alike
         Path(p).read_bytes()
 
@@ -96,8 +98,17 @@ def main() -> None:
     def pooled(pool_cls, **kw):
         def run():
             with pool_cls(args.workers, **kw) as pool:
-                list(pool.map(load_resized, map(Path, paths), [size] * n, ["stretch"] * n, [True] * n,
-                              **({"chunksize": 8} if pool_cls is ProcessPoolExecutor else {})))
+                list(
+                    pool.map(
+                        load_resized,
+                        map(Path, paths),
+                        [size] * n,
+                        ["stretch"] * n,
+                        [True] * n,
+                        **({"chunksize": 8} if pool_cls is ProcessPoolExecutor else {}),
+                    )
+                )
+
         return run
 
     cache = work / "cache"
@@ -107,12 +118,15 @@ def main() -> None:
         def run():
             counts = build_image_store(listing, root, cfg, work / out, workers=args.workers)
             assert counts["stored"] == n, counts
+
         return run
 
-    rows = [("full, 1 process", rate(serial(False), n)),
-            ("draft, 1 process", rate(serial(True), n)),
-            (f"draft, {args.workers} threads", rate(pooled(ThreadPoolExecutor), n)),
-            (f"draft, {args.workers} processes", rate(pooled(ProcessPoolExecutor, mp_context=get_context("spawn")), n))]
+    rows = [
+        ("full, 1 process", rate(serial(False), n)),
+        ("draft, 1 process", rate(serial(True), n)),
+        (f"draft, {args.workers} threads", rate(pooled(ThreadPoolExecutor), n)),
+        (f"draft, {args.workers} processes", rate(pooled(ProcessPoolExecutor, mp_context=get_context("spawn")), n)),
+    ]
     shutil.rmtree(cache, ignore_errors=True)
     rows.append(("images rule, cold cache", rate(rule("cold.h5"), n)))
     rows.append(("images rule, warm cache (cohort change)", rate(rule("warm.h5"), n)))
@@ -121,8 +135,11 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, r in rows:
         mins = MIMIC_IMAGES / r / 60
-        print(f"| {name} | {r:,.0f} | {r / base:.1f} | {mins:,.0f} min |" if mins >= 1
-              else f"| {name} | {r:,.0f} | {r / base:.1f} | {mins * 60:,.0f} s |")
+        print(
+            f"| {name} | {r:,.0f} | {r / base:.1f} | {mins:,.0f} min |"
+            if mins >= 1
+            else f"| {name} | {r:,.0f} | {r / base:.1f} | {mins * 60:,.0f} s |"
+        )
     tmp.cleanup()
 
 

@@ -77,7 +77,9 @@ def timed(fn, repeat: int) -> tuple[float, list[float], object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=377_000, help="number of image files (MIMIC-CXR-JPG: ~377,000)")
-    ap.add_argument("--workers", type=int, default=16, help="threads of the hash when stats are slow (the pipeline's: 16)")
+    ap.add_argument(
+        "--workers", type=int, default=16, help="threads of the hash when stats are slow (the pipeline's: 16)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="create the files in this (empty or new) folder and keep them")
     args = ap.parse_args()
@@ -89,17 +91,24 @@ def main() -> None:
         rels = make_files(root, args.n)
         listing = root / "images.parquet"
         pq.write_table(pa.table({"dicom_id": [Path(r).stem for r in rels], "path": rels}), listing)
-        print(f"created {args.n:,} files under {root} in {time.perf_counter() - t:.1f} s; cpus: {os.cpu_count()}, "
-              f"load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"created {args.n:,} files under {root} in {time.perf_counter() - t:.1f} s; cpus: {os.cpu_count()}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         full = [os.path.join(root, r) for r in rels]
 
         rows = [
             ("os.stat loop, serial (baseline)", lambda: stat_loop(full)),
             ("os.scandir walk, names only", lambda: scandir_walk(str(root / "files"))),
-            ("image_inventory_hash, as the pipeline", lambda: image_inventory_hash(listing, root, workers=args.workers)),
+            (
+                "image_inventory_hash, as the pipeline",
+                lambda: image_inventory_hash(listing, root, workers=args.workers),
+            ),
             ("image_inventory_hash, serial", lambda: image_inventory_hash(listing, root, workers=1)),
-            (f"image_inventory_hash, {args.workers} threads forced",
-             lambda: image_inventory_hash(listing, root, workers=args.workers, slow_stat_s=0)),
+            (
+                f"image_inventory_hash, {args.workers} threads forced",
+                lambda: image_inventory_hash(listing, root, workers=args.workers, slow_stat_s=0),
+            ),
         ]
         results = {}
         for name, fn in rows:

@@ -1,6 +1,6 @@
 """Print the headline tables of a run's `eval/metrics.json` as Markdown (for the README and bench notes).
 
-    python bench/metrics_table.py results/eval/metrics.json
+python bench/metrics_table.py results/eval/metrics.json
 """
 
 from __future__ import annotations
@@ -20,18 +20,29 @@ def main() -> None:
     ap.add_argument("metrics", type=Path)
     mf = read_metrics(ap.parse_args().metrics)
     st = mf.settings
-    print(f"{st['n_pairs']} {st['split']} pairs from {st['n_patients']} patients; label sets: "
-          + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in mf.label_sets.auroc.items())
-          + "; " + "; ".join(f"truth {k}: {', '.join(v) or 'none'}" for k, v in mf.label_sets.truth.items()) + "\n")
+    print(
+        f"{st['n_pairs']} {st['split']} pairs from {st['n_patients']} patients; label sets: "
+        + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in mf.label_sets.auroc.items())
+        + "; "
+        + "; ".join(f"truth {k}: {', '.join(v) or 'none'}" for k, v in mf.label_sets.truth.items())
+        + "\n"
+    )
     names = list(mf.methods)
     print("| metric | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     for metric in mf.headline_metrics:
         print(f"| {metric} | " + " | ".join(fmt(mf.value(n, metric)) for n in names) + " |")
-    rows = {"sex AUROC": lambda m: m.sex_auroc.value, "age r": lambda m: m.age_pearson_r.value,
-            "FD evaluator": lambda m: m.fid["evaluator"].value if "evaluator" in m.fid else None}
+    rows = {
+        "sex AUROC": lambda m: m.sex_auroc.value,
+        "age r": lambda m: m.age_pearson_r.value,
+        "FD evaluator": lambda m: m.fid["evaluator"].value if "evaluator" in m.fid else None,
+    }
     for label, get in rows.items():
-        print(f"| {label} | " + " | ".join(fmt(get(mf.methods[n]), 2 if label.startswith("FD") else 3) for n in names) + " |")
+        print(
+            f"| {label} | "
+            + " | ".join(fmt(get(mf.methods[n]), 2 if label.startswith("FD") else 3) for n in names)
+            + " |"
+        )
     floor = mf.methods["real_target"].fid.get("evaluator")
     print(f"\nFD floor (real vs real): {fmt(floor.floor if floor else None, 2)}\n")
     controls = [k.split("_vs_", 1)[1] for k in mf.comparisons]

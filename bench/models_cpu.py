@@ -60,25 +60,51 @@ def main() -> None:
     if not args.full:
         for c in (vae, clip, ldm):
             c.train.steps = args.steps
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.pairs} pairs, 64 px, max_events {args.max_events}, dim {args.dim}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.pairs} pairs, 64 px, max_events "
+        f"{args.max_events}, dim {args.dim}"
+    )
     rows = []
     info, s = timed(lambda: train_vae(w["images"], w["triplets"], vae, root / "vae"))
     rows.append(("vae", vae.train, s, info))
-    info, s = timed(lambda: train_clip(w["images"], w["embeddings"], w["triplets"], clip, args.max_events, root / "clip"))
+    info, s = timed(
+        lambda: train_clip(w["images"], w["embeddings"], w["triplets"], clip, args.max_events, root / "clip")
+    )
     rows.append(("clip", clip.train, s, info))
-    info, s = timed(lambda: train_ldm(w["images"], w["embeddings"], w["triplets"], root / "vae", root / "clip", ldm, args.max_events, root / "ldm"))
+    info, s = timed(
+        lambda: train_ldm(
+            w["images"], w["embeddings"], w["triplets"], root / "vae", root / "clip", ldm, args.max_events, root / "ldm"
+        )
+    )
     rows.append(("ldm", ldm.train, s, info))
     for name, loop, s, info in rows:
         per_step = pd.read_csv(root / name / "metrics.csv")["seconds"].median()
-        print(f"train {name:4s}: {1 / per_step:6.2f} steps/s, {loop.batch_size * loop.grad_accum / per_step:7.1f} images/s "
-              f"(batch {loop.batch_size}); {loop.steps} steps took {s:.1f} s incl. set-up; "
-              f"loss {info['first_loss']:.4f} → {info['final_loss']:.4f}; default {type(loop).__name__} steps → "
-              f"≈{per_step * {'vae': VaeConfig, 'clip': ClipConfig, 'ldm': LdmConfig}[name]().train.steps / 60:.1f} min")
+        print(
+            f"train {name:4s}: {1 / per_step:6.2f} steps/s, "
+            f"{loop.batch_size * loop.grad_accum / per_step:7.1f} images/s "
+            f"(batch {loop.batch_size}); {loop.steps} steps took {s:.1f} s incl. set-up; "
+            f"loss {info['first_loss']:.4f} → {info['final_loss']:.4f}; default {type(loop).__name__} steps → "
+            f"≈{per_step * {'vae': VaeConfig, 'clip': ClipConfig, 'ldm': LdmConfig}[name]().train.steps / 60:.1f} min"
+        )
     n_test = int((pd.read_parquet(w["triplets"])["split"] == "test").sum())
     for sampler, steps in (("ddim", 100), ("ddim", 25), ("dpmsolver++", 25), ("dpmsolver++", 20)):
         cfg = SampleConfig(sampler=sampler, steps=steps)
-        info, s = timed(lambda: sample(w["images"], w["embeddings"], w["triplets"], root / "vae", root / "ldm", cfg, args.max_events, root / f"s_{sampler}_{steps}"))
-        print(f"sample {sampler:11s} {steps:3d} steps: {info['seconds_per_image']:.3f} s/image ({n_test} test pairs, {s:.1f} s total)")
+        info, s = timed(
+            lambda cfg=cfg, sampler=sampler, steps=steps: sample(
+                w["images"],
+                w["embeddings"],
+                w["triplets"],
+                root / "vae",
+                root / "ldm",
+                cfg,
+                args.max_events,
+                root / f"s_{sampler}_{steps}",
+            )
+        )
+        print(
+            f"sample {sampler:11s} {steps:3d} steps: {info['seconds_per_image']:.3f} s/image "
+            f"({n_test} test pairs, {s:.1f} s total)"
+        )
     if args.full:
         tri = pd.read_parquet(w["triplets"]).set_index("pair_id")
         store = {}
@@ -89,12 +115,19 @@ def main() -> None:
         res = []
         for p in sorted((root / "s_dpmsolver++_25").glob("*.png")):
             r = tri.loc[p.stem]
-            res.append((blob(np.asarray(Image.open(p)).astype(float)), blob(store[r.trg_dicom_id].astype(float)),
-                        blob(store[r.prev_dicom_id].astype(float))))
+            res.append(
+                (
+                    blob(np.asarray(Image.open(p)).astype(float)),
+                    blob(store[r.trg_dicom_id].astype(float)),
+                    blob(store[r.prev_dicom_id].astype(float)),
+                )
+            )
         gen, trg, prev = np.array(res).T
-        print(f"event use (toy world, DPM-Solver++ 25): corr(sample, target) = {np.corrcoef(gen, trg)[0, 1]:.3f}, "
-              f"corr(previous, target) = {np.corrcoef(prev, trg)[0, 1]:.3f}, corr(sample−previous, target−previous) = "
-              f"{np.corrcoef(gen - prev, trg - prev)[0, 1]:.3f}")
+        print(
+            f"event use (toy world, DPM-Solver++ 25): corr(sample, target) = {np.corrcoef(gen, trg)[0, 1]:.3f}, "
+            f"corr(previous, target) = {np.corrcoef(prev, trg)[0, 1]:.3f}, corr(sample−previous, target−previous) = "
+            f"{np.corrcoef(gen - prev, trg - prev)[0, 1]:.3f}"
+        )
     print(f"(artifacts under {root})")
 
 

@@ -51,10 +51,20 @@ def synthetic_inputs(work: Path, patients: int, seed: int, max_events: int) -> d
             ingest_table(t, source_path(t, DataConfig(), syn), ehr / f"{t}.parquet", duck)
     if not (work / "events/triplets.parquet").exists():
         build_cohort(ehr, CohortConfig(), duck, work / "cohort/images.parquet", work / "cohort/triplets.parquet")
-        build_events(ehr, work / "cohort/triplets.parquet", EventsConfig(max_events=max_events), duck,
-                     work / "events/events.parquet", work / "events/triplets.parquet")
-    return {"events": work / "events/events.parquet", "triplets": work / "events/triplets.parquet",
-            "d_items": ehr / "d_items.parquet", "d_labitems": ehr / "d_labitems.parquet"}
+        build_events(
+            ehr,
+            work / "cohort/triplets.parquet",
+            EventsConfig(max_events=max_events),
+            duck,
+            work / "events/events.parquet",
+            work / "events/triplets.parquet",
+        )
+    return {
+        "events": work / "events/events.parquet",
+        "triplets": work / "events/triplets.parquet",
+        "d_items": ehr / "d_items.parquet",
+        "d_labitems": ehr / "d_labitems.parquet",
+    }
 
 
 def fallback_inputs(work: Path, pairs: int, seed: int) -> dict:
@@ -66,8 +76,12 @@ def fallback_inputs(work: Path, pairs: int, seed: int) -> dict:
     (work / "events").mkdir(parents=True, exist_ok=True)
     ev.to_parquet(work / "events/events.parquet")
     tr.to_parquet(work / "events/triplets.parquet")
-    return {"events": work / "events/events.parquet", "triplets": work / "events/triplets.parquet",
-            "d_items": di, "d_labitems": dl}
+    return {
+        "events": work / "events/events.parquet",
+        "triplets": work / "events/triplets.parquet",
+        "d_items": di,
+        "d_labitems": dl,
+    }
 
 
 def split_admissions(triplets: Path, work: Path, frac_new: float, seed: int) -> tuple[Path, Path, dict]:
@@ -81,8 +95,16 @@ def split_admissions(triplets: Path, work: Path, frac_new: float, seed: int) -> 
     base = tr[~tr[key].isin(new)]
     base_path = work / "triplets_base.parquet"
     base.to_parquet(base_path)
-    return base_path, triplets, {"admissions_first": len(adm) - n_new, "admissions_added": n_new,
-                                 "pairs_first": len(base), "pairs_all": len(tr)}
+    return (
+        base_path,
+        triplets,
+        {
+            "admissions_first": len(adm) - n_new,
+            "admissions_added": n_new,
+            "pairs_first": len(base),
+            "pairs_all": len(tr),
+        },
+    )
 
 
 def main() -> None:
@@ -105,19 +127,26 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from ehrxdiff_core.config import TextConfig
-    from ehrxdiff_core.text.encoders import load_encoder
-    from ehrxdiff_core.text.knowledge import build_knowledge
-    from ehrxdiff_core.text.index import build_rag_index
     from ehrxdiff_core.text.embed import embed_events
+    from ehrxdiff_core.text.encoders import load_encoder
+    from ehrxdiff_core.text.index import build_rag_index
+    from ehrxdiff_core.text.knowledge import build_knowledge
 
     work = args.out
     work.mkdir(parents=True, exist_ok=True)
     if args.results:
-        inp = {"events": args.results / "events/events.parquet", "triplets": args.results / "events/triplets.parquet",
-               "d_items": args.results / "ehr/d_items.parquet", "d_labitems": args.results / "ehr/d_labitems.parquet"}
+        inp = {
+            "events": args.results / "events/events.parquet",
+            "triplets": args.results / "events/triplets.parquet",
+            "d_items": args.results / "ehr/d_items.parquet",
+            "d_labitems": args.results / "ehr/d_labitems.parquet",
+        }
         source = str(args.results)
     elif args.fallback:
-        inp, source = fallback_inputs(work / "fallback", args.pairs, args.seed), f"tests/toy_text.py ({args.pairs} pairs)"
+        inp, source = (
+            fallback_inputs(work / "fallback", args.pairs, args.seed),
+            f"tests/toy_text.py ({args.pairs} pairs)",
+        )
     else:
         try:
             inp = synthetic_inputs(work / f"synthetic_{args.patients}", args.patients, args.seed, args.max_events)
@@ -125,8 +154,9 @@ def main() -> None:
         except ImportError as err:
             sys.exit(f"synthetic world / data stages not importable ({err}); use --fallback or --results")
 
-    cfg = TextConfig.model_validate({"encoder": {"name": args.encoder, "path": args.encoder_path},
-                                     "cache_dir": str(work / "cache")})
+    cfg = TextConfig.model_validate(
+        {"encoder": {"name": args.encoder, "path": args.encoder_path}, "cache_dir": str(work / "cache")}
+    )
     shutil.rmtree(work / "cache", ignore_errors=True)
     res: dict = {"source": source, "encoder": args.encoder, "threads": args.threads}
 
@@ -141,12 +171,14 @@ def main() -> None:
     base, full, split = split_admissions(inp["triplets"], work, args.added, args.seed)
     res.update(split)
     t0 = time.perf_counter()
-    first = embed_events(inp["events"], base, work / "rag/knowledge.parquet", work / "rag/index.faiss", cfg,
-                         work / "events_first.h5")
+    first = embed_events(
+        inp["events"], base, work / "rag/knowledge.parquet", work / "rag/index.faiss", cfg, work / "events_first.h5"
+    )
     first_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    second = embed_events(inp["events"], full, work / "rag/knowledge.parquet", work / "rag/index.faiss", cfg,
-                          work / "events.h5")
+    second = embed_events(
+        inp["events"], full, work / "rag/knowledge.parquet", work / "rag/index.faiss", cfg, work / "events.h5"
+    )
     second_s = time.perf_counter() - t0
 
     size = (work / "events.h5").stat().st_size
@@ -170,24 +202,29 @@ def main() -> None:
     enc.encode(texts, progress=False)
     enc_s = time.perf_counter() - t0
 
-    res.update({
-        "pairs": p, "events": e, "unique_texts": second["n_unique_texts"], "dim": d,
-        "dedup_ratio_events_per_unique_text": e / max(second["n_unique_texts"], 1),
-        "store_bytes": size,
-        "per_pair_fp16_bytes_at_max_events": per_pair,
-        "store_vs_per_pair_pct": 100 * size / per_pair,
-        "paper_layout_bytes_1024x1536": paper,
-        "store_vs_paper_pct": 100 * size / paper,
-        "store_bytes_per_pair": size / p,
-        "first_run": {"seconds": first_s, "encoded": first["n_encoded"], "unique_texts": first["n_unique_texts"]},
-        "rerun_plus_added": {"seconds": second_s, "encoded": second["n_encoded"], "reused": second["n_reused"]},
-        "rerun_cost_fraction_time": second_s / first_s,
-        "rerun_cost_fraction_encoded": second["n_encoded"] / max(first["n_encoded"], 1),
-        "embed_texts_per_s_first_run": first["n_encoded"] / max(first["encode_seconds"], 1e-9),
-        "encoder_only_texts_per_s": len(texts) / enc_s,
-        "augment_texts_per_s": len(texts) / aug_s,
-        "mean_augmented_chars": float(np.mean([len(t) for t in texts])),
-    })
+    res.update(
+        {
+            "pairs": p,
+            "events": e,
+            "unique_texts": second["n_unique_texts"],
+            "dim": d,
+            "dedup_ratio_events_per_unique_text": e / max(second["n_unique_texts"], 1),
+            "store_bytes": size,
+            "per_pair_fp16_bytes_at_max_events": per_pair,
+            "store_vs_per_pair_pct": 100 * size / per_pair,
+            "paper_layout_bytes_1024x1536": paper,
+            "store_vs_paper_pct": 100 * size / paper,
+            "store_bytes_per_pair": size / p,
+            "first_run": {"seconds": first_s, "encoded": first["n_encoded"], "unique_texts": first["n_unique_texts"]},
+            "rerun_plus_added": {"seconds": second_s, "encoded": second["n_encoded"], "reused": second["n_reused"]},
+            "rerun_cost_fraction_time": second_s / first_s,
+            "rerun_cost_fraction_encoded": second["n_encoded"] / max(first["n_encoded"], 1),
+            "embed_texts_per_s_first_run": first["n_encoded"] / max(first["encode_seconds"], 1e-9),
+            "encoder_only_texts_per_s": len(texts) / enc_s,
+            "augment_texts_per_s": len(texts) / aug_s,
+            "mean_augmented_chars": float(np.mean([len(t) for t in texts])),
+        }
+    )
     (work / "text_stage.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

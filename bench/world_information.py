@@ -39,18 +39,30 @@ def _read(root: Path, rel: str, **kw) -> pd.DataFrame:
 def kept_events(root: Path) -> pd.DataFrame:
     """Every event row the paper's filters keep, as (hadm_id, t, kind, feat, value, treatment)."""
     from ehrxdiff_core.data.event_filters import (
-        CHART_CATEGORIES, LAB_CATEGORIES, LAB_LABELS, MICRO_SPEC_TYPES, PROCEDURE_CATEGORIES,
-        load_prescription_whitelist)
+        CHART_CATEGORIES,
+        LAB_CATEGORIES,
+        LAB_LABELS,
+        MICRO_SPEC_TYPES,
+        PROCEDURE_CATEGORIES,
+        load_prescription_whitelist,
+    )
 
     hosp, icu = "mimiciv/hosp", "mimiciv/icu"
     parts = []
 
     def add(df: pd.DataFrame, table: str, time_col: str, kind: str, feat: pd.Series, value, treatment) -> None:
-        parts.append(pd.DataFrame({
-            "hadm_id": df["hadm_id"].to_numpy(), "t": pd.to_datetime(df[time_col]).to_numpy(),
-            "kind": kind, "feat": (table + ":" + feat.astype(str)).to_numpy(),
-            "value": np.asarray(value, dtype=float) if not np.isscalar(value) else value,
-            "treatment": np.asarray(treatment, bool) if not np.isscalar(treatment) else treatment}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "hadm_id": df["hadm_id"].to_numpy(),
+                    "t": pd.to_datetime(df[time_col]).to_numpy(),
+                    "kind": kind,
+                    "feat": (table + ":" + feat.astype(str)).to_numpy(),
+                    "value": np.asarray(value, dtype=float) if not np.isscalar(value) else value,
+                    "treatment": np.asarray(treatment, bool) if not np.isscalar(treatment) else treatment,
+                }
+            )
+        )
 
     lab = _read(root, f"{hosp}/labevents.csv.gz", usecols=["hadm_id", "itemid", "charttime", "valuenum"])
     dl = _read(root, f"{hosp}/d_labitems.csv.gz")
@@ -79,14 +91,21 @@ def kept_events(root: Path) -> pd.DataFrame:
     inp = _read(root, f"{icu}/inputevents.csv.gz", usecols=["hadm_id", "itemid", "starttime"])
     add(inp, "input", "starttime", "act", inp.itemid.map(di.set_index("itemid").label), 1.0, True)
 
-    pr = _read(root, f"{icu}/procedureevents.csv.gz",
-               usecols=["hadm_id", "itemid", "starttime", "ordercategoryname"])
+    pr = _read(root, f"{icu}/procedureevents.csv.gz", usecols=["hadm_id", "itemid", "starttime", "ordercategoryname"])
     pr = pr[pr.ordercategoryname.isin(PROCEDURE_CATEGORIES)]
-    add(pr, "proc", "starttime", "act", pr.itemid.map(di.set_index("itemid").label), 1.0,
-        ~pr.itemid.astype(str).isin({c for t, c in NOT_TREATMENTS}))
+    add(
+        pr,
+        "proc",
+        "starttime",
+        "act",
+        pr.itemid.map(di.set_index("itemid").label),
+        1.0,
+        ~pr.itemid.astype(str).isin({c for t, c in NOT_TREATMENTS}),
+    )
 
-    mi = _read(root, f"{hosp}/microbiologyevents.csv.gz", usecols=["hadm_id", "charttime", "spec_type_desc",
-                                                                   "org_name"])
+    mi = _read(
+        root, f"{hosp}/microbiologyevents.csv.gz", usecols=["hadm_id", "charttime", "spec_type_desc", "org_name"]
+    )
     mi = mi[mi.spec_type_desc.isin(MICRO_SPEC_TYPES)]
     add(mi, "micro", "charttime", "act", mi.spec_type_desc + np.where(mi.org_name.notna(), "+", "-"), 1.0, False)
 
@@ -139,17 +158,25 @@ def pair_features(pairs: pd.DataFrame, ev: pd.DataFrame) -> tuple[pd.DataFrame, 
         per_value = txt.groupby(["pair", "feat", "item"]).value.sum().reset_index()
         per_item = txt.groupby(["pair", "item"]).value.sum().rename("total").reset_index()
         share = per_value.merge(per_item, on=["pair", "item"])
-        feats.append(share.assign(s=share.value / share.total).pivot(index="pair", columns="feat", values="s")
-                     .fillna(0.0).add_prefix("share:"))
+        feats.append(
+            share.assign(s=share.value / share.total)
+            .pivot(index="pair", columns="feat", values="s")
+            .fillna(0.0)
+            .add_prefix("share:")
+        )
     X = pd.concat(feats, axis=1).reindex(range(n))
     for c in X.columns:
         if c.startswith("n:"):
             X[c] = X[c].fillna(0.0)
     per_pair = np.bincount(owner, minlength=n)
-    stats = dict(pairs=n, events_per_pair_mean=float(per_pair.mean()), events_per_pair_median=float(np.median(per_pair)),
-                 treatment_share=float(long.treatment.mean()) if len(long) else 0.0,
-                 pairs_with_treatment=float(np.bincount(owner, long.treatment.to_numpy(float), n).astype(bool).mean()),
-                 per_table=(long.feat.str.split(":", n=1).str[0].value_counts() / n).round(1).to_dict())
+    stats = dict(
+        pairs=n,
+        events_per_pair_mean=float(per_pair.mean()),
+        events_per_pair_median=float(np.median(per_pair)),
+        treatment_share=float(long.treatment.mean()) if len(long) else 0.0,
+        pairs_with_treatment=float(np.bincount(owner, long.treatment.to_numpy(float), n).astype(bool).mean()),
+        per_table=(long.feat.str.split(":", n=1).str[0].value_counts() / n).round(1).to_dict(),
+    )
     return X, stats
 
 
@@ -162,8 +189,9 @@ def oof_r2(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> f
     pred = np.zeros_like(y)
     with threadpool_limits(1):  # small fits: OpenMP threads only contend on a shared machine
         for tr, te in GroupKFold(5).split(X, y, groups):
-            m = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, min_samples_leaf=15,
-                                              l2_regularization=1.0, random_state=seed)
+            m = HistGradientBoostingRegressor(
+                max_iter=300, learning_rate=0.05, min_samples_leaf=15, l2_regularization=1.0, random_state=seed
+            )
             m.fit(X[tr], y[tr])
             pred[te] = m.predict(X[te])
     return float(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
@@ -183,8 +211,17 @@ def measure(root: Path) -> tuple[pd.DataFrame, dict]:
         a = oof_r2(prev, y, groups)
         a_gap = oof_r2(np.hstack([prev, gap]), y, groups)
         b = oof_r2(np.hstack([prev, gap, X_ev.to_numpy()]), y, groups)
-        rows.append(dict(finding=f, sd_change=float(y.std()), r2_prev=a, r2_prev_gap=a_gap, r2_with_events=b,
-                         gain=b - a, gain_over_gap=b - a_gap))
+        rows.append(
+            dict(
+                finding=f,
+                sd_change=float(y.std()),
+                r2_prev=a,
+                r2_prev_gap=a_gap,
+                r2_with_events=b,
+                gain=b - a,
+                gain_over_gap=b - a_gap,
+            )
+        )
     stats["event_features"] = X_ev.shape[1]
     return pd.DataFrame(rows), stats
 
@@ -194,8 +231,13 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chartevent-rate", type=float, default=1.0, help="the demo's (config.yaml) is 1.0")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="any other synthetic setting (JSON value; dotted for nested, e.g. effects.diuretic_edema=0.05)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other synthetic setting (JSON value; dotted for nested, e.g. effects.diuretic_edema=0.05)",
+    )
     ap.add_argument("--world", type=Path, help="measure an existing world instead of generating one")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = ap.parse_args()
@@ -203,8 +245,13 @@ def main() -> None:
     from ehrxdiff_core.config import SyntheticConfig
     from ehrxdiff_core.synthetic import write_world
 
-    raw: dict = dict(patients=args.patients, seed=args.seed, chartevent_rate_per_hour=args.chartevent_rate,
-                     write_images=False, gzip_level=1)
+    raw: dict = dict(
+        patients=args.patients,
+        seed=args.seed,
+        chartevent_rate_per_hour=args.chartevent_rate,
+        write_images=False,
+        gzip_level=1,
+    )
     for kv in args.set:
         key, _, val = kv.partition("=")
         try:
@@ -226,17 +273,24 @@ def main() -> None:
         t_gen = time.perf_counter() - t0
         table, stats = measure(root)
     print(f"world: {args.world or raw}  (generated in {t_gen:.0f} s)")
-    print(f"pairs {stats['pairs']}, kept events per pair mean {stats['events_per_pair_mean']:.0f} "
-          f"(median {stats['events_per_pair_median']:.0f}), treatment events {100 * stats['treatment_share']:.1f} %, "
-          f"pairs with >= 1 treatment event {100 * stats['pairs_with_treatment']:.0f} %, "
-          f"event features {stats['event_features']}")
+    print(
+        f"pairs {stats['pairs']}, kept events per pair mean {stats['events_per_pair_mean']:.0f} "
+        f"(median {stats['events_per_pair_median']:.0f}), treatment events {100 * stats['treatment_share']:.1f} %, "
+        f"pairs with >= 1 treatment event {100 * stats['pairs_with_treatment']:.0f} %, "
+        f"event features {stats['event_features']}"
+    )
     print("kept events per pair by table: " + ", ".join(f"{k} {v:.1f}" for k, v in stats["per_table"].items()))
     if args.markdown:
-        print("| finding | sd of change | R² prev | R² prev+gap | R² prev+gap+events | gain (b − a) | gain over prev+gap |")
+        print(
+            "| finding | sd of change | R² prev | R² prev+gap | R² prev+gap+events | gain (b − a) "
+            "| gain over prev+gap |"
+        )
         print("|---|---|---|---|---|---|---|")
         for r in table.itertuples():
-            print(f"| {r.finding} | {r.sd_change:.3f} | {r.r2_prev:.2f} | {r.r2_prev_gap:.2f} | {r.r2_with_events:.2f} "
-                  f"| {r.gain:+.2f} | {r.gain_over_gap:+.2f} |")
+            print(
+                f"| {r.finding} | {r.sd_change:.3f} | {r.r2_prev:.2f} | {r.r2_prev_gap:.2f} | {r.r2_with_events:.2f} "
+                f"| {r.gain:+.2f} | {r.gain_over_gap:+.2f} |"
+            )
     else:
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 

@@ -138,10 +138,12 @@ class SyntheticConfig(Section):
 class SplitConfig(Section):
     fractions: dict[str, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
     seed: int = 42
-    key_file: str | None = None  # JSON {"train": [pair ids], "valid": [...], "test": [...]} (paper's dataset_split.json)
+    key_file: str | None = (
+        None  # JSON {"train": [pair ids], "valid": [...], "test": [...]} (paper's dataset_split.json)
+    )
 
     @model_validator(mode="after")
-    def _check_fractions(self) -> "SplitConfig":
+    def _check_fractions(self) -> SplitConfig:
         if set(self.fractions) != {"train", "valid", "test"}:
             raise ValueError("fractions must have exactly the keys train, valid, test")
         negative = {k: v for k, v in self.fractions.items() if v < 0}
@@ -207,7 +209,7 @@ class EventsConfig(Section):
     round_decimals: int = Field(4, ge=0)
 
     @model_validator(mode="after")
-    def _unique_tables(self) -> "EventsConfig":
+    def _unique_tables(self) -> EventsConfig:
         if len(set(self.tables)) != len(self.tables):
             raise ValueError(f"tables lists a table twice: {self.tables}")
         return self
@@ -291,7 +293,8 @@ class TrainLoop(Section):
 
 
 PRETRAINED_REQUIRED = (
-    "vae.pretrained: must be set, because vae.require_pretrained is true (as in configs/paper.yaml): point it at Cheff's "
+    "vae.pretrained: must be set, because vae.require_pretrained is true (as in "
+    "configs/paper.yaml): point it at Cheff's "
     "cheff_autoencoder.pt (or a .safetensors conversion, or a diffusers folder). To train an autoencoder here instead "
     "(L1 + KL loss only, vae.train.steps steps: blurrier than Cheff's), set vae.require_pretrained: false"
 )
@@ -318,7 +321,7 @@ class VaeConfig(Section):
     train: TrainLoop = TrainLoop(steps=300, batch_size=16, lr=4e-4)
 
     @model_validator(mode="after")
-    def _check_pretrained(self) -> "VaeConfig":
+    def _check_pretrained(self) -> VaeConfig:
         if self.pretrained is None and self.require_pretrained:
             raise ValueError(PRETRAINED_REQUIRED)
         if self.pretrained is None and self.scaling_factor is not None:
@@ -361,12 +364,16 @@ class LdmConfig(Section):
     layers_per_block: int = Field(1, ge=1)
     num_heads: int = Field(4, ge=1)  # attention heads per block (diffusers' `attention_head_dim`, which counts heads)
     cross_attention_dim: int = Field(64, ge=1)
-    conditioning: Literal["crossattn", "hybrid"] = "hybrid"  # demo: hybrid (learns the change in a CPU budget); paper: crossattn
+    conditioning: Literal["crossattn", "hybrid"] = (
+        "hybrid"  # demo: hybrid (learns the change in a CPU budget); paper: crossattn
+    )
     hybrid_latent_scaled: bool = True  # hybrid concat uses scaled mode latent; False: unscaled (original code)
     beta_start: float = Field(0.0015, gt=0, lt=1)
     beta_end: float = Field(0.0295, gt=0, lt=1)
     num_train_timesteps: int = Field(1000, ge=2)
-    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"  # demo: v (learns in a CPU budget); paper: epsilon
+    prediction_type: Literal["epsilon", "v_prediction"] = (
+        "v_prediction"  # demo: v (learns in a CPU budget); paper: epsilon
+    )
     null_augmentation: bool = False
     target_affine: bool = False  # RandomAffine(±10°, scale 0.9–1.1) on targets (the original's w_null runs)
     cond_dropout: float = Field(0.0, ge=0, le=1)
@@ -375,7 +382,7 @@ class LdmConfig(Section):
     train: TrainLoop = TrainLoop(steps=1000, batch_size=16, lr=1e-3, ema_decay=0.999)
 
     @model_validator(mode="after")
-    def _check_unet(self) -> "LdmConfig":
+    def _check_unet(self) -> LdmConfig:
         if len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError(
                 f"attention_levels has {len(self.attention_levels)} entries but block_out_channels has "
@@ -419,8 +426,12 @@ class EvaluateConfig(Section):
     inception_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth (checked by hash)
     xrv_weights: str | None = None  # torchxrayvision densenet121-res224-all weights file
     seed: int = 123
-    bootstrap: int = Field(2000, ge=0)  # paired patient-level bootstrap resamples for the comparisons' 95 % intervals (0: off)
-    min_label_positives: int = Field(20, ge=1)  # a label enters a macro's fixed set with at least this many positives...
+    bootstrap: int = Field(
+        2000, ge=0
+    )  # paired patient-level bootstrap resamples for the comparisons' 95 % intervals (0: off)
+    min_label_positives: int = Field(
+        20, ge=1
+    )  # a label enters a macro's fixed set with at least this many positives...
     min_label_negatives: int = Field(20, ge=1)  # ...and this many negatives among the subset's targets
 
 
@@ -460,7 +471,7 @@ class PipelineConfig(Section):
     compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
-    def _check_sources(self) -> "PipelineConfig":
+    def _check_sources(self) -> PipelineConfig:
         if self.data.source == "mimic":
             for key in ("mimiciv_root", "cxr_root"):
                 if getattr(self.data.mimic, key) is None:
@@ -472,14 +483,17 @@ class PipelineConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _check_downstream(self) -> "PipelineConfig":
+    def _check_downstream(self) -> PipelineConfig:
         """Settings each valid alone that a later stage could not run with: fail here, before any job."""
         problems = []
         fractions = self.cohort.split.fractions
         if self.cohort.split.key_file is None:
             # train: every model; valid: the autoencoder gate and the evaluator's quality; the sampled split
-            for split, why in (("train", "the models train on it"), ("valid", "the autoencoder gate scores it"),
-                               (self.sample.split, "sample.split generates and scores it")):
+            for split, why in (
+                ("train", "the models train on it"),
+                ("valid", "the autoencoder gate scores it"),
+                (self.sample.split, "sample.split generates and scores it"),
+            ):
                 if fractions[split] <= 0:
                     problems.append(f"cohort.split.fractions.{split}: must be > 0 ({why}), got {fractions[split]}")
         size = self.images.size
@@ -496,8 +510,10 @@ class PipelineConfig(Section):
                     f"images.size: the latent side {size // vae_factor} (images.size / {vae_factor}) is not a multiple "
                     f"of the U-Net's downsampling factor {unet_factor} (2 ** (len(ldm.block_out_channels) - 1))"
                 )
-        for key, channels in (("vae.block_out_channels", self.vae.block_out_channels),
-                              ("ldm.block_out_channels", self.ldm.block_out_channels)):
+        for key, channels in (
+            ("vae.block_out_channels", self.vae.block_out_channels),
+            ("ldm.block_out_channels", self.ldm.block_out_channels),
+        ):
             groups = min(32, min(channels))  # GroupNorm groups, as the models build them
             if any(c % groups for c in channels):
                 problems.append(f"{key}: every width must be a multiple of {groups} (GroupNorm groups), got {channels}")
@@ -511,13 +527,18 @@ class PipelineConfig(Section):
                 f"(clip.image_size, default images.size)"
             )
         if self.clip.vision_width % self.clip.vision_heads:
-            problems.append(f"clip.vision_heads: {self.clip.vision_heads} does not divide clip.vision_width "
-                            f"{self.clip.vision_width}")
+            problems.append(
+                f"clip.vision_heads: {self.clip.vision_heads} does not divide clip.vision_width "
+                f"{self.clip.vision_width}"
+            )
         if self.clip.tab_width is not None and self.clip.tab_width % self.clip.tab_heads:
-            problems.append(f"clip.tab_heads: {self.clip.tab_heads} does not divide clip.tab_width {self.clip.tab_width}")
+            problems.append(
+                f"clip.tab_heads: {self.clip.tab_heads} does not divide clip.tab_width {self.clip.tab_width}"
+            )
         if self.sample.steps > self.ldm.num_train_timesteps:
-            problems.append(f"sample.steps: {self.sample.steps} exceeds ldm.num_train_timesteps "
-                            f"{self.ldm.num_train_timesteps}")
+            problems.append(
+                f"sample.steps: {self.sample.steps} exceeds ldm.num_train_timesteps {self.ldm.num_train_timesteps}"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -35,7 +35,5 @@ DISPLAY_NAME: dict[str, str] = dict(zip(LABEL_COLUMNS, CHEXPERT_LABELS))
 # The findings the evaluator scores (the paper's CheXpert evaluation uses 11 of the 14; we drop
 # No Finding, Pleural Other and Support Devices the same way).
 EVAL_LABELS: tuple[str, ...] = tuple(
-    label_column(n)
-    for n in CHEXPERT_LABELS
-    if n not in ("No Finding", "Pleural Other", "Support Devices")
+    label_column(n) for n in CHEXPERT_LABELS if n not in ("No Finding", "Pleural Other", "Support Devices")
 )

@@ -10,7 +10,7 @@ and what is downstream of it, and nothing else; nobody keeps a list by hand.
 from __future__ import annotations
 
 import ast
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "ehrxdiff_core"
@@ -64,7 +64,7 @@ def _import_statements(source: str) -> ast.Module:
     return ast.Module(body=body, type_ignores=[])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _direct_imports(path: Path) -> frozenset[str]:
     tree = _import_statements(path.read_text())
     own = _module_name(path)

@@ -50,10 +50,14 @@ def run_snakemake(workdir: Path, configfile: Path, *args: str, check: bool = Tru
     """Run the workflow CLI in `workdir` (outputs under workdir/results)."""
     cmd = [
         SNAKEMAKE,
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(configfile),
-        "--cores", "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "2",
         *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=local_snakemake_env())

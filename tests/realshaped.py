@@ -2,8 +2,8 @@
 
 Built from a synthetic world's MEDS export (`ehrxdiff to-meds`), then made awkward the way real data is:
 hexadecimal string subject / study ids, no ages (no `age` column, no `MEDS_BIRTH` rows), no findings
-label columns, no encounters (no `hadm_id`, no encounters file), times rounded down to whole days, and 16-bit PNGs with a 12-bit range in mixed,
-non-square sizes instead of 8-bit square JPEGs.
+label columns, no encounters (no `hadm_id`, no encounters file), times rounded down to whole days,
+and 16-bit PNGs with a 12-bit range in mixed, non-square sizes instead of 8-bit square JPEGs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def make_real_shaped(meds_dir: Path, jpg_root: Path, out: Path, seed: int = 0) -
     man = man.drop(columns=label_cols + [c for c in ("age",) if c in man.columns])
     sizes = set()
     paths = []
-    for sid, study, image, rel in zip(man["subject_id"], man["study_id"], man["image_id"], man["path"]):
+    for sid, image, rel in zip(man["subject_id"], man["image_id"], man["path"]):
         dst_rel = Path("png") / hex_id("", sid) / f"{image}.png"
         sizes.add(to_png16(jpg_root / rel, out / dst_rel, rng))
         paths.append(str(dst_rel))

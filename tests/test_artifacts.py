@@ -23,8 +23,14 @@ from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.artifacts.text import KNOWLEDGE, read_embedding_store, write_embedding_store
 
 PARQUET = [TRIPLETS, COHORT_IMAGES, EVENTS, EVENT_TRIPLETS, KNOWLEDGE, MANIFEST]
-VALUE = {pa.int64(): 3, pa.int32(): 2, pa.float64(): 0.5, pa.string(): "x", pa.timestamp("us"): datetime(2150, 1, 1, 8),
-         pa.list_(pa.string()): ["a", "b"]}
+VALUE = {
+    pa.int64(): 3,
+    pa.int32(): 2,
+    pa.float64(): 0.5,
+    pa.string(): "x",
+    pa.timestamp("us"): datetime(2150, 1, 1, 8),
+    pa.list_(pa.string()): ["a", "b"],
+}
 
 
 def one_row(artifact) -> pa.Table:
@@ -80,8 +86,12 @@ def test_check_file_names_the_column(tmp_path):
     with pytest.raises(ArtifactError, match=r"missing \['code'\]"):
         EVENTS.check_file(path)
     # a column the schema says is non-null, written as nullable by another writer, must hold no null
-    pq.write_table(pa.table({f.name: pa.array([None], f.type) if f.name == "text" else one_row(EVENTS)[f.name]
-                             for f in EVENTS.schema}), path)
+    pq.write_table(
+        pa.table(
+            {f.name: pa.array([None], f.type) if f.name == "text" else one_row(EVENTS)[f.name] for f in EVENTS.schema}
+        ),
+        path,
+    )
     with pytest.raises(ArtifactError, match=r"column 'text' of events/events\.parquet has 1 null"):
         EVENTS.check_file(path)
 
@@ -159,9 +169,15 @@ def test_opener_rejects_a_store_missing_a_dataset(tmp_path):
 def test_embedding_store_round_trips_and_rejects_a_missing_dataset(tmp_path):
     path = tmp_path / "events.h5"
     emb = np.arange(6, dtype=np.float16).reshape(3, 2)
-    write_embedding_store(path, hashes=np.array([5, 6, 7], np.uint64), embeddings=emb, pair_ids=["p", "q"],
-                          offsets=np.array([0, 2, 3]), rows=np.array([0, 2, 1]),
-                          attrs={"encoder": "toy", "dim": 2, "pooling": "mean", "rag": "{}"})
+    write_embedding_store(
+        path,
+        hashes=np.array([5, 6, 7], np.uint64),
+        embeddings=emb,
+        pair_ids=["p", "q"],
+        offsets=np.array([0, 2, 3]),
+        rows=np.array([0, 2, 1]),
+        attrs={"encoder": "toy", "dim": 2, "pooling": "mean", "rag": "{}"},
+    )
     store = read_embedding_store(path)
     assert store.pair_ids == ["p", "q"] and np.array_equal(store.embedding, emb) and store.numeric is None
     assert store.rows.tolist() == [0, 2, 1] and store.attrs["encoder"] == "toy"
@@ -177,11 +193,11 @@ def test_embedding_store_round_trips_and_rejects_a_missing_dataset(tmp_path):
 
 def test_artifacts_import_nothing_heavy():
     """The bottom layer: pyarrow, h5py, numpy and pydantic, and of the library only atomic writes and label names."""
-    modules = ", ".join(f"ehrxdiff_core.artifacts.{m}" for m in ("cohort", "events", "images", "text", "samples",
-                                                                  "metrics"))
+    modules = ", ".join(
+        f"ehrxdiff_core.artifacts.{m}" for m in ("cohort", "events", "images", "text", "samples", "metrics")
+    )
     code = f"import json, sys, {modules}; print(json.dumps(sorted(sys.modules)))"
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                       check=True).stdout)
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert not {"torch", "duckdb", "pandas", "PIL", "diffusers", "faiss"} & set(loaded)
     ours = {m for m in loaded if m.startswith("ehrxdiff_core.") and not m.startswith("ehrxdiff_core.artifacts")}
     assert ours == {"ehrxdiff_core.atomic", "ehrxdiff_core.labels"}

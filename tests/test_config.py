@@ -12,7 +12,9 @@ from ehrxdiff_core.config import ConfigError, PipelineConfig, load_config, secti
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "tests/configs/tiny.yaml", "configs/paper.yaml", "configs/science.yaml"])
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "tests/configs/tiny.yaml", "configs/paper.yaml", "configs/science.yaml"]
+)
 def test_shipped_configs_validate(name):
     raw = yaml.safe_load((REPO / name).read_text())
     if name == "configs/paper.yaml":  # points at MIMIC folders that do not exist here
@@ -119,12 +121,17 @@ def test_compute_section_is_validated():
         ({"vae": {"latent_channels": 0}}, r"vae\.latent_channels"),
         ({"vae": {"block_out_channels": []}}, r"vae\.block_out_channels"),
         ({"ldm": {"attention_levels": [False, True]}}, r"ldm: attention_levels has 2 entries"),
-        ({"ldm": {"block_out_channels": [24, 32, 32]}}, r"ldm\.block_out_channels: every width must be a multiple of 24"),
+        (
+            {"ldm": {"block_out_channels": [24, 32, 32]}},
+            r"ldm\.block_out_channels: every width must be a multiple of 24",
+        ),
         ({"ldm": {"num_heads": 5}}, r"ldm\.num_heads: 5 does not divide"),
         ({"sample": {"steps": 2000}}, r"sample\.steps: 2000 exceeds ldm\.num_train_timesteps"),
         ({"cohort": {"split": {"fractions": {"train": 1.2, "valid": -0.2, "test": 0.0}}}}, r"cannot be negative"),
-        ({"cohort": {"split": {"fractions": {"train": 1.0, "valid": 0.0, "test": 0.0}}}},
-         r"cohort\.split\.fractions\.valid: must be > 0 .*\n.*cohort\.split\.fractions\.test: must be > 0"),
+        (
+            {"cohort": {"split": {"fractions": {"train": 1.0, "valid": 0.0, "test": 0.0}}}},
+            r"cohort\.split\.fractions\.valid: must be > 0 .*\n.*cohort\.split\.fractions\.test: must be > 0",
+        ),
         ({"cohort": {"min_age": -1}}, r"cohort\.min_age"),
     ],
 )
@@ -134,8 +141,9 @@ def test_settings_that_would_fail_later_are_rejected_up_front(override, key):
 
 
 def test_a_zero_test_fraction_is_fine_when_another_split_is_sampled():
-    cfg = load_config({"cohort": {"split": {"fractions": {"train": 0.8, "valid": 0.2, "test": 0.0}}},
-                       "sample": {"split": "valid"}})
+    cfg = load_config(
+        {"cohort": {"split": {"fractions": {"train": 0.8, "valid": 0.2, "test": 0.0}}}, "sample": {"split": "valid"}}
+    )
     assert cfg.cohort.split.fractions["test"] == 0.0
 
 

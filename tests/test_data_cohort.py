@@ -88,8 +88,11 @@ def pair_ids(rows):
 
 
 def test_gap_47h_kept_49h_dropped(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 47, "AP"),
-            ("c", 10000001, 50000003, 49, "AP")]
+    imgs = [
+        ("a", 10000001, 50000001, 0, "AP"),
+        ("b", 10000001, 50000002, 47, "AP"),
+        ("c", 10000001, 50000003, 49, "AP"),
+    ]
     trip, _, _ = run(tmp_path, imgs)
     assert sorted(p.name for p in (tmp_path / "cohort").iterdir()) == ["images.parquet", "triplets.parquet"]
     # a→b (47 h) and b→c (2 h) kept, a→c (49 h) dropped
@@ -99,16 +102,22 @@ def test_gap_47h_kept_49h_dropped(tmp_path):
 
 
 def test_gap_exactly_48h_dropped(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 48, "PA"),
-            ("c", 10000001, 50000003, 47.99, "AP")]
+    imgs = [
+        ("a", 10000001, 50000001, 0, "AP"),
+        ("b", 10000001, 50000002, 48, "PA"),
+        ("c", 10000001, 50000003, 47.99, "AP"),
+    ]
     trip, _, _ = run(tmp_path, imgs)
     assert "b_a" not in pair_ids(trip)
     assert "c_a" in pair_ids(trip)
 
 
 def test_lateral_dropped(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("lat", 10000001, 50000002, 5, "LATERAL"),
-            ("b", 10000001, 50000003, 10, "PA")]
+    imgs = [
+        ("a", 10000001, 50000001, 0, "AP"),
+        ("lat", 10000001, 50000002, 5, "LATERAL"),
+        ("b", 10000001, 50000003, 10, "PA"),
+    ]
     trip, images, counts = run(tmp_path, imgs)
     assert pair_ids(trip) == ["b_a"]
     assert "lat" not in {r["dicom_id"] for r in images}
@@ -145,8 +154,11 @@ def test_images_outside_admission_dropped(tmp_path):
 
 def test_same_study_pair_dropped(tmp_path):
     # two frontal images of one study (same time) + a second study: no pair inside study 1
-    imgs = [("a1", 10000001, 50000001, 0, "AP"), ("a2", 10000001, 50000001, 0, "PA"),
-            ("b", 10000001, 50000002, 3, "AP")]
+    imgs = [
+        ("a1", 10000001, 50000001, 0, "AP"),
+        ("a2", 10000001, 50000001, 0, "PA"),
+        ("b", 10000001, 50000002, 3, "AP"),
+    ]
     trip, _, _ = run(tmp_path, imgs)
     assert pair_ids(trip) == ["b_a1", "b_a2"]
     assert all(r["prev_study_id"] != r["trg_study_id"] for r in trip)
@@ -235,10 +247,15 @@ def test_subjects_without_an_age_fail_the_age_filter_with_a_reason(tmp_path):
 
 
 def test_min_age_null_keeps_subjects_without_an_age_and_counts_them(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 5, "AP"),
-            ("c", 10000002, 50000003, 0, "AP"), ("d", 10000002, 50000004, 5, "AP")]
-    rows, images, counts = run(tmp_path, imgs, CohortConfig(min_age=None),
-                               patients=[(10000001, None, None, None), (10000002, "M", 40, 2150)])
+    imgs = [
+        ("a", 10000001, 50000001, 0, "AP"),
+        ("b", 10000001, 50000002, 5, "AP"),
+        ("c", 10000002, 50000003, 0, "AP"),
+        ("d", 10000002, 50000004, 5, "AP"),
+    ]
+    rows, images, counts = run(
+        tmp_path, imgs, CohortConfig(min_age=None), patients=[(10000001, None, None, None), (10000002, "M", 40, 2150)]
+    )
     assert pair_ids(rows) == ["b_a", "d_c"]
     ages = {r["subject_id"]: r["age"] for r in rows}
     assert ages == {10000001: None, 10000002: 40}  # nothing invented
@@ -247,10 +264,15 @@ def test_min_age_null_keeps_subjects_without_an_age_and_counts_them(tmp_path):
 
 
 def test_min_age_still_applies_to_those_with_an_age(tmp_path):
-    imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 5, "AP"),
-            ("c", 10000002, 50000003, 0, "AP"), ("d", 10000002, 50000004, 5, "AP")]
-    rows, _, _ = run(tmp_path, imgs, CohortConfig(min_age=18),
-                     patients=[(10000001, "F", None, None), (10000002, "M", 40, 2150)])
+    imgs = [
+        ("a", 10000001, 50000001, 0, "AP"),
+        ("b", 10000001, 50000002, 5, "AP"),
+        ("c", 10000002, 50000003, 0, "AP"),
+        ("d", 10000002, 50000004, 5, "AP"),
+    ]
+    rows, _, _ = run(
+        tmp_path, imgs, CohortConfig(min_age=18), patients=[(10000001, "F", None, None), (10000002, "M", 40, 2150)]
+    )
     assert pair_ids(rows) == ["d_c"]
 
 
@@ -258,6 +280,12 @@ def test_an_empty_required_split_is_an_error_at_the_cohort_stage(tmp_path):
     imgs = [("a", 10000001, 50000001, 0, "AP"), ("b", 10000001, 50000002, 5, "AP")]
     write_world(tmp_path / "ehr", imgs)
     with pytest.raises(DataError, match=r"empty split\(s\) \[.*\].*cohort\.split\.fractions.*by subject"):
-        build_cohort(tmp_path / "ehr", CohortConfig(), DUCK, tmp_path / "i.parquet", tmp_path / "t.parquet",
-                     required_splits=("train", "valid", "test"))
+        build_cohort(
+            tmp_path / "ehr",
+            CohortConfig(),
+            DUCK,
+            tmp_path / "i.parquet",
+            tmp_path / "t.parquet",
+            required_splits=("train", "valid", "test"),
+        )
     assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "i.parquet").exists()

@@ -18,8 +18,14 @@ from ehrxdiff_core.data.tables import TABLES
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)
 T0 = datetime(2150, 1, 1, 8, 0, 0)
-ARROW = {"id": pa.int64(), "int": pa.int64(), "num": pa.float64(), "ts": pa.timestamp("us"), "code": pa.string(),
-         "text": pa.string()}
+ARROW = {
+    "id": pa.int64(),
+    "int": pa.int64(),
+    "num": pa.float64(),
+    "ts": pa.timestamp("us"),
+    "code": pa.string(),
+    "text": pa.string(),
+}
 HADM = 20000001
 
 
@@ -87,8 +93,14 @@ def make(tmp_path, tables: dict, pairs, cfg=None):
 
 
 def hr(hours, value=80.0, hadm=HADM):
-    return {"hadm_id": hadm, "charttime": h(hours), "itemid": 220045, "value": str(float(value)),
-            "valuenum": float(value), "valueuom": "bpm"}
+    return {
+        "hadm_id": hadm,
+        "charttime": h(hours),
+        "itemid": 220045,
+        "value": str(float(value)),
+        "valuenum": float(value),
+        "valueuom": "bpm",
+    }
 
 
 def test_window_edges_kept_outside_dropped(tmp_path):
@@ -169,7 +181,9 @@ def test_ties_ordered_by_source_code_text(tmp_path):
     }
     ev, _, _ = make(tmp_path, tables, [("b_a", HADM, 0, 5)], EventsConfig(tables=["chartevents", "outputevents"]))
     assert [(e["source"], e["text"].split()[-3]) for e in ev] == [
-        ("chartevents", "70.0"), ("chartevents", "90.0"), ("outputevents", "Foley")
+        ("chartevents", "70.0"),
+        ("chartevents", "90.0"),
+        ("outputevents", "Foley"),
     ]
 
 

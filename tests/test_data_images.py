@@ -12,11 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ehrxdiff_core.artifacts.images import ImageStore
 from ehrxdiff_core.config import ConfigError, ImagesConfig, load_config
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.artifacts.images import ImageStore
-from ehrxdiff_core.data.images import load_resized, to_gray8
-from ehrxdiff_core.data.images import build_image_store
+from ehrxdiff_core.data.images import build_image_store, load_resized, to_gray8
 
 
 def make_images(tmp_path, n=6, corrupt=(), missing=()):
@@ -43,7 +42,9 @@ def make_images(tmp_path, n=6, corrupt=(), missing=()):
 def test_store_contract_and_reader(tmp_path):
     root = make_images(tmp_path)
     out = tmp_path / "images" / "cxr_16.h5"
-    counts = build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16), out)
+    counts = build_image_store(
+        tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16), out
+    )
     assert counts["stored"] == 6 and counts["n_bad"] == 0
     with h5py.File(out) as h5:
         assert h5["pixels"].dtype == np.uint8 and h5["pixels"].shape == (6, 16, 16)
@@ -62,7 +63,12 @@ def test_store_contract_and_reader(tmp_path):
 def test_corrupt_and_missing_counted_and_dropped(tmp_path, caplog):
     root = make_images(tmp_path, n=10, corrupt=(2,), missing=(7,))
     out = tmp_path / "cxr_8.h5"
-    counts = build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=8, max_bad_fraction=0.25), out)
+    counts = build_image_store(
+        tmp_path / "images.parquet",
+        root,
+        ImagesConfig(cache_dir=str(tmp_path / "cache"), size=8, max_bad_fraction=0.25),
+        out,
+    )
     assert counts["n_bad"] == 2 and counts["stored"] == 8
     store = ImageStore(out)
     assert "dcm02" not in store and "dcm07" not in store and len(store) == 8
@@ -74,7 +80,12 @@ def test_above_threshold_error_and_no_file(tmp_path):
     root = make_images(tmp_path, n=10, corrupt=(1, 4), missing=(8,))
     out = tmp_path / "cxr_8.h5"
     with pytest.raises(DataError) as err:
-        build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=8, max_bad_fraction=0.2), out)
+        build_image_store(
+            tmp_path / "images.parquet",
+            root,
+            ImagesConfig(cache_dir=str(tmp_path / "cache"), size=8, max_bad_fraction=0.2),
+            out,
+        )
     msg = str(err.value)
     assert "3 of 10" in msg and "30.0%" in msg and "images.max_bad_fraction" in msg and "dcm01.jpg" in msg
     assert not out.exists() and not list(tmp_path.glob("*.h5*"))
@@ -236,7 +247,9 @@ def test_center_crop_keeps_the_central_square(tmp_path):
 def test_resize_setting_reaches_the_store(tmp_path):
     root = make_images(tmp_path, n=3)  # 60 wide × 40 high, dark left half, bright right half
     out = tmp_path / "cxr_16.h5"
-    build_image_store(tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16, resize="pad"), out)
+    build_image_store(
+        tmp_path / "images.parquet", root, ImagesConfig(cache_dir=str(tmp_path / "cache"), size=16, resize="pad"), out
+    )
     with h5py.File(out) as h5:
         assert h5.attrs["resize"] == "pad" and h5.attrs["size"] == 16
     store = ImageStore(out)
@@ -306,8 +319,9 @@ def test_a_rewritten_file_is_decoded_again_and_settings_do_not_share_pixels(tmp_
     assert ImageStore(tmp_path / "b.h5").load([rels[1].rsplit("/", 1)[1][:-4]]).min() >= 250
     # another size, resize policy or decoding mode is another cache folder
     for other in (dict(size=8), dict(size=16, resize="pad"), dict(size=16, jpeg_draft=False)):
-        counts = build_image_store(listing(tmp_path, rels), root, cfg.model_copy(update=other), tmp_path / "x.h5",
-                                   workers=1)
+        counts = build_image_store(
+            listing(tmp_path, rels), root, cfg.model_copy(update=other), tmp_path / "x.h5", workers=1
+        )
         assert counts["decoded"] == 3, other
 
 

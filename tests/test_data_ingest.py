@@ -75,7 +75,8 @@ SUBJECT_ID,HADM_ID,STAY_ID,CAREGIVER_ID,CHARTTIME,STORETIME,ITEMID,VALUE,VALUENU
 
 def test_chexpert_labels_renamed_snake_case(tmp_path):
     header = ("subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,"
-              "Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices")  # fmt: skip
+              "Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,"
+              "Support Devices")  # fmt: skip
     src = write_csv(tmp_path / "c.csv", header + "\n10000032,50414267,,1.0,,-1.0,,,,,,0.0,,,,\n", gz=False)
     out = tmp_path / "cxr_chexpert.parquet"
     ingest_table("cxr_chexpert", src, out, DUCK)
@@ -115,7 +116,9 @@ def test_source_paths_synthetic_and_mimic(tmp_path):
     assert source_path("chartevents", cfg, syn) == syn / "mimiciv/icu/chartevents.csv.gz"
     assert source_path("cxr_split", cfg, syn) == syn / "mimic-cxr-jpg/mimic-cxr-2.0.0-split.csv.gz"
     assert cxr_root(cfg, syn) == syn / "mimic-cxr-jpg"
-    mimic = DataConfig(source="mimic", mimic=MimicSource(mimiciv_root=str(tmp_path / "iv"), cxr_root=str(tmp_path / "cxr")))
+    mimic = DataConfig(
+        source="mimic", mimic=MimicSource(mimiciv_root=str(tmp_path / "iv"), cxr_root=str(tmp_path / "cxr"))
+    )
     write_csv(tmp_path / "iv/hosp/patients.csv", "subject_id\n", gz=False)  # only .csv present → .csv
     assert source_path("patients", mimic, syn) == tmp_path / "iv/hosp/patients.csv"
     assert source_path("admissions", mimic, syn) == tmp_path / "iv/hosp/admissions.csv.gz"

@@ -8,8 +8,8 @@ import pytest
 
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings, MedsSource
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.data.meds import ID_MAP, meds_to_tables
 from ehrxdiff_core.data.cohort import build_cohort
+from ehrxdiff_core.data.meds import ID_MAP, meds_to_tables
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)
 
@@ -21,11 +21,29 @@ def write_meds(root, subjects, studies, with_age=False):
     for s in subjects:
         rows.append({"subject_id": s, "time": None, "code": "GENDER//F", "numeric_value": None, "text_value": None})
         for day in range(1, 4):
-            rows.append({"subject_id": s, "time": pd.Timestamp(f"2020-01-0{day}"), "code": "LAB//CRP//mg/L",
-                         "numeric_value": 10.0 * day, "text_value": None})
+            rows.append(
+                {
+                    "subject_id": s,
+                    "time": pd.Timestamp(f"2020-01-0{day}"),
+                    "code": "LAB//CRP//mg/L",
+                    "numeric_value": 10.0 * day,
+                    "text_value": None,
+                }
+            )
     pd.DataFrame(rows).to_parquet(root / "data" / "0.parquet", index=False)
-    man = pd.DataFrame([{"subject_id": s, "study_id": st, "image_id": im, "path": f"{im}.png",
-                         "study_time": f"2020-01-0{d}", "view": "PA"} for s, st, im, d in studies])
+    man = pd.DataFrame(
+        [
+            {
+                "subject_id": s,
+                "study_id": st,
+                "image_id": im,
+                "path": f"{im}.png",
+                "study_time": f"2020-01-0{d}",
+                "view": "PA",
+            }
+            for s, st, im, d in studies
+        ]
+    )
     if with_age:
         man["age"] = 50
     man.to_csv(root / "images.csv", index=False)
@@ -33,13 +51,19 @@ def write_meds(root, subjects, studies, with_age=False):
 
 
 def test_string_ids_map_to_stable_integers_with_a_kept_map(tmp_path):
-    studies = [("024e7871", "s-a1", "i1", 1), ("024e7871", "s-a2", "i2", 2), ("P0012", "s-b1", "i3", 1),
-               ("P0012", "s-b2", "i4", 2)]
+    studies = [
+        ("024e7871", "s-a1", "i1", 1),
+        ("024e7871", "s-a2", "i2", 2),
+        ("P0012", "s-b1", "i3", 1),
+        ("P0012", "s-b2", "i4", 2),
+    ]
     cfg = write_meds(tmp_path / "meds", ["024e7871", "P0012"], studies)
     counts = meds_to_tables(cfg, DUCK, tmp_path / "ehr")
     id_map = pd.read_parquet(tmp_path / f"ehr/{ID_MAP}.parquet")
     assert counts[ID_MAP] == 6
-    subj = dict(zip(id_map.loc[id_map["kind"] == "subject_id", "original"], id_map.loc[id_map["kind"] == "subject_id", "id"]))
+    subj = dict(
+        zip(id_map.loc[id_map["kind"] == "subject_id", "original"], id_map.loc[id_map["kind"] == "subject_id", "id"])
+    )
     assert set(subj) == {"024e7871", "P0012"} and len(set(subj.values())) == 2
     assert all(0 <= v < 2**53 for v in id_map["id"])
     meta = pd.read_parquet(tmp_path / "ehr/cxr_metadata.parquet")
@@ -80,8 +104,9 @@ def test_no_ages_pass_only_without_the_age_filter(tmp_path):
     assert counts["subjects_without_age"] == 2
     with pytest.raises(DataError, match=r"2 of 2 admissions have no age.*cohort\.min_age: null"):
         build_cohort(tmp_path / "ehr", CohortConfig(), DUCK, tmp_path / "c/i.parquet", tmp_path / "c/t.parquet")
-    counts = build_cohort(tmp_path / "ehr", CohortConfig(min_age=None), DUCK, tmp_path / "c/i.parquet",
-                          tmp_path / "c/t.parquet")
+    counts = build_cohort(
+        tmp_path / "ehr", CohortConfig(min_age=None), DUCK, tmp_path / "c/i.parquet", tmp_path / "c/t.parquet"
+    )
     trip = pd.read_parquet(tmp_path / "c/t.parquet")
     assert len(trip) == 2 and trip["age"].isna().all() and counts["subjects_without_age"] == 2
     assert (trip["gap_hours"] == 24).all()  # whole-day times: a day apart

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 from ehrxdiff_core.config import ConfigError, load_config
 from ehrxdiff_core.device import resolve_device
 from ehrxdiff_core.runlog import compute_settings
@@ -39,8 +38,11 @@ def test_the_text_encoder_has_no_device_setting_of_its_own():
 def test_only_the_resolver_turns_auto_into_a_device():
     """No other module decides what 'auto' means, and the workflow scripts read only `compute` from the
     run's config, through `compute_settings`."""
-    offenders = [str(p.relative_to(LIB)) for p in LIB.rglob("*.py")
-                 if p.name != "device.py" and re.search(r"is_available\(\) else", p.read_text())]
+    offenders = [
+        str(p.relative_to(LIB))
+        for p in LIB.rglob("*.py")
+        if p.name != "device.py" and re.search(r"is_available\(\) else", p.read_text())
+    ]
     assert offenders == []
     for script in SCRIPTS.glob("*.py"):
         text = script.read_text()

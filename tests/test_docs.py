@@ -30,7 +30,7 @@ def test_no_target_follows_configfile():
             words = cmd.split("#", 1)[0].split()
             if "--configfile" not in words:
                 continue
-            after = words[words.index("--configfile") + 1:]
+            after = words[words.index("--configfile") + 1 :]
             # after the config file(s), only options may follow: anything else is read as a config file
             files = [w for w in after if not w.startswith("-")]
             if len(files) > 1 and not all(f.endswith((".yaml", ".yml", ".json")) for f in files):

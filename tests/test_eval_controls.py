@@ -30,13 +30,10 @@ from ehrxdiff_core.evaluation.controls import (
 from ehrxdiff_core.evaluation.evaluator import EvaluatorNet, predict, save_evaluator
 from ehrxdiff_core.evaluation.inputs import InputError, label_matrix, read_manifest
 from ehrxdiff_core.labels import EVAL_LABELS
-from ehrxdiff_core.models.vae import load_vae
-from ehrxdiff_core.models.vae import build_vae
-
+from ehrxdiff_core.models.vae import build_vae, load_vae
 from test_eval_stages import SIZE, build_world
 
 torch.set_num_threads(1)
-
 
 
 def sharp_images(n: int = 4, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -63,8 +60,15 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     net = EvaluatorNet("small_cnn", len(EVAL_LABELS), width=8)
     (root / "eval/evaluator").mkdir(parents=True)
-    meta = {"arch": "small_cnn", "width": 8, "labels": list(EVAL_LABELS), "image_size": SIZE,
-            "age_mean": 55.0, "age_std": 20.0, "feature_dim": net.backbone.out_dim}
+    meta = {
+        "arch": "small_cnn",
+        "width": 8,
+        "labels": list(EVAL_LABELS),
+        "image_size": SIZE,
+        "age_mean": 55.0,
+        "age_std": 20.0,
+        "feature_dim": net.backbone.out_dim,
+    }
     save_evaluator(net, meta, root / "eval/evaluator")
     w.update(root=root, vae=root / "models/vae", evaluator=root / "eval/evaluator", net=net, meta=meta)
     return w
@@ -170,7 +174,9 @@ def test_missing_vae_folder_is_a_clear_error_and_leaves_nothing(world, tmp_path)
         control_previous_vae(world["h5"], world["triplets"], tmp_path / "no_such_vae", "test", out, device="cpu")
     assert not out.exists()
     with pytest.raises(FileNotFoundError, match="no_such_vae"):
-        vae_quality(world["h5"], world["images"], tmp_path / "no_such_vae", world["evaluator"], tmp_path / "q.json", "cpu")
+        vae_quality(
+            world["h5"], world["images"], tmp_path / "no_such_vae", world["evaluator"], tmp_path / "q.json", "cpu"
+        )
     assert not (tmp_path / "q.json").exists()
     assert list(tmp_path.rglob("*")) == []  # not even a temporary folder or its parent
 
@@ -194,9 +200,20 @@ def _blurred_samples(world, folder: Path, sigma: float, drop: int, seed_index: b
     for pid, img in zip(pairs["pair_id"], imgs):
         Image.fromarray(img, mode="L").save(folder / f"{pid}.png")
     (folder / "seed1").mkdir()  # another seed's images are ignored by the fit
-    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8), mode="L").save(folder / "seed1" / f"{pairs['pair_id'].iloc[0]}.png")
-    man = pd.DataFrame({"pair_id": pairs["pair_id"], "seed_index": 0, "seed": 7, "sampler": "ddim", "steps": 10,
-                        "guidance": 1.0, "seconds": 0.1})
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8), mode="L").save(
+        folder / "seed1" / f"{pairs['pair_id'].iloc[0]}.png"
+    )
+    man = pd.DataFrame(
+        {
+            "pair_id": pairs["pair_id"],
+            "seed_index": 0,
+            "seed": 7,
+            "sampler": "ddim",
+            "steps": 10,
+            "guidance": 1.0,
+            "seconds": 0.1,
+        }
+    )
     man.drop(columns=[] if seed_index else ["seed_index"]).to_parquet(folder / "manifest.parquet")
     return pairs["pair_id"].tolist()
 
@@ -267,7 +284,10 @@ def test_vae_quality_reports_real_and_reconstructed_with_a_consistent_gate(world
     r_macro, c_macro = q["real"]["auroc"]["macro"]["value"], q["reconstructed"]["auroc"]["macro"]["value"]
     assert q["difference"]["macro_auroc"] == pytest.approx(c_macro - r_macro)
     gate = q["gate"]
-    assert gate["thresholds"] == {"max_macro_auroc_gap": GATE_MAX_MACRO_AUROC_GAP, "min_age_pearson_r": GATE_MIN_AGE_PEARSON_R}
+    assert gate["thresholds"] == {
+        "max_macro_auroc_gap": GATE_MAX_MACRO_AUROC_GAP,
+        "min_age_pearson_r": GATE_MIN_AGE_PEARSON_R,
+    }
     age_r = q["reconstructed"]["age_pearson_r"]["value"]
     expect = abs(c_macro - r_macro) <= 0.03 and age_r is not None and age_r >= 0.9
     assert gate["passed"] is expect
@@ -279,14 +299,17 @@ def _scores(macro, age_r):
     return {"auroc": {"macro": {"value": macro}}, "age_pearson_r": {"value": age_r}}
 
 
-@pytest.mark.parametrize("real,recon,passed", [
-    (_scores(0.80, 0.95), _scores(0.78, 0.93), True),
-    (_scores(0.80, 0.95), _scores(0.76, 0.93), False),   # findings AUROC lost beyond the gap
-    (_scores(0.80, 0.95), _scores(0.84, 0.93), False),   # "within" is a two-sided gap
-    (_scores(0.80, 0.95), _scores(0.80, 0.89), False),   # age signal below the floor
-    (_scores(None, 0.95), _scores(0.80, 0.95), False),   # undefined figures never pass
-    (_scores(0.80, 0.95), _scores(0.80, None), False),
-])
+@pytest.mark.parametrize(
+    "real,recon,passed",
+    [
+        (_scores(0.80, 0.95), _scores(0.78, 0.93), True),
+        (_scores(0.80, 0.95), _scores(0.76, 0.93), False),  # findings AUROC lost beyond the gap
+        (_scores(0.80, 0.95), _scores(0.84, 0.93), False),  # "within" is a two-sided gap
+        (_scores(0.80, 0.95), _scores(0.80, 0.89), False),  # age signal below the floor
+        (_scores(None, 0.95), _scores(0.80, 0.95), False),  # undefined figures never pass
+        (_scores(0.80, 0.95), _scores(0.80, None), False),
+    ],
+)
 def test_quality_gate_thresholds(real, recon, passed):
     gate = quality_gate(real, recon)
     assert gate["passed"] is passed

@@ -14,7 +14,6 @@ from ehrxdiff_core.evaluation.inputs import InputError
 from ehrxdiff_core.evaluation.metrics import auroc
 from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 from ehrxdiff_core.labels import EVAL_LABELS
-
 from test_eval_stages import LEARNABLE, build_world, render
 
 torch.set_num_threads(1)
@@ -37,7 +36,9 @@ def test_small_cnn_learns_a_separable_toy():
     imgs, findings, male, age = toy_set(192, seed=0)
     model = EvaluatorNet("small_cnn", len(EVAL_LABELS), width=8)
     cfg = TrainLoop(steps=150, batch_size=32, lr=3e-3, log_every=10, seed=0)
-    hist = train_loop(model, lambda idx: imgs[idx], {"findings": findings, "male": male, "age_z": (age - 55) / 20}, cfg, "cpu")
+    hist = train_loop(
+        model, lambda idx: imgs[idx], {"findings": findings, "male": male, "age_z": (age - 55) / 20}, cfg, "cpu"
+    )
     assert len(hist) == 15 and hist[-1]["step"] == 150
     assert np.mean([h["loss"] for h in hist[-3:]]) < 0.6 * np.mean([h["loss"] for h in hist[:2]])  # loss falls
     t_imgs, t_findings, t_male, t_age = toy_set(96, seed=1)
@@ -54,7 +55,9 @@ def test_small_cnn_learns_a_separable_toy():
 def test_masked_losses_ignore_blank_targets():
     out = {"findings": torch.zeros(2, 3, requires_grad=True), "sex": torch.zeros(2), "age": torch.zeros(2)}
     nan = float("nan")
-    losses = masked_losses(out, torch.tensor([[1.0, nan, nan], [nan, nan, nan]]), torch.tensor([nan, nan]), torch.tensor([nan, 1.0]))
+    losses = masked_losses(
+        out, torch.tensor([[1.0, nan, nan], [nan, nan, nan]]), torch.tensor([nan, nan]), torch.tensor([nan, 1.0])
+    )
     assert losses["loss_findings"].item() == pytest.approx(np.log(2))  # one observed entry, logit 0
     assert losses["loss_sex"].item() == 0.0 and losses["loss_age"].item() == pytest.approx(1.0)
     losses["loss_findings"].backward()
@@ -78,8 +81,15 @@ def test_densenet121_takes_one_channel_and_gives_1024_features():
 
 def test_save_load_roundtrip(tmp_path):
     model = EvaluatorNet("small_cnn", len(EVAL_LABELS), width=4).eval()
-    meta = {"arch": "small_cnn", "width": 4, "labels": list(EVAL_LABELS), "image_size": 16, "age_mean": 50.0, "age_std": 10.0,
-            "feature_dim": 16}
+    meta = {
+        "arch": "small_cnn",
+        "width": 4,
+        "labels": list(EVAL_LABELS),
+        "image_size": 16,
+        "age_mean": 50.0,
+        "age_std": 10.0,
+        "feature_dim": 16,
+    }
     save_evaluator(model, meta, tmp_path)
     loaded, meta2 = load_evaluator(tmp_path)
     imgs = np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from ehrxdiff_core.evaluation.frechet import _frechet_eigh, cross_half_fd, feature_statistics, frechet_distance, patient_halves
+from ehrxdiff_core.evaluation.frechet import (
+    _frechet_eigh,
+    cross_half_fd,
+    feature_statistics,
+    frechet_distance,
+    patient_halves,
+)
 
 
 @pytest.fixture

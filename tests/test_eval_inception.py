@@ -10,8 +10,8 @@ import torch
 
 from ehrxdiff_core.config import EvaluateConfig
 from ehrxdiff_core.evaluation import inception
-from ehrxdiff_core.evaluation.inception import WeightsError, inception_features, load_fid_inception, sha256_of
 from ehrxdiff_core.evaluation.evaluate import evaluate
+from ehrxdiff_core.evaluation.inception import WeightsError, inception_features, load_fid_inception, sha256_of
 
 torch.set_num_threads(1)
 
@@ -74,9 +74,8 @@ def test_right_hash_and_layout_give_2048_features(standin):
 
 
 def test_evaluate_records_inception_fid_when_weights_given(standin, tmp_path, monkeypatch):
-    from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
-
     from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
+    from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
 
     world = build_world(tmp_path, n_subjects=20)
     train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(steps=20), tmp_path / "ev", device="cpu")
@@ -93,9 +92,20 @@ def test_evaluate_records_inception_fid_when_weights_given(standin, tmp_path, mo
     with pytest.raises(WeightsError, match="evaluate.inception_weights"):  # the pipeline checks the real prefix
         evaluate(samples, world["h5"], world["triplets"], tmp_path / "ev", cfg, {}, out, device="cpu")
     assert not out.exists()
-    res = evaluate(samples, world["h5"], world["triplets"], tmp_path / "ev", cfg, {}, out, device="cpu",
-                   _inception_sha256_prefix=sha256_of(standin)[:8])
+    res = evaluate(
+        samples,
+        world["h5"],
+        world["triplets"],
+        tmp_path / "ev",
+        cfg,
+        {},
+        out,
+        device="cpu",
+        _inception_sha256_prefix=sha256_of(standin)[:8],
+    )
     fid = res["methods"]["ehrxdiff"]["fid"]["inception"]
-    assert fid["computed"] and fid["value"] is not None and fid["floor"] is not None and "pytorch-fid" in fid["extractor"]
+    assert (
+        fid["computed"] and fid["value"] is not None and fid["floor"] is not None and "pytorch-fid" in fid["extractor"]
+    )
     assert calls == [res["settings"]["n_pairs"]] * 3  # ehrxdiff, previous_image, real_target
     assert json.loads(out.read_text())["methods"]["real_target"]["fid"]["inception"]["computed"]

@@ -12,14 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
-from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
 
+from conftest import REPO
 from ehrxdiff_core.config import EvaluateConfig, PipelineConfig, ReportConfig, write_resolved_config
 from ehrxdiff_core.evaluation.controls import control_previous_blur
-from ehrxdiff_core.evaluation.report import SECTIONS, ReportInputs, build_report
 from ehrxdiff_core.evaluation.evaluate import evaluate
+from ehrxdiff_core.evaluation.report import SECTIONS, ReportInputs, build_report
 from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
+from test_eval_stages import build_world, tiny_evaluator_cfg, write_samples
 
 torch.set_num_threads(1)
 
@@ -29,12 +29,19 @@ CFG = ReportConfig.from_pipeline(PipelineConfig())
 def inputs_under(results: Path, split: str = "test", size: int = 32) -> ReportInputs:
     """The report's inputs where the pipeline writes them under a results folder."""
     return ReportInputs(
-        metrics=results / "eval/metrics.json", vae_quality=results / "eval/vae_quality.json",
-        blur_control=results / f"samples/previous_blur/{split}", samples=results / f"samples/{split}",
-        images=results / f"images/cxr_{size}.h5", cohort_images=results / "cohort/images.parquet",
-        cohort_triplets=results / "cohort/triplets.parquet", triplets=results / "events/triplets.parquet",
-        events=results / "events/events.parquet", config=results / "config.resolved.yaml",
-        vae=results / "models/vae", clip=results / "models/clip", ldm=results / "models/ldm",
+        metrics=results / "eval/metrics.json",
+        vae_quality=results / "eval/vae_quality.json",
+        blur_control=results / f"samples/previous_blur/{split}",
+        samples=results / f"samples/{split}",
+        images=results / f"images/cxr_{size}.h5",
+        cohort_images=results / "cohort/images.parquet",
+        cohort_triplets=results / "cohort/triplets.parquet",
+        triplets=results / "events/triplets.parquet",
+        events=results / "events/events.parquet",
+        config=results / "config.resolved.yaml",
+        vae=results / "models/vae",
+        clip=results / "models/clip",
+        ldm=results / "models/ldm",
         evaluator=results / "eval/evaluator",
     )
 
@@ -60,19 +67,36 @@ def demo_shaped_run(root: Path, grid_pairs: int = 8) -> tuple[ReportInputs, Repo
     controls and truth, the blur control, the autoencoder gate, curves of all four models, the resolved config."""
     world = build_world(root, n_subjects=20)
     inputs = inputs_under(root)
-    train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(steps=30), inputs.evaluator, device="cpu",
-                    truth=world["truth"])
+    train_evaluator(
+        world["h5"], world["images"], tiny_evaluator_cfg(steps=30), inputs.evaluator, device="cpu", truth=world["truth"]
+    )
     samples = {"ehrxdiff": write_samples(inputs.samples, world["triplets"], world["df"], "target")}
     samples["image_only"] = write_samples(root / "samples/image_only/test", world["triplets"], world["df"], "previous")
     control_previous_blur(world["h5"], world["triplets"], inputs.samples, "test", inputs.blur_control)
     samples["previous_blur"] = inputs.blur_control
-    evaluate(samples, world["h5"], world["triplets"], inputs.evaluator,
-             EvaluateConfig(bootstrap=50, min_label_positives=2, min_label_negatives=2), {"seed": 42},
-             inputs.metrics, device="cpu", truth=world["truth"])
+    evaluate(
+        samples,
+        world["h5"],
+        world["triplets"],
+        inputs.evaluator,
+        EvaluateConfig(bootstrap=50, min_label_positives=2, min_label_negatives=2),
+        {"seed": 42},
+        inputs.metrics,
+        device="cpu",
+        truth=world["truth"],
+    )
     scores = {"auroc": {"macro": 0.81, "micro": 0.84}, "sex_auroc": 0.97, "age_pearson_r": 0.9}
-    inputs.vae_quality.write_text(json.dumps({
-        "split": "valid", "n_images": 12, "real": scores, "reconstructed": {**scores, "age_pearson_r": 0.5},
-        "gate": {"passed": False, "reasons": ["age r 0.50 < 0.9"], "rule": "reconstructed within 0.03 of real"}}))
+    inputs.vae_quality.write_text(
+        json.dumps(
+            {
+                "split": "valid",
+                "n_images": 12,
+                "real": scores,
+                "reconstructed": {**scores, "age_pearson_r": 0.5},
+                "gate": {"passed": False, "reasons": ["age r 0.50 < 0.9"], "rule": "reconstructed within 0.03 of real"},
+            }
+        )
+    )
     for folder in (inputs.vae, inputs.clip, inputs.ldm):
         folder.mkdir(parents=True)
         pd.DataFrame({"step": [10, 20, 30], "loss": [1.0, 0.5, 0.3]}).to_csv(folder / "metrics.csv", index=False)
@@ -109,7 +133,7 @@ def test_report_reads_only_the_paths_it_is_given(tmp_path):
     assert "Trained here (L1 + KL loss); latent scale 0.91230" in doc
     for f in fields(inputs):  # the Configuration section lists what was read
         assert str(getattr(inputs, f.name)) in doc, f.name
-    assert "<script" not in doc and "src=\"http" not in doc  # self-contained
+    assert "<script" not in doc and 'src="http' not in doc  # self-contained
 
 
 def test_report_with_nothing_says_what_is_missing(tmp_path):
@@ -145,9 +169,16 @@ def test_report_verdicts_follow_the_interval(tmp_path):
     inputs = inputs_under(tmp_path)
     train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(steps=30), inputs.evaluator, device="cpu")
     samples = {"ehrxdiff": write_samples(inputs.samples, world["triplets"], world["df"], "target")}
-    evaluate(samples, world["h5"], world["triplets"], inputs.evaluator,
-             EvaluateConfig(bootstrap=20, min_label_positives=2, min_label_negatives=2), {}, inputs.metrics,
-             device="cpu")
+    evaluate(
+        samples,
+        world["h5"],
+        world["triplets"],
+        inputs.evaluator,
+        EvaluateConfig(bootstrap=20, min_label_positives=2, min_label_negatives=2),
+        {},
+        inputs.metrics,
+        device="cpu",
+    )
     m = json.loads(inputs.metrics.read_text())
     for e in m["comparisons"]["ehrxdiff_vs_previous_image"]:
         e.update(delta=0.034, ci95=[-0.041, 0.149], verdict="no significant difference")
@@ -168,9 +199,13 @@ def test_report_cohort_section_with_no_some_or_all_labels(tmp_path, labelled):
 
     (tmp_path / "cohort").mkdir()
     n = 6
-    cols = {"dicom_id": [f"d{i}" for i in range(n)], "subject_id": pa.array([1, 1, 2, 2, 3, 3], pa.int64()),
-            "split": ["train"] * 4 + ["test"] * 2, "age": pa.array([None] * n, pa.int64()),
-            "gender": [None, None, "F", "F", "M", "M"]}
+    cols = {
+        "dicom_id": [f"d{i}" for i in range(n)],
+        "subject_id": pa.array([1, 1, 2, 2, 3, 3], pa.int64()),
+        "split": ["train"] * 4 + ["test"] * 2,
+        "age": pa.array([None] * n, pa.int64()),
+        "gender": [None, None, "F", "F", "M", "M"],
+    }
     for j, c in enumerate(LABEL_COLUMNS):
         given = labelled == "all" or (labelled == "some" and j % 2 == 0)
         cols[c] = pa.array([float(i % 2) for i in range(n)] if given else [None] * n, pa.float64())
@@ -188,8 +223,9 @@ def test_report_cohort_section_with_no_some_or_all_labels(tmp_path, labelled):
 def test_report_says_where_model_weights_started(tmp_path):
     inputs = inputs_under(tmp_path)
     inputs.vae.mkdir(parents=True)
-    (inputs.vae / "import.json").write_text(json.dumps({"source": "/w/cheff_autoencoder.pt",
-                                                        "scaling_factor": 0.18215}))
+    (inputs.vae / "import.json").write_text(
+        json.dumps({"source": "/w/cheff_autoencoder.pt", "scaling_factor": 0.18215})
+    )
     inputs.clip.mkdir(parents=True)
     (inputs.clip / "clip_config.json").write_text(json.dumps({"vision_init": "random"}))
     pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}).to_csv(inputs.clip / "metrics.csv", index=False)

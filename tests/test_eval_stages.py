@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig, TrainLoop
 from ehrxdiff_core.artifacts.metrics import read_metrics
-from ehrxdiff_core.evaluation.inputs import InputError
+from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig, TrainLoop
 from ehrxdiff_core.evaluation.evaluate import evaluate
+from ehrxdiff_core.evaluation.inputs import InputError
 from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 from ehrxdiff_core.labels import EVAL_LABELS, LABEL_COLUMNS
 
@@ -53,12 +53,29 @@ def build_world(root: Path, n_subjects: int = 60, imgs_per_subject: int = 3, see
                     labels[l] = np.nan  # blank/uncertain
             did = f"d{s:03d}_{k}"
             pixels.append(render(labels, male, age, rng))
-            rows.append({"dicom_id": did, "subject_id": 1000 + s, "study_id": 5000 + 10 * s + k, "hadm_id": 2000 + s,
-                         "split": split, "age": age, "gender": "M" if male else "F", "race": "WHITE", **labels})
-            truth.append({"dicom_id": did, "subject_id": 1000 + s, "time": float(k),
-                          "pleural_effusion": labels["pleural_effusion"] * 2 + rng.normal(0, 0.3),
-                          "cardiomegaly": labels["cardiomegaly"] + rng.normal(0, 0.3),
-                          "support_devices": rng.random()})
+            rows.append(
+                {
+                    "dicom_id": did,
+                    "subject_id": 1000 + s,
+                    "study_id": 5000 + 10 * s + k,
+                    "hadm_id": 2000 + s,
+                    "split": split,
+                    "age": age,
+                    "gender": "M" if male else "F",
+                    "race": "WHITE",
+                    **labels,
+                }
+            )
+            truth.append(
+                {
+                    "dicom_id": did,
+                    "subject_id": 1000 + s,
+                    "time": float(k),
+                    "pleural_effusion": labels["pleural_effusion"] * 2 + rng.normal(0, 0.3),
+                    "cardiomegaly": labels["cardiomegaly"] + rng.normal(0, 0.3),
+                    "support_devices": rng.random(),
+                }
+            )
     images = pd.DataFrame(rows)
     for d in ("images", "cohort", "events", "synthetic"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -75,24 +92,59 @@ def build_world(root: Path, n_subjects: int = 60, imgs_per_subject: int = 3, see
             for j in range(i + 1, len(g)):
                 prev, trg = g.iloc[i], g.iloc[j]
                 pid = f"{trg.dicom_id}_{prev.dicom_id}"
-                pairs.append({"pair_id": pid, "subject_id": sid, "hadm_id": prev.hadm_id, "prev_dicom_id": prev.dicom_id,
-                              "trg_dicom_id": trg.dicom_id, "gap_hours": 6.0 * (j - i), "split": prev.split, "age": prev.age,
-                              "gender": prev.gender, "race": prev.race, "n_events": 3,
-                              **{f"prev_{l}": prev[l] for l in LABEL_COLUMNS}, **{f"trg_{l}": trg[l] for l in LABEL_COLUMNS}})
+                pairs.append(
+                    {
+                        "pair_id": pid,
+                        "subject_id": sid,
+                        "hadm_id": prev.hadm_id,
+                        "prev_dicom_id": prev.dicom_id,
+                        "trg_dicom_id": trg.dicom_id,
+                        "gap_hours": 6.0 * (j - i),
+                        "split": prev.split,
+                        "age": prev.age,
+                        "gender": prev.gender,
+                        "race": prev.race,
+                        "n_events": 3,
+                        **{f"prev_{l}": prev[l] for l in LABEL_COLUMNS},
+                        **{f"trg_{l}": trg[l] for l in LABEL_COLUMNS},
+                    }
+                )
                 for pos, code in enumerate(["220045", "220045", "furosemide"]):
-                    events.append({"pair_id": pid, "position": pos, "minutes_from_prev": 10.0 * pos,
-                                   "source": "chartevents" if code.isdigit() else "prescriptions", "code": code,
-                                   "text": f"chartevents itemid {code} valuenum 88" if code.isdigit() else "prescriptions drug furosemide"})
+                    events.append(
+                        {
+                            "pair_id": pid,
+                            "position": pos,
+                            "minutes_from_prev": 10.0 * pos,
+                            "source": "chartevents" if code.isdigit() else "prescriptions",
+                            "code": code,
+                            "text": f"chartevents itemid {code} valuenum 88"
+                            if code.isdigit()
+                            else "prescriptions drug furosemide",
+                        }
+                    )
     pd.DataFrame(pairs).to_parquet(root / "events/triplets.parquet")
     pd.DataFrame(pairs).drop(columns="n_events").to_parquet(root / "cohort/triplets.parquet")
     pd.DataFrame(events).to_parquet(root / "events/events.parquet")
-    return {"h5": root / f"images/cxr_{SIZE}.h5", "images": root / "cohort/images.parquet",
-            "triplets": root / "events/triplets.parquet", "truth": root / "synthetic/truth.parquet", "df": images}
+    return {
+        "h5": root / f"images/cxr_{SIZE}.h5",
+        "images": root / "cohort/images.parquet",
+        "triplets": root / "events/triplets.parquet",
+        "truth": root / "synthetic/truth.parquet",
+        "df": images,
+    }
 
 
-def write_samples(folder: Path, triplets: Path, images_df: pd.DataFrame, mode: str, split: str = "test", seed: int = 0,
-                  n_seeds: int = 1) -> Path:
-    """A samples folder: `mode='target'` re-renders the target's findings (a good generator), 'previous' the previous image's.
+def write_samples(
+    folder: Path,
+    triplets: Path,
+    images_df: pd.DataFrame,
+    mode: str,
+    split: str = "test",
+    seed: int = 0,
+    n_seeds: int = 1,
+) -> Path:
+    """A samples folder: `mode='target'` re-renders the target's findings (a good generator), 'previous' the
+    previous image's.
 
     Seed k > 0 of a pair is `seed{k}/{pair_id}.png` (the samples folder layout), drawn with fresh noise.
     """
@@ -110,38 +162,68 @@ def write_samples(folder: Path, triplets: Path, images_df: pd.DataFrame, mode: s
             img = render({l: src[l] for l in LABEL_COLUMNS}, src["gender"] == "M", src["age"], rng)
             rel = f"{r.pair_id}.png" if k == 0 else f"seed{k}/{r.pair_id}.png"
             Image.fromarray(img, mode="L").save(folder / rel)
-            rows.append({"pair_id": r.pair_id, "seed_index": k, "seed": 42 + k, "path": rel, "sampler": "ddim", "steps": 10,
-                         "guidance": 1.0, "seconds": 0.1})
+            rows.append(
+                {
+                    "pair_id": r.pair_id,
+                    "seed_index": k,
+                    "seed": 42 + k,
+                    "path": rel,
+                    "sampler": "ddim",
+                    "steps": 10,
+                    "guidance": 1.0,
+                    "seconds": 0.1,
+                }
+            )
     pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
     return folder
 
 
 def tiny_evaluator_cfg(steps: int = 300) -> EvaluatorConfig:
-    return EvaluatorConfig(arch="small_cnn", width=8, train=TrainLoop(steps=steps, batch_size=32, lr=3e-3, log_every=10, seed=0))
+    return EvaluatorConfig(
+        arch="small_cnn", width=8, train=TrainLoop(steps=steps, batch_size=32, lr=3e-3, log_every=10, seed=0)
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     world = build_world(root)
-    summary = train_evaluator(world["h5"], world["images"], tiny_evaluator_cfg(), root / "eval/evaluator", device="cpu", truth=world["truth"])
+    summary = train_evaluator(
+        world["h5"], world["images"], tiny_evaluator_cfg(), root / "eval/evaluator", device="cpu", truth=world["truth"]
+    )
     return root, world, summary
 
 
 def test_evaluate_scores_methods_side_by_side(trained):
     root, world, _ = trained
     samples = {"ehrxdiff": write_samples(root / "samples/test", world["triplets"], world["df"], "target", n_seeds=2)}
-    samples["image_only"] = write_samples(root / "samples_imgonly/test", world["triplets"], world["df"], "previous", seed=1)
+    samples["image_only"] = write_samples(
+        root / "samples_imgonly/test", world["triplets"], world["df"], "previous", seed=1
+    )
     out = root / "eval/metrics.json"
     cfg = EvaluateConfig(bootstrap=200, min_label_positives=5, min_label_negatives=5)
-    res = evaluate(samples, world["h5"], world["triplets"], root / "eval/evaluator", cfg,
-                   {"git": "abc"}, out, device="cpu", truth=world["truth"])
+    res = evaluate(
+        samples,
+        world["h5"],
+        world["triplets"],
+        root / "eval/evaluator",
+        cfg,
+        {"git": "abc"},
+        out,
+        device="cpu",
+        truth=world["truth"],
+    )
     mf = read_metrics(out)
     assert mf.model_dump(mode="json") == res
     m = mf.methods
     assert list(m) == ["ehrxdiff", "image_only", "previous_image", "real_target", "oracle"]
-    assert {n: v.kind for n, v in m.items()} == {"ehrxdiff": "model", "image_only": "control", "previous_image": "control",
-                                                 "real_target": "ceiling", "oracle": "ceiling"}
+    assert {n: v.kind for n, v in m.items()} == {
+        "ehrxdiff": "model",
+        "image_only": "control",
+        "previous_image": "control",
+        "real_target": "ceiling",
+        "oracle": "ceiling",
+    }
     n_test = int((pd.read_parquet(world["triplets"])["split"] == "test").sum())
     assert mf.settings["n_pairs"] == n_test and all(v.n_pairs == n_test for v in m.values())
     assert m["ehrxdiff"].n_seeds == {"min": 2, "max": 2} and m["image_only"].n_seeds == {"min": 1, "max": 1}
@@ -163,9 +245,15 @@ def test_evaluate_scores_methods_side_by_side(trained):
         assert real.value > 0.9 and prev.value < 0.2 and real.n_pos > 0 and real.n_neg > 0
         assert m["previous_image"].auroc["same"].per_label[lab].value > 0.9
     # truth metrics: the copy predicts no change; the oracle is the ceiling
-    t_prev, t_model, t_oracle = (m[k].truth.per_finding["pleural_effusion"] for k in ("previous_image", "ehrxdiff", "oracle"))
+    t_prev, t_model, t_oracle = (
+        m[k].truth.per_finding["pleural_effusion"] for k in ("previous_image", "ehrxdiff", "oracle")
+    )
     assert t_prev.partial_r.value == 0.0 and t_oracle.partial_r.value == pytest.approx(1.0)
-    assert t_oracle.crossing_auroc.value == 1.0 and t_prev.crossing_auroc.value < 0.3 and t_model.crossing_auroc.value > 0.8
+    assert (
+        t_oracle.crossing_auroc.value == 1.0
+        and t_prev.crossing_auroc.value < 0.3
+        and t_model.crossing_auroc.value > 0.8
+    )
     assert t_model.partial_r.value > 0.5
     assert m["oracle"].sex_auroc.value is None and not m["oracle"].fid["evaluator"].computed
     assert mf.truth.used and "pleural_effusion" in mf.truth.dynamic
@@ -187,8 +275,16 @@ def test_evaluate_scores_methods_side_by_side(trained):
 def test_evaluate_without_truth_says_why(trained, tmp_path):
     root, world, _ = trained
     folder = write_samples(tmp_path / "s", world["triplets"], world["df"], "target")
-    res = evaluate({"ehrxdiff": folder}, world["h5"], world["triplets"], root / "eval/evaluator",
-                   EvaluateConfig(bootstrap=20, min_label_positives=5, min_label_negatives=5), {}, tmp_path / "m.json", device="cpu")
+    res = evaluate(
+        {"ehrxdiff": folder},
+        world["h5"],
+        world["triplets"],
+        root / "eval/evaluator",
+        EvaluateConfig(bootstrap=20, min_label_positives=5, min_label_negatives=5),
+        {},
+        tmp_path / "m.json",
+        device="cpu",
+    )
     mf = read_metrics(tmp_path / "m.json")
     assert "oracle" not in mf.methods and not mf.truth.used and "real data" in mf.truth.reason
     assert not mf.methods["ehrxdiff"].truth.computed
@@ -216,8 +312,16 @@ def test_evaluate_rejects_wrong_sample_size(trained, tmp_path):
     first = next(folder.glob("*.png"))
     Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(first)
     with pytest.raises(InputError, match="expected 32x32"):
-        evaluate({"ehrxdiff": folder}, world["h5"], world["triplets"], root / "eval/evaluator", EvaluateConfig(), {},
-                 tmp_path / "m.json", device="cpu")
+        evaluate(
+            {"ehrxdiff": folder},
+            world["h5"],
+            world["triplets"],
+            root / "eval/evaluator",
+            EvaluateConfig(),
+            {},
+            tmp_path / "m.json",
+            device="cpu",
+        )
     assert not (tmp_path / "m.json").exists()
 
 
@@ -225,8 +329,17 @@ def test_evaluate_missing_split_is_clear(trained, tmp_path):
     root, world, _ = trained
     folder = write_samples(tmp_path / "s", world["triplets"], world["df"], "target")
     with pytest.raises(InputError, match="split == 'nosuch'"):
-        evaluate({"ehrxdiff": folder}, world["h5"], world["triplets"], root / "eval/evaluator", EvaluateConfig(), {},
-                 tmp_path / "m.json", device="cpu", split="nosuch")
+        evaluate(
+            {"ehrxdiff": folder},
+            world["h5"],
+            world["triplets"],
+            root / "eval/evaluator",
+            EvaluateConfig(),
+            {},
+            tmp_path / "m.json",
+            device="cpu",
+            split="nosuch",
+        )
 
 
 assert set(LEARNABLE) <= set(EVAL_LABELS)

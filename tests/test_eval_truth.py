@@ -28,9 +28,14 @@ def world(n_patients: int = 120, pairs_per_patient: int = 5, seed: int = 0):
     change = {}
     for j, f in enumerate(LABELS):
         d = np.abs(trg[:, j] - prev[:, j])
-        change[f] = {"mean_abs_change": float(d.mean()), "dynamic": bool(d.mean() >= 0.02), "n_pairs": n,
-                     "n_cross_up": int(((prev[:, j] <= THR[f]) & (trg[:, j] > THR[f])).sum()),
-                     "n_cross_down": int(((prev[:, j] > THR[f]) & (trg[:, j] <= THR[f])).sum()), "threshold": THR[f]}
+        change[f] = {
+            "mean_abs_change": float(d.mean()),
+            "dynamic": bool(d.mean() >= 0.02),
+            "n_pairs": n,
+            "n_cross_up": int(((prev[:, j] <= THR[f]) & (trg[:, j] > THR[f])).sum()),
+            "n_cross_down": int(((prev[:, j] > THR[f]) & (trg[:, j] <= THR[f])).sum()),
+            "threshold": THR[f],
+        }
     truth = PairTruth(list(LABELS), dict(THR), prev, trg, change, n)
     return prev, trg, labels(prev), labels(trg), groups, truth, rng
 
@@ -65,9 +70,15 @@ def test_fixed_label_sets_follow_counts_and_dynamics():
     sets = comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 20, 20)
     assert truth.dynamic == ["edema", "pleural_effusion"]  # cardiomegaly never changes
     assert set(sets["diff"]) == {"edema", "pleural_effusion"} and "cardiomegaly" not in sets["all"]
-    assert comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 10_000, 20) == {"all": [], "diff": [], "same": []}
-    assert comparisons.truth_label_sets(truth, 20, 20) == {"partial_r": ["edema", "pleural_effusion"],
-                                                           "crossing_auroc": ["edema", "pleural_effusion"]}
+    assert comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 10_000, 20) == {
+        "all": [],
+        "diff": [],
+        "same": [],
+    }
+    assert comparisons.truth_label_sets(truth, 20, 20) == {
+        "partial_r": ["edema", "pleural_effusion"],
+        "crossing_auroc": ["edema", "pleural_effusion"],
+    }
     few = comparisons.truth_label_sets(truth, 150, 150)  # crossings are rarer than pairs
     assert few["crossing_auroc"] == [] and few["partial_r"] == ["edema", "pleural_effusion"]
 

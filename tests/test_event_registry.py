@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import planned_jobs, write_config
 
+from conftest import planned_jobs, write_config
 from contracts import check_embeddings_h5
 from ehrxdiff_core.config import (
     ConfigError,
@@ -56,8 +56,15 @@ from toy_text import write_demo_dictionaries
 
 torch.set_num_threads(1)
 
-PAPER_TABLES = ["labevents", "prescriptions", "inputevents", "chartevents", "outputevents", "microbiologyevents",
-                "procedureevents"]
+PAPER_TABLES = [
+    "labevents",
+    "prescriptions",
+    "inputevents",
+    "chartevents",
+    "outputevents",
+    "microbiologyevents",
+    "procedureevents",
+]
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)
 HADM = 20000001
 
@@ -179,8 +186,10 @@ def test_a_table_that_is_not_a_default_is_read_only_when_selected(toy):
 def test_serialization_follows_the_registry(toy):
     """Columns in CSV order without the ids (hadm_id, stay_id) and the time; the key becomes its label."""
     sql = text_sql("toyevents", "e", "d.label", 2)
-    row = ("SELECT 1 AS hadm_id, 2 AS stay_id, TIMESTAMP '2150-01-01 10:00' AS charttime, 990001 AS itemid, "
-           "25.126 AS value, 'mmHg' AS valueuom, NULL AS site")
+    row = (
+        "SELECT 1 AS hadm_id, 2 AS stay_id, TIMESTAMP '2150-01-01 10:00' AS charttime, 990001 AS itemid, "
+        "25.126 AS value, 'mmHg' AS valueuom, NULL AS site"
+    )
     con = duckdb.connect()
     try:
         (text,) = con.execute(f"SELECT {sql} FROM ({row}) e, (SELECT 'Toy Pressure' AS label) d").fetchone()
@@ -193,8 +202,10 @@ def test_serialization_follows_the_registry(toy):
 
 def test_augmentation_follows_the_registry(toy):
     table, fields = parse_event(TOY_TEXT)
-    assert (table, fields) == ("toyevents", {"itemid": "Toy Pressure", "value": "25.0", "valueuom": "mmHg",
-                                             "site": "left"})
+    assert (table, fields) == (
+        "toyevents",
+        {"itemid": "Toy Pressure", "value": "25.0", "valueuom": "mmHg", "site": "left"},
+    )
     item = event_item(TOY_TEXT)
     assert (item.label, item.quantity, item.unit, item.value) == ("Toy Pressure", 25.0, "mmHg", 25.0)
     unregister_event_table("toyevents")
@@ -216,21 +227,33 @@ def _write_csv_gz(path, text: str):
 def _add_toy_items(d_items_parquet):
     """Two d_items rows linked to toyevents: one the filter keeps, one it drops."""
     df = pd.read_parquet(d_items_parquet)
-    toy_rows = pd.DataFrame([
-        (990001, "Toy Pressure", "TP", "toyevents", "Toy Signs", "mmHg", "Numeric", 10.0, 20.0),
-        (990002, "Toy Noise", "TN", "toyevents", "Other", "dB", "Numeric", None, None),
-    ], columns=df.columns)
+    toy_rows = pd.DataFrame(
+        [
+            (990001, "Toy Pressure", "TP", "toyevents", "Toy Signs", "mmHg", "Numeric", 10.0, 20.0),
+            (990002, "Toy Noise", "TN", "toyevents", "Other", "dB", "Numeric", None, None),
+        ],
+        columns=df.columns,
+    )
     pd.concat([df, toy_rows], ignore_index=True).astype({"itemid": "int64"}).to_parquet(d_items_parquet, index=False)
 
 
 def _write_triplets(path):
-    pq.write_table(pa.table({
-        "pair_id": ["b_a"], "subject_id": pa.array([10000001], pa.int64()), "hadm_id": pa.array([HADM], pa.int64()),
-        "prev_dicom_id": ["a"], "trg_dicom_id": ["b"],
-        "prev_time": pa.array([datetime(2150, 1, 1, 8)], pa.timestamp("us")),
-        "trg_time": pa.array([datetime(2150, 1, 1, 20)], pa.timestamp("us")),
-        "gap_hours": [12.0], "split": ["train"],
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "pair_id": ["b_a"],
+                "subject_id": pa.array([10000001], pa.int64()),
+                "hadm_id": pa.array([HADM], pa.int64()),
+                "prev_dicom_id": ["a"],
+                "trg_dicom_id": ["b"],
+                "prev_time": pa.array([datetime(2150, 1, 1, 8)], pa.timestamp("us")),
+                "trg_time": pa.array([datetime(2150, 1, 1, 20)], pa.timestamp("us")),
+                "gap_hours": [12.0],
+                "split": ["train"],
+            }
+        ),
+        path,
+    )
 
 
 def test_a_registered_table_flows_from_its_csv_to_the_embeddings(toy, tmp_path):
@@ -238,10 +261,13 @@ def test_a_registered_table_flows_from_its_csv_to_the_embeddings(toy, tmp_path):
     mimic = DataConfig(source="mimic", mimic=MimicSource(mimiciv_root=str(tmp_path / "iv"), cxr_root=str(tmp_path)))
     src = source_path("toyevents", mimic, tmp_path / "synthetic")
     assert src == tmp_path / "iv/icu/toyevents.csv.gz"
-    _write_csv_gz(src, "HADM_ID,STAY_ID,CHARTTIME,ITEMID,VALUE,VALUEUOM,SITE,STORETIME\n"
-                       f"{HADM},30000001,2150-01-01 10:00:00,990001,25,mmHg,left,2150-01-01 10:05:00\n"
-                       f"{HADM},30000001,2150-01-01 11:00:00,990002,70,dB,,2150-01-01 11:05:00\n"
-                       f"{HADM},30000001,2150-01-02 10:00:00,990001,12,mmHg,left,2150-01-02 10:05:00\n")
+    _write_csv_gz(
+        src,
+        "HADM_ID,STAY_ID,CHARTTIME,ITEMID,VALUE,VALUEUOM,SITE,STORETIME\n"
+        f"{HADM},30000001,2150-01-01 10:00:00,990001,25,mmHg,left,2150-01-01 10:05:00\n"
+        f"{HADM},30000001,2150-01-01 11:00:00,990002,70,dB,,2150-01-01 11:05:00\n"
+        f"{HADM},30000001,2150-01-02 10:00:00,990001,12,mmHg,left,2150-01-02 10:05:00\n",
+    )
     ehr = tmp_path / "ehr"
     assert ingest_table("toyevents", src, ehr / "toyevents.parquet", DUCK) == 3
     assert pq.read_schema(ehr / "toyevents.parquet").names == [c.name for c in TABLES["toyevents"].columns]
@@ -251,31 +277,47 @@ def test_a_registered_table_flows_from_its_csv_to_the_embeddings(toy, tmp_path):
     _add_toy_items(di)
     _write_triplets(tmp_path / "cohort_triplets.parquet")
     out_e, out_t = tmp_path / "events/events.parquet", tmp_path / "events/triplets.parquet"
-    counts = build_events(ehr, tmp_path / "cohort_triplets.parquet", EventsConfig(tables=["toyevents"]), DUCK,
-                          out_e, out_t)
+    counts = build_events(
+        ehr, tmp_path / "cohort_triplets.parquet", EventsConfig(tables=["toyevents"]), DUCK, out_e, out_t
+    )
     assert counts["events_in_windows_toyevents"] == 1 and counts["events"] == 1
     events = pd.read_parquet(out_e)
     assert events[["pair_id", "position", "minutes_from_prev", "source", "code", "text"]].values.tolist() == [
-        ["b_a", 0, 120.0, "toyevents", "990001", TOY_TEXT]]
+        ["b_a", 0, 120.0, "toyevents", "990001", TOY_TEXT]
+    ]
     unfiltered = tmp_path / "unfiltered"
-    build_events(ehr, tmp_path / "cohort_triplets.parquet", EventsConfig(tables=["toyevents"], paper_filters=False),
-                 DUCK, unfiltered / "events.parquet", unfiltered / "triplets.parquet")
+    build_events(
+        ehr,
+        tmp_path / "cohort_triplets.parquet",
+        EventsConfig(tables=["toyevents"], paper_filters=False),
+        DUCK,
+        unfiltered / "events.parquet",
+        unfiltered / "triplets.parquet",
+    )
     assert pd.read_parquet(unfiltered / "events.parquet")["code"].tolist() == ["990001", "990002"]
 
     # knowledge corpus: the toy items' dictionary rows say what they are, from the registry entry
     build_knowledge({"d_items": di, "d_labitems": dl}, tmp_path / "rag/knowledge.parquet")
     knowledge = read_knowledge(tmp_path / "rag/knowledge.parquet")
     snippet = knowledge.set_index("ref").loc["d_items:990001"]
-    assert snippet["text"] == ("Toy Pressure (TP): toy observation, category Toy Signs, unit mmHg, "
-                               "normal range 10 to 20 mmHg.")
+    assert snippet["text"] == (
+        "Toy Pressure (TP): toy observation, category Toy Signs, unit mmHg, normal range 10 to 20 mmHg."
+    )
     assert snippet["kind"] == "toyevents"
 
     # embeddings: the event is embedded, augmented with its own dictionary snippet and flagged against its range
-    cfg = TextConfig.model_validate({"encoder": {"name": "tiny-random", "tiny_dim": 16}, "rag": {"top_k": 1},
-                                     "cache_dir": str(tmp_path / "cache")})
+    cfg = TextConfig.model_validate(
+        {"encoder": {"name": "tiny-random", "tiny_dim": 16}, "rag": {"top_k": 1}, "cache_dir": str(tmp_path / "cache")}
+    )
     build_rag_index(tmp_path / "rag/knowledge.parquet", cfg, tmp_path / "rag/index.faiss")
-    stats = embed_events(out_e, out_t, tmp_path / "rag/knowledge.parquet", tmp_path / "rag/index.faiss", cfg,
-                         tmp_path / "embeddings/events.h5")
+    stats = embed_events(
+        out_e,
+        out_t,
+        tmp_path / "rag/knowledge.parquet",
+        tmp_path / "rag/index.faiss",
+        cfg,
+        tmp_path / "embeddings/events.h5",
+    )
     assert (stats["n_pairs"], stats["n_events"], stats["n_encoded"]) == (1, 1, 1)
     check_embeddings_h5(tmp_path / "embeddings/events.h5", events, numeric=True)
     with h5py.File(tmp_path / "embeddings/events.h5", "r") as f:
@@ -284,8 +326,9 @@ def test_a_registered_table_flows_from_its_csv_to_the_embeddings(toy, tmp_path):
     lookup = KnowledgeLookup(knowledge)
     item, _, dict_row = lookup.resolve(TOY_TEXT, "toyevents", "990001")
     assert knowledge.at[dict_row, "ref"] == "d_items:990001"
-    (aug,) = Augmenter(knowledge, cfg.rag.model_copy(update={"top_k": 0})).augment([TOY_TEXT], ["toyevents"],
-                                                                                    ["990001"])
+    (aug,) = Augmenter(knowledge, cfg.rag.model_copy(update={"top_k": 0})).augment(
+        [TOY_TEXT], ["toyevents"], ["990001"]
+    )
     assert aug.flag == "high" and "flag: high (reference 10 to 20 mmHg)" in aug.text
 
 

@@ -40,13 +40,21 @@ def _ddp_batch_fn(per_rank):
 
 
 def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from ehrxdiff_core.models.ddp import init_distributed
 
     info = init_distributed("cpu")
-    res = run_training(_Linear(), _ddp_batch_fn(4), TrainLoop(steps=3, batch_size=4, lr=0.05, grad_clip=None, checkpoint_every=100),
-                       Path(out_dir) / "work", {}, info)
+    res = run_training(
+        _Linear(),
+        _ddp_batch_fn(4),
+        TrainLoop(steps=3, batch_size=4, lr=0.05, grad_clip=None, checkpoint_every=100),
+        Path(out_dir) / "work",
+        {},
+        info,
+    )
     torch.save(res.model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -64,8 +72,14 @@ def test_ddp_two_gloo_processes_agree(tmp_path):
         torch.testing.assert_close(w0[k], w1[k])
         assert not torch.equal(w0[k], init[k])
     # equals one process on the same global batch (DDP averages the two ranks' gradients)
-    single = run_training(_Linear(), _ddp_batch_fn(8), TrainLoop(steps=3, batch_size=8, lr=0.05, grad_clip=None, checkpoint_every=100),
-                          tmp_path / "single", {}, CPU)
+    single = run_training(
+        _Linear(),
+        _ddp_batch_fn(8),
+        TrainLoop(steps=3, batch_size=8, lr=0.05, grad_clip=None, checkpoint_every=100),
+        tmp_path / "single",
+        {},
+        CPU,
+    )
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(w0[k], v, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "work" / "checkpoint.pt").exists()

@@ -10,8 +10,8 @@ import pytest
 from ehrxdiff_core.artifacts.cohort import PAIR_IMAGES
 from ehrxdiff_core.config import ConfigError, TrainLoop, VaeConfig, load_config
 from ehrxdiff_core.models import datasets
-from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.models.datasets import PairBatches, cgroup_memory_limits, image_cache_budget, memory_limit_bytes
+from ehrxdiff_core.models.train_vae import train_vae
 from toy_world import write_world
 
 GiB = 2**30
@@ -98,7 +98,9 @@ class FakeStore:
 
 def _pairs(n_images: int) -> PairBatches:
     ids = [f"d{i}" for i in range(n_images)]
-    pairs = pd.DataFrame({"pair_id": [f"p{i}" for i in range(n_images // 2)], "prev_dicom_id": ids[0::2], "trg_dicom_id": ids[1::2]})
+    pairs = pd.DataFrame(
+        {"pair_id": [f"p{i}" for i in range(n_images // 2)], "prev_dicom_id": ids[0::2], "trg_dicom_id": ids[1::2]}
+    )
     data = PairBatches(pairs, "unused.h5", None, 1)
     data._images = FakeStore(n_images)
     return data

@@ -9,24 +9,40 @@ import pytest
 import torch
 from PIL import Image
 
-from ehrxdiff_core.config import AdapterConfig, ClipConfig, LdmConfig, PipelineConfig, SampleConfig, TrainLoop, VaeConfig, load_config
-from ehrxdiff_core.models.sample import sample
-from ehrxdiff_core.models.train_clip import train_clip
-from ehrxdiff_core.models.train_ldm import train_ldm
-from ehrxdiff_core.models.train_vae import train_vae
+from ehrxdiff_core.config import (
+    AdapterConfig,
+    ClipConfig,
+    LdmConfig,
+    PipelineConfig,
+    SampleConfig,
+    TrainLoop,
+    VaeConfig,
+    load_config,
+)
 from ehrxdiff_core.models.clip import ClipModel
 from ehrxdiff_core.models.ldm import load_ldm
+from ehrxdiff_core.models.sample import sample
 from ehrxdiff_core.models.sampling import condition_batch, sample_batch
-from ehrxdiff_core.models.train_ldm import build_latent_diffusion
-from ehrxdiff_core.models.vae import load_vae
+from ehrxdiff_core.models.train_clip import train_clip
+from ehrxdiff_core.models.train_ldm import build_latent_diffusion, train_ldm
+from ehrxdiff_core.models.train_vae import train_vae
+from ehrxdiff_core.models.vae import build_vae, estimate_scale, load_vae
 from toy_world import write_world
-from ehrxdiff_core.models.vae import build_vae, estimate_scale
 
 torch.set_num_threads(1)
 ME = 4  # max_events
 DIM = 8  # event embedding width
-TINY_CLIP = ClipConfig(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2,
-                       tab_ff=32, embed_dim=16, augment_crop_scale=None)
+TINY_CLIP = ClipConfig(
+    patch_size=8,
+    vision_width=16,
+    vision_layers=1,
+    vision_heads=2,
+    tab_width=16,
+    tab_heads=2,
+    tab_ff=32,
+    embed_dim=16,
+    augment_crop_scale=None,
+)
 
 
 def _images(n, seed):
@@ -37,9 +53,14 @@ def _images(n, seed):
 
 def _batch(n=6, seed=0):
     g = torch.Generator().manual_seed(seed + 1)
-    return {"prev": _images(n, seed), "trg": _images(n, seed + 7), "events": torch.randn(n, ME, DIM, generator=g),
-            "mask": torch.arange(ME).expand(n, -1) < torch.randint(1, ME + 1, (n, 1), generator=g),
-            "null": torch.zeros(n, dtype=torch.bool), "pair_id": [str(i) for i in range(n)]}
+    return {
+        "prev": _images(n, seed),
+        "trg": _images(n, seed + 7),
+        "events": torch.randn(n, ME, DIM, generator=g),
+        "mask": torch.arange(ME).expand(n, -1) < torch.randint(1, ME + 1, (n, 1), generator=g),
+        "null": torch.zeros(n, dtype=torch.bool),
+        "pair_id": [str(i) for i in range(n)],
+    }
 
 
 def _tiny(mask_events, mode="masked", conditioning="hybrid", seed=0):
@@ -51,8 +72,15 @@ def _tiny(mask_events, mode="masked", conditioning="hybrid", seed=0):
         vae.quant_conv.bias[3:] = -12
     vae.register_to_config(scaling_factor=estimate_scale(vae, _images(8, 0)))
     clip = ClipModel(TINY_CLIP, DIM, 16)
-    cfg = LdmConfig(block_out_channels=[16, 16], attention_levels=[False, True], num_heads=2, cross_attention_dim=16,
-                    adapter=AdapterConfig(mode=mode), conditioning=conditioning, cond_dropout=0.3)
+    cfg = LdmConfig(
+        block_out_channels=[16, 16],
+        attention_levels=[False, True],
+        num_heads=2,
+        cross_attention_dim=16,
+        adapter=AdapterConfig(mode=mode),
+        conditioning=conditioning,
+        cond_dropout=0.3,
+    )
     return build_latent_diffusion(cfg, vae, clip, 16, ME, mask_events=mask_events)
 
 
@@ -60,8 +88,11 @@ def _variants(batch):
     """The batch as given, with random events instead, with zero-length event tables, and without events."""
     g = torch.Generator().manual_seed(99)
     n = batch["prev"].shape[0]
-    rnd = {**batch, "events": torch.randn(batch["events"].shape, generator=g) * 3,
-           "mask": torch.rand(batch["mask"].shape, generator=g) < 0.7}
+    rnd = {
+        **batch,
+        "events": torch.randn(batch["events"].shape, generator=g) * 3,
+        "mask": torch.rand(batch["mask"].shape, generator=g) < 0.7,
+    }
     empty = {**batch, "events": torch.zeros(n, 0, DIM), "mask": torch.zeros(n, 0, dtype=torch.bool)}
     none = {k: v for k, v in batch.items() if k not in ("events", "mask")}
     return {"random": rnd, "zero_length": empty, "none": none}
@@ -179,8 +210,10 @@ def test_guidance_is_a_no_op_for_the_image_only_model(mode):
     plain = sample_batch(only, batch, SampleConfig(**kw), seeds, torch.device("cpu"))
     guided = sample_batch(only, batch, SampleConfig(**kw, guidance_scale=4.0), seeds, torch.device("cpu"))
     assert np.array_equal(plain, guided)
-    assert not np.array_equal(sample_batch(full, batch, SampleConfig(**kw), seeds, torch.device("cpu")),
-                              sample_batch(full, batch, SampleConfig(**kw, guidance_scale=4.0), seeds, torch.device("cpu")))
+    assert not np.array_equal(
+        sample_batch(full, batch, SampleConfig(**kw), seeds, torch.device("cpu")),
+        sample_batch(full, batch, SampleConfig(**kw, guidance_scale=4.0), seeds, torch.device("cpu")),
+    )
 
 
 # ------------------------------------------------------------------------------- entry points + config
@@ -189,8 +222,13 @@ def test_guidance_is_a_no_op_for_the_image_only_model(mode):
 LOOP = dict(batch_size=8, checkpoint_every=10, log_every=2)
 W_VAE = VaeConfig(block_out_channels=[8, 8], layers_per_block=1, train=TrainLoop(steps=2, lr=1e-3, **LOOP))
 W_CLIP = TINY_CLIP.model_copy(update={"train": TrainLoop(steps=2, **LOOP)})
-W_LDM = LdmConfig(block_out_channels=[16, 16], attention_levels=[False, True], num_heads=2, cross_attention_dim=16,
-                  train=TrainLoop(steps=3, ema_decay=0.9, **LOOP))
+W_LDM = LdmConfig(
+    block_out_channels=[16, 16],
+    attention_levels=[False, True],
+    num_heads=2,
+    cross_attention_dim=16,
+    train=TrainLoop(steps=3, ema_decay=0.9, **LOOP),
+)
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +238,17 @@ def world(tmp_path_factory):
     train_vae(w["images"], w["triplets"], W_VAE, root / "vae")
     train_clip(w["images"], w["embeddings"], w["triplets"], W_CLIP, ME, root / "clip")
     for name, flag in (("ldm", False), ("ldm_image_only", True)):
-        w[name] = train_ldm(w["images"], w["embeddings"], w["triplets"], root / "vae", root / "clip", W_LDM, ME, root / name,
-                            mask_events=flag)
+        w[name] = train_ldm(
+            w["images"],
+            w["embeddings"],
+            w["triplets"],
+            root / "vae",
+            root / "clip",
+            W_LDM,
+            ME,
+            root / name,
+            mask_events=flag,
+        )
     # the same pairs with other events: every pair's events are replaced by those of another pair
     import h5py
 
@@ -218,8 +265,20 @@ def world(tmp_path_factory):
 
 def _sample_dir(world, ldm, embeddings, out, **kw):
     cfg = SampleConfig(**{"steps": 3, "batch_size": 4, "n_seeds": 2, "sampler": "ddim", **kw})
-    info = sample(world["images"], embeddings, world["triplets"], world["root"] / "vae", world["root"] / ldm, cfg, ME, world["root"] / out)
-    images = {p.relative_to(world["root"] / out).as_posix(): np.asarray(Image.open(p)) for p in (world["root"] / out).rglob("*.png")}
+    info = sample(
+        world["images"],
+        embeddings,
+        world["triplets"],
+        world["root"] / "vae",
+        world["root"] / ldm,
+        cfg,
+        ME,
+        world["root"] / out,
+    )
+    images = {
+        p.relative_to(world["root"] / out).as_posix(): np.asarray(Image.open(p))
+        for p in (world["root"] / out).rglob("*.png")
+    }
     return info, images
 
 

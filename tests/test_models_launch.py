@@ -18,14 +18,32 @@ torch.set_num_threads(1)
 
 
 def _clip_cfg(gpus: int) -> ClipConfig:
-    return ClipConfig(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2,
-                      tab_ff=32, embed_dim=16, train=TrainLoop(steps=3, batch_size=4, checkpoint_every=2, gpus=gpus))
+    return ClipConfig(
+        patch_size=8,
+        vision_width=16,
+        vision_layers=1,
+        vision_heads=2,
+        tab_width=16,
+        tab_heads=2,
+        tab_ff=32,
+        embed_dim=16,
+        train=TrainLoop(steps=3, batch_size=4, checkpoint_every=2, gpus=gpus),
+    )
 
 
 def test_one_gpu_runs_in_this_process(tmp_path):
     w = write_world(tmp_path / "world", n_pairs=32, size=16, dim=8, max_len=6)
-    info = run_stage(train_clip, images_h5=w["images"], embeddings_h5=w["embeddings"], triplets=w["triplets"],
-                     cfg=_clip_cfg(1), max_events=6, out_dir=tmp_path / "clip", device="cpu", work_dir=tmp_path / "w")
+    info = run_stage(
+        train_clip,
+        images_h5=w["images"],
+        embeddings_h5=w["embeddings"],
+        triplets=w["triplets"],
+        cfg=_clip_cfg(1),
+        max_events=6,
+        out_dir=tmp_path / "clip",
+        device="cpu",
+        work_dir=tmp_path / "w",
+    )
     assert info["steps"] == 3 and (tmp_path / "clip" / "model.safetensors").exists()
 
 
@@ -33,9 +51,17 @@ def test_two_processes_under_torchrun(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the launcher writes its argument file in the working folder
     w = write_world(tmp_path / "world", n_pairs=32, size=16, dim=8, max_len=6)
     cfg = _clip_cfg(2)
-    info = run_stage(train_clip, images_h5=w["images"], embeddings_h5=w["embeddings"],
-                     triplets=w["triplets"], cfg=cfg, max_events=6, out_dir=tmp_path / "clip", device="cpu",
-                     work_dir=tmp_path / "work")
+    info = run_stage(
+        train_clip,
+        images_h5=w["images"],
+        embeddings_h5=w["embeddings"],
+        triplets=w["triplets"],
+        cfg=cfg,
+        max_events=6,
+        out_dir=tmp_path / "clip",
+        device="cpu",
+        work_dir=tmp_path / "work",
+    )
     assert info == {"stage": "train_clip", "processes": 2}
     assert (tmp_path / "clip" / "model.safetensors").exists()
     assert len(pd.read_csv(tmp_path / "clip" / "metrics.csv")) == 3
@@ -50,7 +76,9 @@ def _no_torchrun(monkeypatch):
 
 
 def _cfg(key: str, gpus: int):
-    return {"vae": VaeConfig, "clip": ClipConfig, "ldm": LdmConfig}[key](train=TrainLoop(steps=3, batch_size=4, gpus=gpus))
+    return {"vae": VaeConfig, "clip": ClipConfig, "ldm": LdmConfig}[key](
+        train=TrainLoop(steps=3, batch_size=4, gpus=gpus)
+    )
 
 
 def test_the_config_key_is_read_from_the_config_model():
@@ -66,7 +94,9 @@ def test_more_gpus_than_visible_is_refused_before_torchrun(monkeypatch, stage, k
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    with pytest.raises(ConfigError, match=rf"{key}\.train\.gpus: 2 GPUs requested, but this job sees 1 \(CUDA_VISIBLE_DEVICES='3'\)"):
+    with pytest.raises(
+        ConfigError, match=rf"{key}\.train\.gpus: 2 GPUs requested, but this job sees 1 \(CUDA_VISIBLE_DEVICES='3'\)"
+    ):
         run_stage(stage, cfg=_cfg(key, 2), device="auto")
 
 
@@ -77,9 +107,14 @@ def test_several_gpus_without_cuda_are_refused(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     for device in ("auto", "cuda"):
-        with pytest.raises(ConfigError, match=r"ldm\.train\.gpus: 4 GPUs requested, but CUDA is not available .*CUDA_VISIBLE_DEVICES unset"):
+        with pytest.raises(
+            ConfigError,
+            match=r"ldm\.train\.gpus: 4 GPUs requested, but CUDA is not available .*CUDA_VISIBLE_DEVICES unset",
+        ):
             run_stage(train_ldm, cfg=_cfg("ldm", 4), device=device)
-    with pytest.raises(ConfigError, match=r"ldm\.train\.gpus: 2 GPUs requested, but compute\.device 'mps' is a single device"):
+    with pytest.raises(
+        ConfigError, match=r"ldm\.train\.gpus: 2 GPUs requested, but compute\.device 'mps' is a single device"
+    ):
         run_stage(train_ldm, cfg=_cfg("ldm", 2), device="mps")
 
 

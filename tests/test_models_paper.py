@@ -10,17 +10,16 @@ import pytest
 import torch
 import yaml
 
+from ehrxdiff_core.artifacts.images import open_image_store
 from ehrxdiff_core.config import ClipConfig, ConfigError, TrainLoop, VaeConfig, _deep_merge, load_config
-from ehrxdiff_core.models.train_clip import train_clip
-from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.models.adapter import FusionAdapter
 from ehrxdiff_core.models.clip import ClipModel
-from ehrxdiff_core.artifacts.images import open_image_store
 from ehrxdiff_core.models.datasets import load_pairs, to_unit_range
 from ehrxdiff_core.models.ldm import build_unet
-from ehrxdiff_core.models.vae import load_vae
+from ehrxdiff_core.models.train_clip import train_clip
+from ehrxdiff_core.models.train_vae import train_vae
+from ehrxdiff_core.models.vae import CHEFF_SCALE, cheff_vae_config, estimate_scale, load_vae
 from toy_world import write_world
-from ehrxdiff_core.models.vae import CHEFF_SCALE, cheff_vae_config, estimate_scale
 
 torch.set_num_threads(1)
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
@@ -47,7 +46,13 @@ def _build(cfg, ldm_cfg):
 def _inputs(b=2, n_real=700):
     ev = torch.zeros(b, 1024, 1536, device="meta")
     mask = torch.arange(1024).expand(b, -1) < n_real
-    return torch.zeros(b, 1, 256, 256, device="meta"), torch.zeros(b, 3, 64, 64, device="meta"), ev, mask.to("meta"), torch.zeros(b, dtype=torch.bool, device="meta")
+    return (
+        torch.zeros(b, 1, 256, 256, device="meta"),
+        torch.zeros(b, 3, 64, 64, device="meta"),
+        ev,
+        mask.to("meta"),
+        torch.zeros(b, dtype=torch.bool, device="meta"),
+    )
 
 
 def test_paper_geometry(cfg):
@@ -58,7 +63,12 @@ def test_paper_geometry(cfg):
     assert adapter.fuse.weight.shape == (1024, 1092)
     assert adapter.vae_proj.weight.shape == (768, 64 * 64)
     assert list(unet.config.block_out_channels) == [224, 448, 896, 896]
-    assert tuple(unet.config.down_block_types) == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert tuple(unet.config.down_block_types) == (
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+    )
     assert unet.config.cross_attention_dim == 768 and unet.config.in_channels == 3 and unet.config.out_channels == 3
     attn = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
     assert attn.heads == 8 and attn.to_k.in_features == 768
@@ -70,7 +80,11 @@ def test_paper_forward_shapes_on_meta(cfg):
     with torch.no_grad():
         ctx, attn = adapter(*_inputs())
         assert ctx.shape == (2, 1024, 768) and attn is None
-        out = unet(torch.zeros(2, 3, 64, 64, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"), encoder_hidden_states=ctx).sample
+        out = unet(
+            torch.zeros(2, 3, 64, 64, device="meta"),
+            torch.zeros(2, dtype=torch.long, device="meta"),
+            encoder_hidden_states=ctx,
+        ).sample
     assert out.shape == (2, 3, 64, 64)
 
 
@@ -83,8 +97,12 @@ def test_masked_and_hybrid_variants_on_meta(cfg):
     with torch.no_grad():
         ctx, attn = adapter(*_inputs())
         assert ctx.shape == (2, 1092, 768) and attn.shape == (2, 1092)
-        out = unet(torch.zeros(2, 6, 64, 64, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"),
-                   encoder_hidden_states=ctx, encoder_attention_mask=attn).sample
+        out = unet(
+            torch.zeros(2, 6, 64, 64, device="meta"),
+            torch.zeros(2, dtype=torch.long, device="meta"),
+            encoder_hidden_states=ctx,
+            encoder_attention_mask=attn,
+        ).sample
     assert out.shape == (2, 3, 64, 64)
 
 
@@ -164,9 +182,15 @@ def test_imported_folder_keeps_its_scale_unless_configured(tiny_world, tmp_path,
     from diffusers import AutoencoderKL
 
     folder = tmp_path / "cheff_diffusers"
-    AutoencoderKL(**{**cheff_vae_config(16, ch=32, ch_mult=(1, 1), num_res_blocks=1), "scaling_factor": 0.3}).save_pretrained(folder)
-    info = train_vae(tiny_world["images"], tiny_world["triplets"], VaeConfig(pretrained=str(folder), scaling_factor=configured),
-                     tmp_path / "vae")
+    AutoencoderKL(
+        **{**cheff_vae_config(16, ch=32, ch_mult=(1, 1), num_res_blocks=1), "scaling_factor": 0.3}
+    ).save_pretrained(folder)
+    info = train_vae(
+        tiny_world["images"],
+        tiny_world["triplets"],
+        VaeConfig(pretrained=str(folder), scaling_factor=configured),
+        tmp_path / "vae",
+    )
     assert info["scaling_factor"] == pytest.approx(expected)
     assert load_vae(tmp_path / "vae").config.scaling_factor == pytest.approx(expected)
 
@@ -174,14 +198,30 @@ def test_imported_folder_keeps_its_scale_unless_configured(tiny_world, tmp_path,
 # ------------------------------------------------------------------------------------ CLIP's ViT
 
 
-TINY_CLIP = ClipConfig(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2, tab_ff=32,
-                       embed_dim=16, train=TrainLoop(steps=2, batch_size=4, checkpoint_every=2, log_every=1))
+TINY_CLIP = ClipConfig(
+    patch_size=8,
+    vision_width=16,
+    vision_layers=1,
+    vision_heads=2,
+    tab_width=16,
+    tab_heads=2,
+    tab_ff=32,
+    embed_dim=16,
+    train=TrainLoop(steps=2, batch_size=4, checkpoint_every=2, log_every=1),
+)
 
 
 def test_random_vit_is_logged_and_recorded_in_the_saved_config(tiny_world, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="ehrxdiff_core.models.clip")
-    info = train_clip(tiny_world["images"], tiny_world["embeddings"], tiny_world["triplets"], TINY_CLIP, 4, tmp_path / "clip",
-                      device="cpu")
+    info = train_clip(
+        tiny_world["images"],
+        tiny_world["embeddings"],
+        tiny_world["triplets"],
+        TINY_CLIP,
+        4,
+        tmp_path / "clip",
+        device="cpu",
+    )
     assert info["vision_init"] == "random"
     spec = json.loads((tmp_path / "clip" / "clip_config.json").read_text())
     assert spec["vision_init"] == "random"
@@ -200,8 +240,16 @@ def test_random_vit_of_the_paper_geometry_is_a_warning(cfg, caplog):
 def test_pretrained_vit_records_its_folder(tmp_path, caplog):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                     image_size=32, patch_size=8)).save_pretrained(tmp_path / "openai")
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(tmp_path / "openai")
     model = ClipModel(TINY_CLIP.model_copy(update={"pretrained_vision": str(tmp_path / "openai")}), 8, 16)
     assert model.spec()["vision_init"] == str(tmp_path / "openai")
     assert not [r for r in caplog.records if "random weights" in r.getMessage()]
@@ -224,23 +272,48 @@ def test_paper_preset_trains_through_the_stages_on_cpu(tmp_path, caplog):
     cheff = tmp_path / "cheff"
     AutoencoderKL(**cheff_vae_config(256)).save_pretrained(cheff)
     small = {"num_workers": 0, "gpus": 1, "log_every": 1}
-    cfg = load_config(paper_raw(
-        vae={"pretrained": str(cheff)},
-        clip={"train": {**small, "steps": 1, "batch_size": 2, "checkpoint_every": 1}},
-        ldm={"train": {**small, "steps": 2, "batch_size": 1, "grad_accum": 1, "ema_decay": None, "checkpoint_every": 2}},
-    ), check_paths=False)
+    cfg = load_config(
+        paper_raw(
+            vae={"pretrained": str(cheff)},
+            clip={"train": {**small, "steps": 1, "batch_size": 2, "checkpoint_every": 1}},
+            ldm={
+                "train": {
+                    **small,
+                    "steps": 2,
+                    "batch_size": 1,
+                    "grad_accum": 1,
+                    "ema_decay": None,
+                    "checkpoint_every": 2,
+                }
+            },
+        ),
+        check_paths=False,
+    )
     assert cfg.images.size == 256 and cfg.events.max_events == 1024 and cfg.ldm.train.gradient_checkpointing
     models = tmp_path / "models"
 
     vae_info = train_vae(w["images"], w["triplets"], cfg.vae, models / "vae", device="cpu")
     assert vae_info["scaling_factor"] == pytest.approx(CHEFF_SCALE)
 
-    clip_info = train_clip(w["images"], w["embeddings"], w["triplets"], cfg.clip, cfg.events.max_events, models / "clip", device="cpu")
+    clip_info = train_clip(
+        w["images"], w["embeddings"], w["triplets"], cfg.clip, cfg.events.max_events, models / "clip", device="cpu"
+    )
     assert clip_info["steps"] == 1 and clip_info["vision_init"] == "random"
-    assert any(r.levelno == logging.WARNING and "clip.pretrained_vision is unset" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and "clip.pretrained_vision is unset" in r.getMessage() for r in caplog.records
+    )
 
-    info = train_ldm(w["images"], w["embeddings"], w["triplets"], models / "vae", models / "clip", cfg.ldm, cfg.events.max_events,
-                     models / "ldm", device="cpu")
+    info = train_ldm(
+        w["images"],
+        w["embeddings"],
+        w["triplets"],
+        models / "vae",
+        models / "clip",
+        cfg.ldm,
+        cfg.events.max_events,
+        models / "ldm",
+        device="cpu",
+    )
     assert info["steps"] == 2 and info["n_null"] > 0 and info["images_cached"]
     assert 500e6 < info["unet_params"] < 510e6  # 224/448/896/896 channels, attention at 32², 16², 8²
     losses = pd.read_csv(models / "ldm" / "metrics.csv")["loss"]

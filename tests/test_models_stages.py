@@ -23,10 +23,26 @@ torch.set_num_threads(1)
 ME = 6  # max_events
 LOOP = dict(batch_size=8, checkpoint_every=3, log_every=2)
 VAE = VaeConfig(block_out_channels=[8, 8], layers_per_block=1, train=TrainLoop(steps=4, lr=1e-3, **LOOP))
-CLIP = ClipConfig(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2, tab_ff=32,
-                  embed_dim=16, train=TrainLoop(steps=4, **LOOP))
-LDM = LdmConfig(block_out_channels=[16, 16], attention_levels=[False, True], num_heads=2, cross_attention_dim=16,
-                null_augmentation=True, cond_dropout=0.2, train=TrainLoop(steps=4, ema_decay=0.9, **LOOP))
+CLIP = ClipConfig(
+    patch_size=8,
+    vision_width=16,
+    vision_layers=1,
+    vision_heads=2,
+    tab_width=16,
+    tab_heads=2,
+    tab_ff=32,
+    embed_dim=16,
+    train=TrainLoop(steps=4, **LOOP),
+)
+LDM = LdmConfig(
+    block_out_channels=[16, 16],
+    attention_levels=[False, True],
+    num_heads=2,
+    cross_attention_dim=16,
+    null_augmentation=True,
+    cond_dropout=0.2,
+    train=TrainLoop(steps=4, ema_decay=0.9, **LOOP),
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +51,32 @@ def world(tmp_path_factory):
     w = write_world(root, n_pairs=32, size=16, dim=8, max_len=ME, drop_image=True)
     w["vae_info"] = train_vae(w["images"], w["triplets"], VAE, root / "models" / "vae")
     w["clip_info"] = train_clip(w["images"], w["embeddings"], w["triplets"], CLIP, ME, root / "models" / "clip")
-    w["ldm_info"] = train_ldm(w["images"], w["embeddings"], w["triplets"], root / "models" / "vae", root / "models" / "clip",
-                              LDM, ME, root / "models" / "ldm")
+    w["ldm_info"] = train_ldm(
+        w["images"],
+        w["embeddings"],
+        w["triplets"],
+        root / "models" / "vae",
+        root / "models" / "clip",
+        LDM,
+        ME,
+        root / "models" / "ldm",
+    )
     w["root"] = root
     return w
 
 
 def _sample(world, out, ldm="ldm", **kw):
     cfg = SampleConfig(**{"steps": 4, "batch_size": 3, "n_seeds": 1, **kw})
-    info = sample(world["images"], world["embeddings"], world["triplets"], world["root"] / "models" / "vae",
-                  world["root"] / "models" / ldm, cfg, ME, world["root"] / out)
+    info = sample(
+        world["images"],
+        world["embeddings"],
+        world["triplets"],
+        world["root"] / "models" / "vae",
+        world["root"] / "models" / ldm,
+        cfg,
+        ME,
+        world["root"] / out,
+    )
     return info, world["root"] / out
 
 
@@ -54,9 +86,17 @@ def _pixels(folder):
 
 def test_model_folders(world):
     models = world["root"] / "models"
-    for name, files in {"vae": ["config.json", "diffusion_pytorch_model.safetensors"], "clip": ["clip_config.json", "model.safetensors"],
-                        "ldm": ["ldm_config.json", "unet/config.json", "unet_ema/config.json", "adapter/model.safetensors",
-                                "adapter_ema/model.safetensors"]}.items():
+    for name, files in {
+        "vae": ["config.json", "diffusion_pytorch_model.safetensors"],
+        "clip": ["clip_config.json", "model.safetensors"],
+        "ldm": [
+            "ldm_config.json",
+            "unet/config.json",
+            "unet_ema/config.json",
+            "adapter/model.safetensors",
+            "adapter_ema/model.safetensors",
+        ],
+    }.items():
         for f in files + ["checkpoint.pt", "metrics.csv", "loss.png"]:
             assert (models / name / f).exists(), f"{name}/{f}"
         assert not (models / f"{name}.work").exists()
@@ -89,12 +129,15 @@ def test_sampling_is_deterministic_and_batch_independent(world):
     _, d = _sample(world, "det_d", sampler="ddim", eta=1.0, seed=7)
     pa, pb, pc, pd_ = _pixels(a), _pixels(b), _pixels(c), _pixels(d)
     assert all(np.array_equal(pa[k], pb[k]) for k in pa)
-    assert all(np.abs(pa[k].astype(int) - pc[k].astype(int)).max() <= 1 for k in pa)  # batch composition: float noise only
+    assert all(
+        np.abs(pa[k].astype(int) - pc[k].astype(int)).max() <= 1 for k in pa
+    )  # batch composition: float noise only
     assert any(not np.array_equal(pa[k], pd_[k]) for k in pa)
 
 
 def test_several_seeds_per_pair(world):
-    """Seed index 0 is the one-seed image, bit for bit; index k ≥ 1 lies in seed{k}/ with seed `pair_seed(seed + k, pair)`."""
+    """Seed index 0 is the one-seed image, bit for bit; index k ≥ 1 lies in seed{k}/ with seed
+    `pair_seed(seed + k, pair)`."""
     from ehrxdiff_core.models.datasets import pair_seed
 
     _, one = _sample(world, "seeds1", sampler="ddim")
@@ -171,10 +214,25 @@ def test_missing_inputs_name_their_config_key(world, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"vae\.pretrained"):
         train_vae(world["images"], world["triplets"], VaeConfig(pretrained=str(tmp_path / "nope")), tmp_path / "v")
     with pytest.raises(FileNotFoundError, match=r"clip\.pretrained_vision"):
-        train_clip(world["images"], world["embeddings"], world["triplets"], CLIP.model_copy(update={"pretrained_vision": str(tmp_path / "nope")}),
-                   ME, tmp_path / "c")
+        train_clip(
+            world["images"],
+            world["embeddings"],
+            world["triplets"],
+            CLIP.model_copy(update={"pretrained_vision": str(tmp_path / "nope")}),
+            ME,
+            tmp_path / "c",
+        )
     with pytest.raises(FileNotFoundError, match="vae_dir"):
-        train_ldm(world["images"], world["embeddings"], world["triplets"], tmp_path / "novae", world["root"] / "models" / "clip", LDM, ME, tmp_path / "l")
+        train_ldm(
+            world["images"],
+            world["embeddings"],
+            world["triplets"],
+            tmp_path / "novae",
+            world["root"] / "models" / "clip",
+            LDM,
+            ME,
+            tmp_path / "l",
+        )
     assert not (tmp_path / "v").exists() and not (tmp_path / "l").exists()
 
 
@@ -183,8 +241,16 @@ def test_pretrained_vision_reinitialises_positions(world, tmp_path):
 
     from ehrxdiff_core.models.clip import build_vision
 
-    src = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                           image_size=32, patch_size=8))
+    src = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    )
     src.save_pretrained(tmp_path / "openai")
     vis = build_vision(CLIP.model_copy(update={"pretrained_vision": str(tmp_path / "openai")}), 16)
     assert vis.embeddings.position_embedding.weight.shape == (5, 16)
@@ -208,7 +274,12 @@ def ldm_autoencoder_state(ch=32, ch_mult=(1, 2), num_res=1, z=3, in_ch=3, seed=0
         sd[f"{name}.bias"] = 0.1 * torch.randn(c, generator=g)
 
     def res(name, cin, cout):
-        norm(f"{name}.norm1", cin), conv(f"{name}.conv1", cin, cout, 3), norm(f"{name}.norm2", cout), conv(f"{name}.conv2", cout, cout, 3)
+        (
+            norm(f"{name}.norm1", cin),
+            conv(f"{name}.conv1", cin, cout, 3),
+            norm(f"{name}.norm2", cout),
+            conv(f"{name}.conv2", cout, cout, 3),
+        )
         if cin != cout:
             conv(f"{name}.nin_shortcut", cin, cout, 1)
 
@@ -245,18 +316,32 @@ def test_cheff_checkpoint_import_round_trip(world, tmp_path):
 
     sd = ldm_autoencoder_state()
     ckpt = tmp_path / "cheff_autoencoder.pt"
-    torch.save({"state_dict": {f"first_stage_model.{k}": v for k, v in sd.items()} | {"loss.logvar": torch.zeros(())}}, ckpt)
+    torch.save(
+        {"state_dict": {f"first_stage_model.{k}": v for k, v in sd.items()} | {"loss.logvar": torch.zeros(())}}, ckpt
+    )
     info = train_vae(world["images"], world["triplets"], VaeConfig(pretrained=str(ckpt)), tmp_path / "vae")
     assert info["scaling_factor"] == pytest.approx(0.18215)
     vae = load_vae(tmp_path / "vae")
-    assert vae.config.latent_channels == 3 and list(vae.config.block_out_channels) == [32, 64] and vae.config.in_channels == 3
+    assert (
+        vae.config.latent_channels == 3
+        and list(vae.config.block_out_channels) == [32, 64]
+        and vae.config.in_channels == 3
+    )
     got = vae.state_dict()
     assert len(got) == len(sd)  # every LDM tensor has exactly one diffusers home
     torch.testing.assert_close(got["encoder.conv_in.weight"], sd["encoder.conv_in.weight"])
-    torch.testing.assert_close(got["encoder.down_blocks.0.resnets.0.conv1.weight"], sd["encoder.down.0.block.0.conv1.weight"])
-    torch.testing.assert_close(got["encoder.down_blocks.1.resnets.0.conv_shortcut.weight"], sd["encoder.down.1.block.0.nin_shortcut.weight"])
-    torch.testing.assert_close(got["decoder.up_blocks.0.resnets.0.conv1.weight"], sd["decoder.up.1.block.0.conv1.weight"])  # order reversed
-    torch.testing.assert_close(got["encoder.mid_block.attentions.0.to_q.weight"], sd["encoder.mid.attn_1.q.weight"][:, :, 0, 0])
+    torch.testing.assert_close(
+        got["encoder.down_blocks.0.resnets.0.conv1.weight"], sd["encoder.down.0.block.0.conv1.weight"]
+    )
+    torch.testing.assert_close(
+        got["encoder.down_blocks.1.resnets.0.conv_shortcut.weight"], sd["encoder.down.1.block.0.nin_shortcut.weight"]
+    )
+    torch.testing.assert_close(
+        got["decoder.up_blocks.0.resnets.0.conv1.weight"], sd["decoder.up.1.block.0.conv1.weight"]
+    )  # order reversed
+    torch.testing.assert_close(
+        got["encoder.mid_block.attentions.0.to_q.weight"], sd["encoder.mid.attn_1.q.weight"][:, :, 0, 0]
+    )
     torch.testing.assert_close(got["post_quant_conv.weight"], sd["post_quant_conv.weight"])
     # the 1-channel images go through the RGB autoencoder (repeat in, mean out)
     from ehrxdiff_core.models.vae import decode_gray, encode_gray
@@ -279,8 +364,18 @@ def test_tab_attention_dropout_is_separate_from_the_other_dropout():
     from ehrxdiff_core.config import ClipConfig
     from ehrxdiff_core.models.clip import ClipModel
 
-    base = dict(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2,
-                tab_ff=32, tab_layers=2, embed_dim=16, tab_dropout=0.1)
+    base = dict(
+        patch_size=8,
+        vision_width=16,
+        vision_layers=1,
+        vision_heads=2,
+        tab_width=16,
+        tab_heads=2,
+        tab_ff=32,
+        tab_layers=2,
+        embed_dim=16,
+        tab_dropout=0.1,
+    )
     for attn, want in ((None, 0.1), (0.0, 0.0), (0.3, 0.3)):
         clip = ClipModel(ClipConfig(**base, tab_attention_dropout=attn), 8, 16)
         layers = clip.tab.encoder.layers

@@ -22,8 +22,17 @@ from ehrxdiff_core.models.vae import VaeTrainer, build_vae, estimate_scale
 
 torch.set_num_threads(1)
 CPU = DistInfo()
-TINY_CLIP = ClipConfig(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2,
-                       tab_ff=32, embed_dim=16, augment_crop_scale=None)
+TINY_CLIP = ClipConfig(
+    patch_size=8,
+    vision_width=16,
+    vision_layers=1,
+    vision_heads=2,
+    tab_width=16,
+    tab_heads=2,
+    tab_ff=32,
+    embed_dim=16,
+    augment_crop_scale=None,
+)
 
 
 def _images(n=8, size=16, seed=0):
@@ -34,9 +43,14 @@ def _images(n=8, size=16, seed=0):
 
 def _pairs(n=8, size=16, dim=8, events=4, seed=0):
     g = torch.Generator().manual_seed(seed + 1)
-    return {"prev": _images(n, size, seed), "trg": _images(n, size, seed + 7), "events": torch.randn(n, events, dim, generator=g),
-            "mask": torch.arange(events).expand(n, -1) < torch.randint(1, events + 1, (n, 1), generator=g),
-            "null": torch.zeros(n, dtype=torch.bool), "pair_id": [str(i) for i in range(n)]}
+    return {
+        "prev": _images(n, size, seed),
+        "trg": _images(n, size, seed + 7),
+        "events": torch.randn(n, events, dim, generator=g),
+        "mask": torch.arange(events).expand(n, -1) < torch.randint(1, events + 1, (n, 1), generator=g),
+        "null": torch.zeros(n, dtype=torch.bool),
+        "pair_id": [str(i) for i in range(n)],
+    }
 
 
 def fixed(batch):
@@ -51,8 +65,15 @@ def tiny_ldm(seed=0, mode="paper", conditioning="hybrid", prediction_type="v_pre
         vae.quant_conv.bias[3:] = -12
     vae.register_to_config(scaling_factor=estimate_scale(vae, _images()))  # unit-variance latents, as train_vae does
     clip = ClipModel(TINY_CLIP, 8, 16)
-    cfg = LdmConfig(block_out_channels=[16, 16], attention_levels=[False, True], num_heads=2, cross_attention_dim=16,
-                    adapter=AdapterConfig(mode=mode), conditioning=conditioning, prediction_type=prediction_type)
+    cfg = LdmConfig(
+        block_out_channels=[16, 16],
+        attention_levels=[False, True],
+        num_heads=2,
+        cross_attention_dim=16,
+        adapter=AdapterConfig(mode=mode),
+        conditioning=conditioning,
+        prediction_type=prediction_type,
+    )
     adapter = FusionAdapter(cfg.adapter, clip, (3, 8, 8), 16, 4)
     return LatentDiffusion(cfg, build_unet(cfg, 3, 8), adapter, vae)
 
@@ -65,7 +86,14 @@ def _drop(metrics, k=5):
 def test_vae_loss_falls(tmp_path):
     torch.manual_seed(0)
     model = VaeTrainer(build_vae(VaeConfig(block_out_channels=[8, 16], layers_per_block=1), 16), 1e-6)
-    res = run_training(model, fixed({"trg": _images()}), TrainLoop(steps=30, batch_size=8, lr=2e-3, checkpoint_every=100), tmp_path, {}, CPU)
+    res = run_training(
+        model,
+        fixed({"trg": _images()}),
+        TrainLoop(steps=30, batch_size=8, lr=2e-3, checkpoint_every=100),
+        tmp_path,
+        {},
+        CPU,
+    )
     first, last = _drop(res.metrics)
     assert last < 0.6 * first
 
@@ -73,16 +101,22 @@ def test_vae_loss_falls(tmp_path):
 def test_clip_loss_falls(tmp_path):
     torch.manual_seed(0)
     model = ClipModel(TINY_CLIP, 8, 16)
-    res = run_training(model, fixed(_pairs()), TrainLoop(steps=30, batch_size=8, lr=2e-3, checkpoint_every=100), tmp_path, {}, CPU)
+    res = run_training(
+        model, fixed(_pairs()), TrainLoop(steps=30, batch_size=8, lr=2e-3, checkpoint_every=100), tmp_path, {}, CPU
+    )
     first, last = _drop(res.metrics)
     assert last < 0.5 * first  # 8 fixed pairs: the encoders learn to match them
 
 
-@pytest.mark.parametrize("mode,conditioning,prediction", [("paper", "crossattn", "epsilon"), ("masked", "hybrid", "v_prediction")])
+@pytest.mark.parametrize(
+    "mode,conditioning,prediction", [("paper", "crossattn", "epsilon"), ("masked", "hybrid", "v_prediction")]
+)
 def test_ldm_loss_falls(tmp_path, mode, conditioning, prediction):
     model = tiny_ldm(mode=mode, conditioning=conditioning, prediction_type=prediction)
     assert model.unet.config.in_channels == (6 if conditioning == "hybrid" else 3)
-    res = run_training(model, fixed(_pairs()), TrainLoop(steps=40, batch_size=8, lr=2e-3, checkpoint_every=100), tmp_path, {}, CPU)
+    res = run_training(
+        model, fixed(_pairs()), TrainLoop(steps=40, batch_size=8, lr=2e-3, checkpoint_every=100), tmp_path, {}, CPU
+    )
     first, last = _drop(res.metrics, 8)
     assert last < 0.7 * first
 
@@ -95,7 +129,9 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
         return batches[step]
 
     full = run_training(tiny_ldm(), batch_fn, loop, tmp_path / "a", {"train": {"steps": 6}}, CPU)
-    part = run_training(tiny_ldm(), batch_fn, loop.model_copy(update={"steps": 3}), tmp_path / "b", {"train": {"steps": 3}}, CPU)
+    part = run_training(
+        tiny_ldm(), batch_fn, loop.model_copy(update={"steps": 3}), tmp_path / "b", {"train": {"steps": 3}}, CPU
+    )
     assert part.step == 3
     fresh = tiny_ldm()
     with torch.no_grad():  # weights that differ: the checkpoint must replace them
@@ -103,13 +139,17 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
             p.normal_()
     resumed = run_training(fresh, batch_fn, loop, tmp_path / "b", {"train": {"steps": 6}}, CPU)
     assert resumed.step == 6
-    np.testing.assert_allclose([r["loss"] for r in resumed.metrics], [r["loss"] for r in full.metrics], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        [r["loss"] for r in resumed.metrics], [r["loss"] for r in full.metrics], rtol=1e-6, atol=1e-7
+    )
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
     ema_a, ema_b = full.ema_copy().state_dict(), resumed.ema_copy().state_dict()
     assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-7) for k in ema_a)
     # a different config does not resume from a foreign checkpoint
-    other = run_training(tiny_ldm(), batch_fn, loop.model_copy(update={"steps": 1}), tmp_path / "b", {"train": {"steps": 1}, "x": 1}, CPU)
+    other = run_training(
+        tiny_ldm(), batch_fn, loop.model_copy(update={"steps": 1}), tmp_path / "b", {"train": {"steps": 1}, "x": 1}, CPU
+    )
     assert other.step == 1 and len(other.metrics) == 1
 
 
@@ -128,7 +168,8 @@ SIGTERM_SCRIPT = textwrap.dedent(
         if step == 2:
             flag.touch()
         return batch
-    run_training(tiny_ldm(), batch_fn, TrainLoop(steps=100000, batch_size=8, checkpoint_every=100000), {work!r}, {{}}, CPU)
+    loop = TrainLoop(steps=100000, batch_size=8, checkpoint_every=100000)
+    run_training(tiny_ldm(), batch_fn, loop, {work!r}, {{}}, CPU)
     """
 )
 
@@ -171,7 +212,9 @@ def test_trimming_padding_is_exact_where_padding_is_unused():
     long_ev = torch.cat([b["events"], torch.randn(8, 12, 8)], 1)  # 12 more padded columns with garbage
     long_mask = torch.cat([b["mask"], torch.zeros(8, 12, dtype=torch.bool)], 1)
     with torch.no_grad():
-        torch.testing.assert_close(clip.tab.pooled(long_ev, long_mask, "masked_mean"), clip.tab.pooled(b["events"], b["mask"], "masked_mean"))
+        torch.testing.assert_close(
+            clip.tab.pooled(long_ev, long_mask, "masked_mean"), clip.tab.pooled(b["events"], b["mask"], "masked_mean")
+        )
         model = tiny_ldm(mode="masked").eval()
         pm = model.encode_prev(b["prev"])
         short, _, _ = model.condition(b, pm, b["null"])

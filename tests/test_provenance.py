@@ -59,16 +59,26 @@ def test_each_script_imports_its_stage_from_one_module():
     for script in sorted(SCRIPTS.glob("*.py")):
         if script.stem == "resolved_config":
             continue
-        stage_modules = {m for m in re.findall(r"^from (ehrxdiff_core[\w.]*) import", script.read_text(), flags=re.M)
-                         if m not in ("ehrxdiff_core.config", "ehrxdiff_core.runlog", "ehrxdiff_core.models.launch",
-                                      "ehrxdiff_core.atomic")}
+        stage_modules = {
+            m
+            for m in re.findall(r"^from (ehrxdiff_core[\w.]*) import", script.read_text(), flags=re.M)
+            if m
+            not in (
+                "ehrxdiff_core.config",
+                "ehrxdiff_core.runlog",
+                "ehrxdiff_core.models.launch",
+                "ehrxdiff_core.atomic",
+            )
+        }
         assert len(stage_modules) == 1, (script.name, stage_modules)
 
 
 def test_a_training_stage_does_not_depend_on_the_other_models():
     vae = _names("train_vae")
     assert {"models/train_vae.py", "models/vae.py", "models/training.py", "models/launch.py"} <= vae
-    assert not {"models/clip.py", "models/ldm.py", "models/adapter.py", "models/train_clip.py", "models/sample.py"} & vae
+    assert (
+        not {"models/clip.py", "models/ldm.py", "models/adapter.py", "models/train_clip.py", "models/sample.py"} & vae
+    )
     sample = _names("sample")
     assert {"models/sample.py", "models/ldm.py", "models/sampling.py"} <= sample
     assert not {"models/training.py", "models/train_ldm.py", "models/runs.py"} & sample

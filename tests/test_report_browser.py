@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_eval_report import demo_shaped_run
 
 from ehrxdiff_core.evaluation.report import SECTIONS, build_report
+from test_eval_report import demo_shaped_run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
@@ -78,15 +78,26 @@ def render(report: Path, workdir: Path, attempts: int = 3) -> dict:
     binary = chromium()
     for attempt in range(attempts):
         profile = workdir / f"profile{attempt}"
-        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-               f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", page.as_uri()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
-                              env=dict(os.environ, HOME=str(workdir)))
+        cmd = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            page.as_uri(),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, HOME=str(workdir)))
         found = re.search(r'<pre id="browser-check">(.*?)</pre>', proc.stdout, flags=re.S)
         if found:
             return json.loads(html.unescape(found.group(1)))
-    raise AssertionError(f"Chromium printed no check result in {attempts} runs (exit {proc.returncode}):\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    raise AssertionError(
+        f"Chromium printed no check result in {attempts} runs (exit {proc.returncode}):\n"
+        f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    )
 
 
 def check_rendered(result: dict) -> None:

@@ -21,8 +21,13 @@ if "torch" in sys.modules:
 def run(tmp_path, pre: str) -> list[str]:
     log = tmp_path / "job.log"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no OMP_NUM_THREADS inherited
-    proc = subprocess.run([sys.executable, "-c", CHILD.format(pre=pre, log=str(log))], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD.format(pre=pre, log=str(log))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "started" in log.read_text()
     return proc.stdout.split()

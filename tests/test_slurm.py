@@ -27,8 +27,18 @@ from contracts import check_metrics
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SLURM_SH = REPO / ".ci/slurm.sh"
-GPU_RULES = {"train_vae", "train_clip", "train_ldm", "sample", "train_evaluator", "embed",
-             "train_ldm_image_only", "sample_image_only", "control_previous_vae", "vae_quality"}
+GPU_RULES = {
+    "train_vae",
+    "train_clip",
+    "train_ldm",
+    "sample",
+    "train_evaluator",
+    "embed",
+    "train_ldm_image_only",
+    "sample_image_only",
+    "control_previous_vae",
+    "vae_quality",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +58,7 @@ def _test_profile(tmp: Path) -> Path:
     prof = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     prof["default-resources"]["mem_mb"] = 1000
     prof["default-resources"]["runtime"] = 30
-    for rule, res in prof["set-resources"].items():
+    for res in prof["set-resources"].values():
         res["mem_mb"] = 2000
         res["runtime"] = 30
     prof["set-threads"] = {rule: 1 for rule in prof["set-threads"]}
@@ -69,8 +79,19 @@ def _env() -> dict:
 
 
 def _snakemake(work: Path, profile: Path, config: Path, *args: str) -> list[str]:
-    return [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--profile", str(profile),
-            "--configfile", str(config), "--verbose", *args]
+    return [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--profile",
+        str(profile),
+        "--configfile",
+        str(config),
+        "--verbose",
+        *args,
+    ]
 
 
 def _submitted(output: str) -> dict[str, list[str]]:
@@ -89,8 +110,7 @@ def test_tiny_dag_runs_through_slurm_with_gpu_requests(slurm, tmp_path):
     config = write_config(tmp_path / "config.yaml")
     work = tmp_path / "run"
     work.mkdir()
-    proc = subprocess.run(_snakemake(work, profile, config), capture_output=True, text=True, env=_env(),
-                          timeout=1800)
+    proc = subprocess.run(_snakemake(work, profile, config), capture_output=True, text=True, env=_env(), timeout=1800)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     check_metrics(work / "results/eval/metrics.json")
@@ -126,8 +146,13 @@ def test_preempted_training_job_resumes_on_retry(slurm, tmp_path):
     work.mkdir()
     log_path = tmp_path / "snakemake.out"  # a file, not a pipe: nobody reads a pipe while we poll
     log_file = open(log_path, "w")
-    proc = subprocess.Popen(_snakemake(work, profile, config, "--retries", "1", "results/models/vae"),
-                            stdout=log_file, stderr=subprocess.STDOUT, text=True, env=_env())
+    proc = subprocess.Popen(
+        _snakemake(work, profile, config, "--retries", "1", "results/models/vae"),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
     try:
         deadline, job, ckpts = time.time() + 900, None, []
         while time.time() < deadline and proc.poll() is None:

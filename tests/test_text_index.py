@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from ehrxdiff_core.config import RagIndexConfig, TextConfig
-from toy_text import make_events, write_demo_dictionaries
-from ehrxdiff_core.text.index import gpu_available, make_index, read_index, sidecar_path
-from ehrxdiff_core.text.knowledge import build_knowledge
-from ehrxdiff_core.text.index import build_rag_index
 from ehrxdiff_core.text.embed import embed_events
+from ehrxdiff_core.text.index import build_rag_index, gpu_available, make_index, read_index, sidecar_path
+from ehrxdiff_core.text.knowledge import build_knowledge
+from toy_text import make_events, write_demo_dictionaries
 
 torch.set_num_threads(1)
 
@@ -68,8 +67,9 @@ def test_no_gpu_faiss_here():
 def test_index_encoder_mismatch_is_a_clear_error(tmp_path):
     di, dl = write_demo_dictionaries(tmp_path / "ehr")
     build_knowledge({"d_items": di, "d_labitems": dl}, tmp_path / "knowledge.parquet")
-    built = TextConfig.model_validate({"encoder": {"name": "tiny-random", "tiny_dim": 16},
-                                       "cache_dir": str(tmp_path / "cache")})
+    built = TextConfig.model_validate(
+        {"encoder": {"name": "tiny-random", "tiny_dim": 16}, "cache_dir": str(tmp_path / "cache")}
+    )
     meta = build_rag_index(tmp_path / "knowledge.parquet", built, tmp_path / "index.faiss")
     assert meta["dim"] == 16 and meta["kind"] == "flat" and meta["n_snippets"] > 150
     assert json.loads(sidecar_path(tmp_path / "index.faiss").read_text()) == meta
@@ -79,6 +79,12 @@ def test_index_encoder_mismatch_is_a_clear_error(tmp_path):
     tr.to_parquet(tmp_path / "triplets.parquet")
     other = built.model_copy(update={"encoder": built.encoder.model_copy(update={"tiny_dim": 32})})
     with pytest.raises(ValueError, match=r"text\.encoder"):
-        embed_events(tmp_path / "events.parquet", tmp_path / "triplets.parquet", tmp_path / "knowledge.parquet",
-                     tmp_path / "index.faiss", other, tmp_path / "events.h5")
+        embed_events(
+            tmp_path / "events.parquet",
+            tmp_path / "triplets.parquet",
+            tmp_path / "knowledge.parquet",
+            tmp_path / "index.faiss",
+            other,
+            tmp_path / "events.h5",
+        )
     assert not (tmp_path / "events.h5").exists()

@@ -11,13 +11,11 @@ import torch
 
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup, abnormality_flag, event_item, parse_event
-from toy_text import write_demo_dictionaries
 from ehrxdiff_core.text.encoders import load_encoder
 from ehrxdiff_core.text.glossary import glossary_path, load_glossary
-from ehrxdiff_core.text.index import read_index
-from ehrxdiff_core.text.knowledge import read_knowledge
-from ehrxdiff_core.text.knowledge import build_knowledge
-from ehrxdiff_core.text.index import build_rag_index
+from ehrxdiff_core.text.index import build_rag_index, read_index
+from ehrxdiff_core.text.knowledge import build_knowledge, read_knowledge
+from toy_text import write_demo_dictionaries
 
 torch.set_num_threads(1)
 
@@ -42,9 +40,23 @@ def test_glossary_size_kinds_and_sources():
     header = "\n".join(line for line in glossary_path().read_text().splitlines() if line.startswith("#"))
     for source in ("MedlinePlus", "Merck Manual", "lownormalvalue"):
         assert source in header
-    for key in ("respiratory rate", "inspired o2 fraction", "po2", "lactate", "c-reactive protein", "furosemide",
-                "vancomycin", "piperacillin-tazobactam", "chest tube placed", "intubation", "multi lumen",
-                "pseudomonas aeruginosa", "foley", "chest tube output", "0.9% normal saline"):
+    for key in (
+        "respiratory rate",
+        "inspired o2 fraction",
+        "po2",
+        "lactate",
+        "c-reactive protein",
+        "furosemide",
+        "vancomycin",
+        "piperacillin-tazobactam",
+        "chest tube placed",
+        "intubation",
+        "multi lumen",
+        "pseudomonas aeruginosa",
+        "foley",
+        "chest tube output",
+        "0.9% normal saline",
+    ):
         assert key in set(g["key"]), key
     assert (g["text"].str.len() > 40).all()
     ranged = g[g["low"].notna() & g["high"].notna()]
@@ -54,7 +66,9 @@ def test_glossary_size_kinds_and_sources():
 
 def test_glossary_covers_most_of_the_prescription_whitelist(corpus):
     """The drugs the paper's prescription filter keeps mostly find their glossary entry lexically."""
-    wl = json.loads((resources.files("ehrxdiff_core") / "resources" / "ehrxdiff_selected_prescriptions.json").read_text())
+    wl = json.loads(
+        (resources.files("ehrxdiff_core") / "resources" / "ehrxdiff_selected_prescriptions.json").read_text()
+    )
     lookup = KnowledgeLookup(corpus["knowledge"])
     for group, floor in (("antibiotic", 0.7), ("cardiac_lung", 0.8)):
         names = wl[group]
@@ -94,36 +108,79 @@ def test_build_knowledge_without_optional_dictionary_columns(tmp_path):
 
 
 def test_parse_event_multiword_label_and_columns():
-    table, f = parse_event("chartevents itemid Arterial Blood Pressure mean value 65 valuenum 65.0 valueuom mmHg warning 0")
+    table, f = parse_event(
+        "chartevents itemid Arterial Blood Pressure mean value 65 valuenum 65.0 valueuom mmHg warning 0"
+    )
     assert table == "chartevents"
-    assert f == {"itemid": "Arterial Blood Pressure mean", "value": "65", "valuenum": "65.0", "valueuom": "mmHg",
-                 "warning": "0"}
-    item = event_item("prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 40 "
-                      "dose_unit_rx mg route PO")
+    assert f == {
+        "itemid": "Arterial Blood Pressure mean",
+        "value": "65",
+        "valuenum": "65.0",
+        "valueuom": "mmHg",
+        "warning": "0",
+    }
+    item = event_item(
+        "prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 40 dose_unit_rx mg route PO"
+    )
     assert item.label == "Furosemide" and item.value is None
-    lab = event_item("labevents itemid Lactate value 2.5 valuenum 2.5 valueuom mmol/L ref_range_lower 0.5 "
-                     "ref_range_upper 2 flag abnormal")
+    lab = event_item(
+        "labevents itemid Lactate value 2.5 valuenum 2.5 valueuom mmol/L ref_range_lower 0.5 "
+        "ref_range_upper 2 flag abnormal"
+    )
     assert (lab.label, lab.value, lab.ref_low, lab.ref_high) == ("Lactate", 2.5, 0.5, 2.0)
 
 
-@pytest.mark.parametrize("text,source,code,expected", [
-    ("chartevents itemid Respiratory Rate value 28 valuenum 28.0 valueuom insp/min warning 0", "chartevents",
-     "220210", "glossary:respiratory rate"),
-    ("chartevents itemid Inspired O2 Fraction value 60 valuenum 60.0 warning 0", None, None,
-     "glossary:inspired o2 fraction"),
-    ("prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 40 dose_unit_rx mg route PO",
-     "prescriptions", "Furosemide", "glossary:furosemide"),
-    ("prescriptions drug_type MAIN drug Piperacillin-Tazobactam prod_strength 4.5 g Vial dose_val_rx 4.5", None, None,
-     "glossary:piperacillin-tazobactam"),
-    ("labevents itemid Lactate value 3.1 valuenum 3.1 valueuom mmol/L", "labevents", "50813", "glossary:lactate"),
-    ("labevents itemid C-Reactive Protein value 80 valuenum 80 valueuom mg/L", None, None,
-     "glossary:c-reactive protein"),
-    ("outputevents itemid Chest Tube #1 value 150 valueuom mL", "outputevents", "226588",
-     "glossary:chest tube output"),
-    ("procedureevents itemid Chest Tube Placed value 1", "procedureevents", "225433", "glossary:chest tube placed"),
-    ("microbiologyevents spec_type_desc SPUTUM test_seq 1 test_name RESPIRATORY CULTURE org_name PSEUDOMONAS "
-     "AERUGINOSA isolate_num 1", "microbiologyevents", "PSEUDOMONAS AERUGINOSA", "glossary:pseudomonas aeruginosa"),
-])
+@pytest.mark.parametrize(
+    "text,source,code,expected",
+    [
+        (
+            "chartevents itemid Respiratory Rate value 28 valuenum 28.0 valueuom insp/min warning 0",
+            "chartevents",
+            "220210",
+            "glossary:respiratory rate",
+        ),
+        (
+            "chartevents itemid Inspired O2 Fraction value 60 valuenum 60.0 warning 0",
+            None,
+            None,
+            "glossary:inspired o2 fraction",
+        ),
+        (
+            "prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 40 "
+            "dose_unit_rx mg route PO",
+            "prescriptions",
+            "Furosemide",
+            "glossary:furosemide",
+        ),
+        (
+            "prescriptions drug_type MAIN drug Piperacillin-Tazobactam prod_strength 4.5 g Vial dose_val_rx 4.5",
+            None,
+            None,
+            "glossary:piperacillin-tazobactam",
+        ),
+        ("labevents itemid Lactate value 3.1 valuenum 3.1 valueuom mmol/L", "labevents", "50813", "glossary:lactate"),
+        (
+            "labevents itemid C-Reactive Protein value 80 valuenum 80 valueuom mg/L",
+            None,
+            None,
+            "glossary:c-reactive protein",
+        ),
+        (
+            "outputevents itemid Chest Tube #1 value 150 valueuom mL",
+            "outputevents",
+            "226588",
+            "glossary:chest tube output",
+        ),
+        ("procedureevents itemid Chest Tube Placed value 1", "procedureevents", "225433", "glossary:chest tube placed"),
+        (
+            "microbiologyevents spec_type_desc SPUTUM test_seq 1 test_name RESPIRATORY CULTURE org_name PSEUDOMONAS "
+            "AERUGINOSA isolate_num 1",
+            "microbiologyevents",
+            "PSEUDOMONAS AERUGINOSA",
+            "glossary:pseudomonas aeruginosa",
+        ),
+    ],
+)
 def test_retrieval_returns_the_items_own_glossary_entry(corpus, text, source, code, expected):
     aug = Augmenter(corpus["knowledge"], corpus["cfg"].rag, corpus["encoder"], corpus["index"])
     out = aug.augment([text], [source] if source else None, [code] if code else None)[0]

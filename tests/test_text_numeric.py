@@ -16,13 +16,12 @@ import torch
 
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup
-from toy_text import make_events, write_demo_dictionaries
-from ehrxdiff_core.text.knowledge import read_knowledge
-from ehrxdiff_core.text.numeric import CLIP, FEATURES, item_statistics, numeric_features
-from ehrxdiff_core.text.knowledge import build_knowledge
-from ehrxdiff_core.text.index import build_rag_index
 from ehrxdiff_core.text.embed import embed_events
+from ehrxdiff_core.text.index import build_rag_index
+from ehrxdiff_core.text.knowledge import build_knowledge, read_knowledge
+from ehrxdiff_core.text.numeric import CLIP, FEATURES, item_statistics, numeric_features
 from ehrxdiff_core.text.store import EmbeddingReader
+from toy_text import make_events, write_demo_dictionaries
 
 sys.path.insert(0, str(Path(__file__).parent))
 from contracts import check_embeddings_h5  # noqa: E402
@@ -33,13 +32,19 @@ COL = {name: i for i, name in enumerate(FEATURES)}
 
 
 def crp(v) -> str:
-    return (f"labevents itemid C-Reactive Protein value {v:g} valuenum {v:g} valueuom mg/L ref_range_lower 0 "
-            f"ref_range_upper 5 priority STAT")
+    return (
+        f"labevents itemid C-Reactive Protein value {v:g} valuenum {v:g} valueuom mg/L ref_range_lower 0 "
+        f"ref_range_upper 5 priority STAT"
+    )
 
 
 NO_NUMBER = [
-    ("microbiologyevents", "YEAST", "microbiologyevents spec_type_desc SPUTUM test_seq 1 test_name RESPIRATORY "
-                                    "CULTURE org_name YEAST isolate_num 1"),
+    (
+        "microbiologyevents",
+        "YEAST",
+        "microbiologyevents spec_type_desc SPUTUM test_seq 1 test_name RESPIRATORY "
+        "CULTURE org_name YEAST isolate_num 1",
+    ),
     ("chartevents", "220001", "chartevents itemid Heart Rhythm value SR (Sinus Rhythm) warning 0"),
     ("prescriptions", "Vancomycin", "prescriptions drug_type MAIN drug Vancomycin prod_strength 1g Vial route IV"),
 ]
@@ -61,8 +66,14 @@ def embed(corpus, events: pd.DataFrame, triplets: pd.DataFrame, name: str, **cfg
     events.to_parquet(d / f"{name}.events.parquet")
     triplets.to_parquet(d / f"{name}.triplets.parquet")
     cfg = corpus["cfg"].model_copy(update=cfg_update)
-    stats = embed_events(d / f"{name}.events.parquet", d / f"{name}.triplets.parquet", d / "knowledge.parquet",
-                         d / "index.faiss", cfg, d / f"{name}.h5")
+    stats = embed_events(
+        d / f"{name}.events.parquet",
+        d / f"{name}.triplets.parquet",
+        d / "knowledge.parquet",
+        d / "index.faiss",
+        cfg,
+        d / f"{name}.h5",
+    )
     return stats, d / f"{name}.h5"
 
 
@@ -101,11 +112,20 @@ def test_text_without_a_number_has_value_0_and_zeros(corpus):
 
 
 def test_doses_and_amounts_count_as_values_but_are_never_flagged(corpus):
-    texts = ["prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 40 dose_unit_rx mg route PO",
-             "prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 80 dose_unit_rx mg route PO",
-             "inputevents itemid NaCl 0.9% amount 500 amountuom mL ordercategoryname 02-Fluids (Crystalloids)"]
-    x, _ = numeric_features(texts, ["prescriptions", "prescriptions", "inputevents"], ["Furosemide", "Furosemide", "225158"],
-                            np.ones(3), corpus["lookup"])
+    texts = [
+        "prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 40 "
+        "dose_unit_rx mg route PO",
+        "prescriptions drug_type MAIN drug Furosemide prod_strength 40mg Tablet dose_val_rx 80 "
+        "dose_unit_rx mg route PO",
+        "inputevents itemid NaCl 0.9% amount 500 amountuom mL ordercategoryname 02-Fluids (Crystalloids)",
+    ]
+    x, _ = numeric_features(
+        texts,
+        ["prescriptions", "prescriptions", "inputevents"],
+        ["Furosemide", "Furosemide", "225158"],
+        np.ones(3),
+        corpus["lookup"],
+    )
     assert (x[:, COL["has_value"]] == 1).all() and x[1, COL["value_z"]] > x[0, COL["value_z"]]
     assert (x[:, COL["abnormal"]] == 0).all() and (x[:, COL["range_pos"]] == 0).all()
 
@@ -157,9 +177,14 @@ def test_unseen_item_gets_z_0_and_stats_come_from_weights(corpus):
 
 
 def crp_events():
-    rows = [("a", 0, "labevents", "50889", crp(5)), ("a", 1, "labevents", "50889", crp(300)),
-            ("b", 0, "labevents", "50889", crp(5)), ("b", 1, *NO_NUMBER[0]),
-            ("c", 0, "labevents", "50889", crp(40)), ("c", 1, "labevents", "50889", crp(60))]
+    rows = [
+        ("a", 0, "labevents", "50889", crp(5)),
+        ("a", 1, "labevents", "50889", crp(300)),
+        ("b", 0, "labevents", "50889", crp(5)),
+        ("b", 1, *NO_NUMBER[0]),
+        ("c", 0, "labevents", "50889", crp(40)),
+        ("c", 1, "labevents", "50889", crp(60)),
+    ]
     ev = pd.DataFrame(rows, columns=["pair_id", "position", "source", "code", "text"])
     ev["minutes_from_prev"] = ev["position"].astype(float)
     tr = pd.DataFrame({"pair_id": ["a", "b", "c"], "n_events": [2, 2, 2], "split": ["train", "train", "test"]})
@@ -272,10 +297,10 @@ def add_numeric(src: Path, dst: Path, seed: int = 0) -> None:
 
 def test_clip_and_ldm_take_the_wider_input_and_refuse_another_width(tmp_path):
     from ehrxdiff_core.config import ClipConfig, LdmConfig, TrainLoop, VaeConfig
+    from ehrxdiff_core.models.clip import ClipModel
     from ehrxdiff_core.models.train_clip import train_clip
     from ehrxdiff_core.models.train_ldm import train_ldm
     from ehrxdiff_core.models.train_vae import train_vae
-    from ehrxdiff_core.models.clip import ClipModel
     from toy_world import write_world
 
     me, dim = 4, 8
@@ -283,8 +308,17 @@ def test_clip_and_ldm_take_the_wider_input_and_refuse_another_width(tmp_path):
     w = write_world(tmp_path, n_pairs=12, size=16, dim=dim, max_len=me)
     wide = tmp_path / "events_numeric.h5"
     add_numeric(w["embeddings"], wide)
-    clip_cfg = ClipConfig(patch_size=8, vision_width=16, vision_layers=1, vision_heads=2, tab_width=16, tab_heads=2,
-                          tab_ff=32, embed_dim=16, train=TrainLoop(**loop))
+    clip_cfg = ClipConfig(
+        patch_size=8,
+        vision_width=16,
+        vision_layers=1,
+        vision_heads=2,
+        tab_width=16,
+        tab_heads=2,
+        tab_ff=32,
+        embed_dim=16,
+        train=TrainLoop(**loop),
+    )
     info = train_clip(w["images"], wide, w["triplets"], clip_cfg, me, tmp_path / "clip")
     assert info["event_dim"] == dim + K
     assert json.loads((tmp_path / "clip" / "clip_config.json").read_text())["event_dim"] == dim + K
@@ -298,10 +332,24 @@ def test_clip_and_ldm_take_the_wider_input_and_refuse_another_width(tmp_path):
 
     vae = VaeConfig(block_out_channels=[8, 8], layers_per_block=1, train=TrainLoop(**loop))
     train_vae(w["images"], w["triplets"], vae, tmp_path / "vae")
-    ldm = LdmConfig(block_out_channels=[16, 16], attention_levels=[False, True], num_heads=2, cross_attention_dim=16,
-                    null_augmentation=False, train=TrainLoop(**loop))
+    ldm = LdmConfig(
+        block_out_channels=[16, 16],
+        attention_levels=[False, True],
+        num_heads=2,
+        cross_attention_dim=16,
+        null_augmentation=False,
+        train=TrainLoop(**loop),
+    )
     out = train_ldm(w["images"], wide, w["triplets"], tmp_path / "vae", tmp_path / "clip", ldm, me, tmp_path / "ldm")
     assert out["steps"] == 2 and np.isfinite(out["final_loss"])
     with pytest.raises(ValueError, match="retrain CLIP"):  # the text-only store is D wide, CLIP expects D + K
-        train_ldm(w["images"], w["embeddings"], w["triplets"], tmp_path / "vae", tmp_path / "clip", ldm, me,
-                  tmp_path / "ldm_narrow")
+        train_ldm(
+            w["images"],
+            w["embeddings"],
+            w["triplets"],
+            tmp_path / "vae",
+            tmp_path / "clip",
+            ldm,
+            me,
+            tmp_path / "ldm_narrow",
+        )

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from ehrxdiff_core.config import TextConfig
-from toy_text import make_events, write_demo_dictionaries
-from ehrxdiff_core.text.knowledge import build_knowledge
-from ehrxdiff_core.text.index import build_rag_index
 from ehrxdiff_core.text.embed import embed_events
+from ehrxdiff_core.text.index import build_rag_index
+from ehrxdiff_core.text.knowledge import build_knowledge
 from ehrxdiff_core.text.store import EmbeddingReader
+from toy_text import make_events, write_demo_dictionaries
 
 torch.set_num_threads(1)
 
@@ -40,9 +40,14 @@ def stage(tmp_path):
     def run(events: pd.DataFrame, triplets: pd.DataFrame, cfg: TextConfig = cfg, name: str = "events.h5"):
         events.to_parquet(tmp_path / "events.parquet")
         triplets.to_parquet(tmp_path / "triplets.parquet")
-        stats = embed_events(tmp_path / "events.parquet", tmp_path / "triplets.parquet",
-                             tmp_path / "rag" / "knowledge.parquet", tmp_path / "rag" / "index.faiss", cfg,
-                             tmp_path / name)
+        stats = embed_events(
+            tmp_path / "events.parquet",
+            tmp_path / "triplets.parquet",
+            tmp_path / "rag" / "knowledge.parquet",
+            tmp_path / "rag" / "index.faiss",
+            cfg,
+            tmp_path / name,
+        )
         return stats, tmp_path / name
 
     run.cfg = cfg
@@ -52,9 +57,14 @@ def stage(tmp_path):
 
 def read_h5(path):
     with h5py.File(path, "r") as f:
-        return {"hash": f["texts/hash"][:], "emb": f["texts/embedding"][:], "attrs": dict(f["texts"].attrs),
-                "pair_id": [s.decode() for s in f["pairs/pair_id"][:]], "offsets": f["pairs/offsets"][:],
-                "rows": f["pairs/rows"][:]}
+        return {
+            "hash": f["texts/hash"][:],
+            "emb": f["texts/embedding"][:],
+            "attrs": dict(f["texts"].attrs),
+            "pair_id": [s.decode() for s in f["pairs/pair_id"][:]],
+            "offsets": f["pairs/offsets"][:],
+            "rows": f["pairs/rows"][:],
+        }
 
 
 def test_contract_same_text_same_row_and_event_order(stage):
@@ -74,7 +84,7 @@ def test_contract_same_text_same_row_and_event_order(stage):
     row_of_text = {}
     for i, pid in enumerate(h["pair_id"]):
         ev = kept[kept["pair_id"] == pid].sort_values("position")
-        rows = h["rows"][h["offsets"][i]: h["offsets"][i + 1]]
+        rows = h["rows"][h["offsets"][i] : h["offsets"][i + 1]]
         assert len(rows) == len(ev)
         for text, row in zip(ev["text"], rows):
             assert row_of_text.setdefault(text, row) == row  # same text -> same row, everywhere
@@ -107,13 +117,16 @@ def test_incremental_rerun_encodes_only_new_texts(stage):
 
 def test_reader_padding_mask_truncation(stage):
     texts = [f"chartevents itemid Heart Rate value {v} valuenum {v}.0 valueuom bpm warning 0" for v in range(60, 66)]
-    ev = pd.DataFrame({
-        "pair_id": ["a"] * 5 + ["b"] * 2,
-        "position": [0, 1, 2, 3, 4, 0, 1],
-        "minutes_from_prev": np.arange(7, dtype=float),
-        "source": "chartevents", "code": "220045",
-        "text": texts[:5] + [texts[5], texts[0]],
-    })
+    ev = pd.DataFrame(
+        {
+            "pair_id": ["a"] * 5 + ["b"] * 2,
+            "position": [0, 1, 2, 3, 4, 0, 1],
+            "minutes_from_prev": np.arange(7, dtype=float),
+            "source": "chartevents",
+            "code": "220045",
+            "text": texts[:5] + [texts[5], texts[0]],
+        }
+    )
     tr = pd.DataFrame({"pair_id": ["a", "b"], "n_events": [5, 2]})
     _, path = stage(ev, tr)
     h = read_h5(path)
@@ -123,8 +136,8 @@ def test_reader_padding_mask_truncation(stage):
     assert x.shape == (2, 3, 16) and x.dtype == torch.float32 and mask.dtype == torch.bool
     assert mask.tolist() == [[True, True, False], [True, True, True]]
     emb = h["emb"].astype(np.float32)
-    rows_a = h["rows"][h["offsets"][0]: h["offsets"][1]]
-    rows_b = h["rows"][h["offsets"][1]: h["offsets"][2]]
+    rows_a = h["rows"][h["offsets"][0] : h["offsets"][1]]
+    rows_b = h["rows"][h["offsets"][1] : h["offsets"][2]]
     np.testing.assert_array_equal(x[1].numpy(), emb[rows_a[-3:]])  # most recent 3 of 5, oldest kept first
     np.testing.assert_array_equal(x[0, :2].numpy(), emb[rows_b])
     assert (x[0, 2] == 0).all()
@@ -153,8 +166,14 @@ def test_whole_stage_runs_with_network_blocked(tmp_path, monkeypatch):
     ev, tr = make_events(4)
     ev.to_parquet(tmp_path / "events.parquet")
     tr.to_parquet(tmp_path / "triplets.parquet")
-    stats = embed_events(tmp_path / "events.parquet", tmp_path / "triplets.parquet", tmp_path / "knowledge.parquet",
-                         tmp_path / "index.faiss", cfg, tmp_path / "events.h5")
+    stats = embed_events(
+        tmp_path / "events.parquet",
+        tmp_path / "triplets.parquet",
+        tmp_path / "knowledge.parquet",
+        tmp_path / "index.faiss",
+        cfg,
+        tmp_path / "events.h5",
+    )
     assert meta["n_snippets"] == n and stats["n_pairs"] == 4 and stats["n_encoded"] > 0
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
     # the default encoder loads from the installed package, also without network
@@ -180,8 +199,18 @@ def save_tiny_gpt2(folder):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=256, n_embd=16, n_layer=1, n_head=2,
-                               bos_token_id=1, eos_token_id=1, pad_token_id=0)).save_pretrained(folder)
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(words),
+            n_positions=256,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
+    ).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 

@@ -96,8 +96,14 @@ def test_importing_the_library_sets_offline_flags_before_hugging_face_reads_them
     assert "ehrxdiff_core.models.launch" in modules and "ehrxdiff_core.runlog" in modules
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "HUGGINGFACE_"))}
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, "-c", OFFLINE_CHILD.format(modules=modules)], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", OFFLINE_CHILD.format(modules=modules)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["env"] == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -113,7 +119,8 @@ def test_offline_flags_win_over_the_environment_and_reach_an_already_imported_hu
         import huggingface_hub.constants as hub
         before = hub.HF_HUB_OFFLINE
         import ehrxdiff_core
-        print(json.dumps([before, hub.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"], os.environ["TRANSFORMERS_OFFLINE"]]))
+        env = [os.environ["HF_HUB_OFFLINE"], os.environ["TRANSFORMERS_OFFLINE"]]
+        print(json.dumps([before, hub.HF_HUB_OFFLINE, *env]))
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "HUGGINGFACE_"))}
@@ -219,14 +226,26 @@ def test_training_checkpoint_loads_with_weights_only_and_restores_every_rng(tmp_
 def _lightning_checkpoint(path: Path, **extra) -> dict:
     """A Cheff/LDM-style Lightning checkpoint of a small autoencoder; returns its LDM state dict."""
     sd = ldm_autoencoder_state()
-    torch.save({"state_dict": {f"first_stage_model.{k}": v for k, v in sd.items()}, "epoch": 3, "global_step": 120,
-                "pytorch-lightning_version": "1.9.0", **extra}, path)
+    torch.save(
+        {
+            "state_dict": {f"first_stage_model.{k}": v for k, v in sd.items()},
+            "epoch": 3,
+            "global_step": 120,
+            "pytorch-lightning_version": "1.9.0",
+            **extra,
+        },
+        path,
+    )
     return sd
 
 
 def test_vae_pretrained_with_a_pickle_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "ran"
-    path = crafted(tmp_path / "cheff.ckpt", marker, state_dict={f"first_stage_model.{k}": v for k, v in ldm_autoencoder_state().items()})
+    path = crafted(
+        tmp_path / "cheff.ckpt",
+        marker,
+        state_dict={f"first_stage_model.{k}": v for k, v in ldm_autoencoder_state().items()},
+    )
     with pytest.raises(ValueError) as err:
         import_pretrained(path, 16)
     assert not marker.exists()
@@ -248,7 +267,9 @@ def _readme_recipe() -> str:
 def test_readme_recipe_converts_a_refused_lightning_checkpoint(tmp_path, monkeypatch):
     ckpt = tmp_path / "cheff_autoencoder.pt"
     sd = _lightning_checkpoint(ckpt, hyper_parameters=argparse.Namespace(embed_dim=3, lr=4.5e-6))
-    with pytest.raises(ValueError, match=r"vae\.pretrained: .*cheff_autoencoder\.pt contains pickled objects other than tensors"):
+    with pytest.raises(
+        ValueError, match=r"vae\.pretrained: .*cheff_autoencoder\.pt contains pickled objects other than tensors"
+    ):
         import_pretrained(ckpt, 16)
     recipe = _readme_recipe()
     assert len(recipe.strip().splitlines()) == 3 and "cheff_autoencoder.safetensors" in recipe
@@ -262,7 +283,9 @@ def test_readme_recipe_converts_a_refused_lightning_checkpoint(tmp_path, monkeyp
 
 
 def test_vae_pretrained_of_tensors_and_plain_values_still_imports(tmp_path):
-    sd = _lightning_checkpoint(tmp_path / "plain.ckpt", callbacks={"ModelCheckpoint": {"best_model_score": torch.tensor(0.5)}})
+    sd = _lightning_checkpoint(
+        tmp_path / "plain.ckpt", callbacks={"ModelCheckpoint": {"best_model_score": torch.tensor(0.5)}}
+    )
     vae = import_pretrained(tmp_path / "plain.ckpt", 16)
     torch.testing.assert_close(vae.state_dict()["encoder.conv_in.weight"], sd["encoder.conv_in.weight"])
     vae.save_pretrained(tmp_path / "folder")  # a diffusers folder (safetensors inside)
@@ -287,8 +310,9 @@ def fake_xrv(monkeypatch):
     class DenseNet(torch.nn.Module):
         def __init__(self, weights=None, cache_dir=None):
             super().__init__()
-            self.features = torch.nn.Sequential(OrderedDict(conv0=torch.nn.Conv2d(1, 4, 3, bias=False),
-                                                            norm0=torch.nn.BatchNorm2d(4)))
+            self.features = torch.nn.Sequential(
+                OrderedDict(conv0=torch.nn.Conv2d(1, 4, 3, bias=False), norm0=torch.nn.BatchNorm2d(4))
+            )
             self.classifier = torch.nn.Linear(4, 18)
             self.register_buffer("op_threshs", None)
             if weights is not None:  # what torchxrayvision 1.5 does with its weights file
@@ -330,5 +354,9 @@ def test_xrv_weights_that_pickle_more_are_refused_naming_the_key(fake_xrv, tmp_p
         load_xrv_densenet(path)
     assert not marker.exists()
     msg = str(err.value)
-    assert msg.startswith("evaluate.xrv_weights:") and str(path) in msg and "Offline, and weights files that cannot run code" in msg
+    assert (
+        msg.startswith("evaluate.xrv_weights:")
+        and str(path) in msg
+        and "Offline, and weights files that cannot run code" in msg
+    )
     assert ("posix.system" if kind == "payload" else "legacy format") in msg

@@ -108,8 +108,12 @@ def test_missing_mimic_table_is_a_clear_error(data_run, tmp_path):
     (tmp_path / "mimiciv/hosp/prescriptions.csv.gz").unlink()
     cfg = write_config(
         tmp_path / "config.yaml",
-        {"data": {"source": "mimic",
-                  "mimic": {"mimiciv_root": str(tmp_path / "mimiciv"), "cxr_root": str(tmp_path / "cxr")}}},
+        {
+            "data": {
+                "source": "mimic",
+                "mimic": {"mimiciv_root": str(tmp_path / "mimiciv"), "cxr_root": str(tmp_path / "cxr")},
+            }
+        },
     )
     proc = run_snakemake(tmp_path, cfg, "results/ehr/prescriptions.parquet", check=False)
     out = proc.stdout + proc.stderr
@@ -118,12 +122,17 @@ def test_missing_mimic_table_is_a_clear_error(data_run, tmp_path):
     assert not (tmp_path / "results/ehr/prescriptions.parquet").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"images": {"size": 9}}, "images.size: 9 is not a multiple"),
-    ({"cohort": {"split": {"fractions": {"train": 1.0, "valid": 0.0, "test": 0.0}}}},
-     "cohort.split.fractions.valid: must be > 0"),
-    ({"sample": {"max_pairs": 0}}, "sample.max_pairs"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"images": {"size": 9}}, "images.size: 9 is not a multiple"),
+        (
+            {"cohort": {"split": {"fractions": {"train": 1.0, "valid": 0.0, "test": 0.0}}}},
+            "cohort.split.fractions.valid: must be > 0",
+        ),
+        ({"sample": {"max_pairs": 0}}, "sample.max_pairs"),
+    ],
+)
 def test_settings_that_would_fail_late_stop_the_workflow_before_any_job(tmp_path, override, message):
     cfg = write_config(tmp_path / "user.yaml", override)
     proc = run_snakemake(tmp_path, cfg, check=False)
@@ -148,16 +157,33 @@ def test_configfile_is_merged_over_model_defaults_not_the_demo_config(tmp_path):
     assert resolved["text"]["encoder"]["max_length"] == 256  # the model's default; the demo sets 128
     assert resolved["ldm"]["cond_dropout"] == 0.0 and resolved["sample"]["guidance_scale"] == 1.0  # demo: 0.1, 2.0
     assert resolved["synthetic"]["patients"] == 40  # from the user's file
-    shown = subprocess.run([str(Path(sys.executable).with_name("ehrxdiff")), "check-config", "--show", str(user)],
-                           capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("ehrxdiff")), "check-config", "--show", str(user)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert yaml.safe_load(shown.stdout) == resolved
 
     # without --configfile the demo config is the config
     demo_dir = tmp_path / "demo"
     demo_dir.mkdir()
     shutil.copy(REPO / "config.yaml", demo_dir / "config.yaml")
-    subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(demo_dir), "--cores", "1",
-                    "results/config.resolved.yaml"], capture_output=True, text=True, check=True,
-                   env=local_snakemake_env())
+    subprocess.run(
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(demo_dir),
+            "--cores",
+            "1",
+            "results/config.resolved.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=local_snakemake_env(),
+    )
     demo = yaml.safe_load((demo_dir / "results/config.resolved.yaml").read_text())
     assert demo["text"]["encoder"]["max_length"] == 128 and demo["ldm"]["cond_dropout"] == 0.1

@@ -14,15 +14,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, planned_jobs, run_snakemake, write_config
-from test_eval_report import inputs_under, relocate
-from test_report_browser import check_rendered, render
 
+from conftest import REPO, planned_jobs, run_snakemake, write_config
 from contracts import check_embeddings_h5, check_events, check_metrics, check_triplets
+from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.config import ReportConfig, SyntheticConfig, load_config
 from ehrxdiff_core.evaluation.report import SECTIONS, ReportInputs, build_report
-from ehrxdiff_core.artifacts.samples import MANIFEST
 from ehrxdiff_core.synthetic import write_world
+from test_eval_report import inputs_under, relocate
+from test_report_browser import check_rendered, render
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,12 @@ def full_run(tmp_path_factory):
     tiny = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     world = root / "world"
     write_world(world, SyntheticConfig(**tiny["synthetic"]))
-    mimic = {"data": {"source": "mimic", "mimic": {"mimiciv_root": str(world / "mimiciv"),
-                                                  "cxr_root": str(world / "mimic-cxr-jpg")}}}
+    mimic = {
+        "data": {
+            "source": "mimic",
+            "mimic": {"mimiciv_root": str(world / "mimiciv"), "cxr_root": str(world / "mimic-cxr-jpg")},
+        }
+    }
     cfg = write_config(root / "config.yaml", mimic)
     work = root / "run"
     work.mkdir()
@@ -58,13 +62,20 @@ def test_every_artifact_obeys_its_contract(full_run):
     for model in ("vae", "clip", "ldm"):
         folder = res / "models" / model
         assert (folder / "metrics.csv").exists() and (folder / "loss.png").exists(), model
-    for folder in ("samples/test", "samples/image_only/test", "samples/previous_vae/test", "samples/previous_blur/test"):
+    for folder in (
+        "samples/test",
+        "samples/image_only/test",
+        "samples/previous_vae/test",
+        "samples/previous_blur/test",
+    ):
         manifest = pd.read_parquet(res / folder / "manifest.parquet")
         MANIFEST.check_file(res / folder / "manifest.parquet")
         assert all((res / folder / p).exists() for p in manifest["path"]), folder
         assert set(manifest["pair_id"]) <= set(triplets.loc[triplets["split"] == "test", "pair_id"])
     assert sorted(pd.read_parquet(res / "samples/test/manifest.parquet")["seed_index"].unique()) == [0, 1]
-    metrics = check_metrics(res / "eval/metrics.json", ("previous_image", "previous_vae", "previous_blur", "image_only"))
+    metrics = check_metrics(
+        res / "eval/metrics.json", ("previous_image", "previous_vae", "previous_blur", "image_only")
+    )
     assert metrics.methods["ehrxdiff"].n_seeds == {"min": 2, "max": 2}
     # PhysioNet-layout input: no hidden truth is read, and the metrics say so instead of inventing an oracle
     assert not metrics.truth.used and "real data" in metrics.truth.reason and "oracle" not in metrics.methods

@@ -57,8 +57,12 @@ def test_dag_from_meds_input(tmp_path):
     ref.mkdir()
     mimic_cfg = write_config(
         tmp_path / "mimic.yaml",
-        {"data": {"source": "mimic", "mimic": {"mimiciv_root": str(world / "mimiciv"),
-                                               "cxr_root": str(world / "mimic-cxr-jpg")}}},
+        {
+            "data": {
+                "source": "mimic",
+                "mimic": {"mimiciv_root": str(world / "mimiciv"), "cxr_root": str(world / "mimic-cxr-jpg")},
+            }
+        },
     )
     run_snakemake(ref, mimic_cfg, "results/cohort/triplets.parquet")
     mimic_pairs = set(pd.read_parquet(ref / "results/cohort/triplets.parquet")["pair_id"])
@@ -86,9 +90,14 @@ def test_dag_from_real_shaped_meds(tmp_path):
     cfg = write_config(
         tmp_path / "config.yaml",
         {
-            "data": {"source": "meds", "meds": {"data_dir": str(real / "data"),
-                                                "image_manifest": str(real / "images.csv"),
-                                                "image_root": str(real)}},
+            "data": {
+                "source": "meds",
+                "meds": {
+                    "data_dir": str(real / "data"),
+                    "image_manifest": str(real / "images.csv"),
+                    "image_root": str(real),
+                },
+            },
             # no ages: the age filter is off; whole days: studies a day apart are 24 h apart
             "cohort": {"min_age": None, "max_gap_hours": 72},
         },
@@ -107,7 +116,13 @@ def test_dag_from_real_shaped_meds(tmp_path):
     assert set(triplets["subject_id"]) <= set(id_map.loc[id_map["kind"] == "subject_id", "id"])
     assert triplets["age"].isna().all()  # no age was invented
     label_cols = [c for c in triplets.columns if c.startswith("trg_")]
-    assert label_cols and triplets[[c for c in label_cols if c not in ("trg_dicom_id", "trg_study_id", "trg_time")]].isna().all().all()
+    assert (
+        label_cols
+        and triplets[[c for c in label_cols if c not in ("trg_dicom_id", "trg_study_id", "trg_time")]]
+        .isna()
+        .all()
+        .all()
+    )
 
     with h5py.File(res / "images/cxr_32.h5", "r") as h5:
         pixels = h5["pixels"][:]

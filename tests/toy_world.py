@@ -13,8 +13,14 @@ import h5py
 import numpy as np
 import pandas as pd
 
-EVENT_EFFECTS = {"furosemide iv": -0.35, "chest tube": -0.35, "fluid bolus": +0.35, "spo2 low": +0.35,
-                 "heart rate 80": 0.0, "temperature 37": 0.0}
+EVENT_EFFECTS = {
+    "furosemide iv": -0.35,
+    "chest tube": -0.35,
+    "fluid bolus": +0.35,
+    "spo2 low": +0.35,
+    "heart rate 80": 0.0,
+    "temperature 37": 0.0,
+}
 
 
 def render(severity: float, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -26,8 +32,16 @@ def render(severity: float, size: int, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_world(folder: str | Path, n_pairs: int = 64, size: int = 32, dim: int = 16, max_len: int = 6,
-                seed: int = 0, splits=(0.75, 0.125, 0.125), drop_image: bool = False) -> dict:
+def write_world(
+    folder: str | Path,
+    n_pairs: int = 64,
+    size: int = 32,
+    dim: int = 16,
+    max_len: int = 6,
+    seed: int = 0,
+    splits=(0.75, 0.125, 0.125),
+    drop_image: bool = False,
+) -> dict:
     """Write `cxr.h5`, `events.h5`, `triplets.parquet` under `folder`; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,8 +62,17 @@ def write_world(folder: str | Path, n_pairs: int = 64, size: int = 32, dim: int 
         rows.extend(int(e) for e in ev)
         offsets.append(len(rows))
         split = "train" if i < n_train else "valid" if i < n_train + n_valid else "test"
-        triplets.append({"pair_id": f"{trg}_{prev}", "prev_dicom_id": prev, "trg_dicom_id": trg, "split": split,
-                         "n_events": n_ev, "prev_severity": s0, "trg_severity": s1})
+        triplets.append(
+            {
+                "pair_id": f"{trg}_{prev}",
+                "prev_dicom_id": prev,
+                "trg_dicom_id": trg,
+                "split": split,
+                "n_events": n_ev,
+                "prev_severity": s0,
+                "trg_severity": s1,
+            }
+        )
     if drop_image:  # the last pair's target image is missing from the store
         dicoms, pixels = dicoms[:-1], pixels[:-1]
     with h5py.File(folder / "cxr.h5", "w") as f:
@@ -62,7 +85,9 @@ def write_world(folder: str | Path, n_pairs: int = 64, size: int = 32, dim: int 
         t["embedding"] = emb
         t.attrs.update(encoder="toy", dim=dim, pooling="mean", rag="{}")
         p = f.create_group("pairs")
-        p.create_dataset("pair_id", data=np.array([r["pair_id"] for r in triplets], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        p.create_dataset(
+            "pair_id", data=np.array([r["pair_id"] for r in triplets], dtype=object), dtype=h5py.string_dtype("utf-8")
+        )
         p["offsets"] = np.array(offsets, dtype=np.int64)
         p["rows"] = np.array(rows, dtype=np.int64)
     pd.DataFrame(triplets).to_parquet(folder / "triplets.parquet", index=False)

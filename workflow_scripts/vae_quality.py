@@ -16,5 +16,8 @@ result = vae_quality(
     Path(snakemake.output.json),
     device=compute.device,
 )
-log.info("vae_quality: gate %s (%s)", "passed" if result["gate"]["passed"] else "FAILED",
-         "; ".join(result["gate"]["reasons"]) or "all checks passed")
+log.info(
+    "vae_quality: gate %s (%s)",
+    "passed" if result["gate"]["passed"] else "FAILED",
+    "; ".join(result["gate"]["reasons"]) or "all checks passed",
+)

@@ -31,39 +31,51 @@ def _labels(prefix: str = "") -> list[pa.Field]:
     return [pa.field(name, pa.float64()) for name in label_columns(prefix)]
 
 
-TRIPLETS = ParquetArtifact("cohort/triplets.parquet", "cohort", pa.schema([
-    pa.field("pair_id", pa.string(), nullable=False),
-    pa.field("subject_id", pa.int64(), nullable=False),
-    pa.field("hadm_id", pa.int64(), nullable=False),
-    pa.field("prev_dicom_id", pa.string(), nullable=False),
-    pa.field("trg_dicom_id", pa.string(), nullable=False),
-    pa.field("prev_study_id", pa.int64(), nullable=False),
-    pa.field("trg_study_id", pa.int64(), nullable=False),
-    pa.field("prev_time", pa.timestamp("us"), nullable=False),
-    pa.field("trg_time", pa.timestamp("us"), nullable=False),
-    pa.field("gap_hours", pa.float64(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("age", pa.int64()),
-    pa.field("gender", pa.string()),
-    pa.field("race", pa.string()),
-    *_labels(PREV),
-    *_labels(TRG),
-]))
+TRIPLETS = ParquetArtifact(
+    "cohort/triplets.parquet",
+    "cohort",
+    pa.schema(
+        [
+            pa.field("pair_id", pa.string(), nullable=False),
+            pa.field("subject_id", pa.int64(), nullable=False),
+            pa.field("hadm_id", pa.int64(), nullable=False),
+            pa.field("prev_dicom_id", pa.string(), nullable=False),
+            pa.field("trg_dicom_id", pa.string(), nullable=False),
+            pa.field("prev_study_id", pa.int64(), nullable=False),
+            pa.field("trg_study_id", pa.int64(), nullable=False),
+            pa.field("prev_time", pa.timestamp("us"), nullable=False),
+            pa.field("trg_time", pa.timestamp("us"), nullable=False),
+            pa.field("gap_hours", pa.float64(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("age", pa.int64()),
+            pa.field("gender", pa.string()),
+            pa.field("race", pa.string()),
+            *_labels(PREV),
+            *_labels(TRG),
+        ]
+    ),
+)
 
-COHORT_IMAGES = ParquetArtifact("cohort/images.parquet", "cohort", pa.schema([
-    pa.field("dicom_id", pa.string(), nullable=False),
-    pa.field("subject_id", pa.int64(), nullable=False),
-    pa.field("study_id", pa.int64(), nullable=False),
-    pa.field("hadm_id", pa.int64(), nullable=False),
-    pa.field("study_time", pa.timestamp("us"), nullable=False),
-    pa.field("view", pa.string(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("age", pa.int64()),
-    pa.field("gender", pa.string()),
-    pa.field("race", pa.string()),
-    pa.field("path", pa.string(), nullable=False),
-    *_labels(),
-]))
+COHORT_IMAGES = ParquetArtifact(
+    "cohort/images.parquet",
+    "cohort",
+    pa.schema(
+        [
+            pa.field("dicom_id", pa.string(), nullable=False),
+            pa.field("subject_id", pa.int64(), nullable=False),
+            pa.field("study_id", pa.int64(), nullable=False),
+            pa.field("hadm_id", pa.int64(), nullable=False),
+            pa.field("study_time", pa.timestamp("us"), nullable=False),
+            pa.field("view", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("age", pa.int64()),
+            pa.field("gender", pa.string()),
+            pa.field("race", pa.string()),
+            pa.field("path", pa.string(), nullable=False),
+            *_labels(),
+        ]
+    ),
+)
 
 # a pair and its two images: what training, sampling and the image controls read of the triplets
 PAIR_IMAGES = TRIPLETS.columns("pair_id", "prev_dicom_id", "trg_dicom_id")

@@ -17,14 +17,20 @@ import pyarrow as pa
 from ehrxdiff_core.artifacts.cohort import TRIPLETS
 from ehrxdiff_core.artifacts.parquet import ParquetArtifact
 
-EVENTS = ParquetArtifact("events/events.parquet", "events", pa.schema([
-    pa.field("pair_id", pa.string(), nullable=False),
-    pa.field("position", pa.int64(), nullable=False),
-    pa.field("minutes_from_prev", pa.float64(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("code", pa.string()),
-    pa.field("text", pa.string(), nullable=False),
-]))
+EVENTS = ParquetArtifact(
+    "events/events.parquet",
+    "events",
+    pa.schema(
+        [
+            pa.field("pair_id", pa.string(), nullable=False),
+            pa.field("position", pa.int64(), nullable=False),
+            pa.field("minutes_from_prev", pa.float64(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("code", pa.string()),
+            pa.field("text", pa.string(), nullable=False),
+        ]
+    ),
+)
 
 EVENT_TRIPLETS = ParquetArtifact(
     "events/triplets.parquet", "events", TRIPLETS.schema.append(pa.field("n_events", pa.int64(), nullable=False))
@@ -33,9 +39,9 @@ EVENT_TRIPLETS = ParquetArtifact(
 # How the pair slices (data/pair_slices.py) write events.parquet: the string columns stay dictionary-encoded
 # from gathering to the file, and the Arrow schema is not stored, so readers see the plain strings of `EVENTS`.
 DICTIONARY_COLUMNS = ("pair_id", "source", "code", "text")
-WRITE_SCHEMA = pa.schema([
-    f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in DICTIONARY_COLUMNS else f for f in EVENTS.schema
-])
+WRITE_SCHEMA = pa.schema(
+    [f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in DICTIONARY_COLUMNS else f for f in EVENTS.schema]
+)
 # dictionary pages for the strings only, and no min/max statistics over the long texts: together these halve
 # the writer's time (measured on the synthetic world); pair_id keeps its statistics for filters
 WRITE_OPTIONS = dict(

@@ -56,8 +56,10 @@ class ImageStore:
             self.n_bad = int(h5.attrs.get("n_bad", 0))
             shape, dtype = h5[PIXELS].shape, h5[PIXELS].dtype
         if shape != (len(self.dicom_ids), self.size, self.size) or dtype != np.uint8:
-            raise ArtifactError(f"{self.path}: {PIXELS} is {dtype} {shape}, expected uint8 ({len(self.dicom_ids)}, "
-                                f"{self.size}, {self.size}): one {self.size} px image per {DICOM_ID}")
+            raise ArtifactError(
+                f"{self.path}: {PIXELS} is {dtype} {shape}, expected uint8 ({len(self.dicom_ids)}, "
+                f"{self.size}, {self.size}): one {self.size} px image per {DICOM_ID}"
+            )
         self._index = {d: i for i, d in enumerate(self.dicom_ids)}
         self._h5 = None
         self._pid = None

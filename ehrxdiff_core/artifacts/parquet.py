@@ -82,8 +82,9 @@ class ParquetArtifact:
             try:
                 col = col.cast(field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
-                raise ArtifactError(f"{out}: column {field.name!r} of {self.path} is {col.type}, not {field.type}: "
-                                    f"{err}") from None
+                raise ArtifactError(
+                    f"{out}: column {field.name!r} of {self.path} is {col.type}, not {field.type}: {err}"
+                ) from None
             if not field.nullable and col.null_count:
                 raise ArtifactError(f"{out}: column {field.name!r} of {self.path} has {col.null_count} null(s)")
             cols.append(col)
@@ -100,8 +101,10 @@ class ParquetArtifact:
         if got.names != self.schema.names:
             missing = [n for n in self.schema.names if n not in got.names]
             extra = [n for n in got.names if n not in self.schema.names]
-            raise ArtifactError(f"{path}: columns of {self.path} missing {missing}, unexpected {extra} "
-                                f"(order: {got.names}, expected {self.schema.names})")
+            raise ArtifactError(
+                f"{path}: columns of {self.path} missing {missing}, unexpected {extra} "
+                f"(order: {got.names}, expected {self.schema.names})"
+            )
         for field in self.schema:
             have = got.field(field.name)
             if have.type != field.type:

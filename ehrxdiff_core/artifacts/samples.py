@@ -14,16 +14,22 @@ import pyarrow as pa
 
 from ehrxdiff_core.artifacts.parquet import ParquetArtifact
 
-MANIFEST = ParquetArtifact("samples/{split}/manifest.parquet", "sample", pa.schema([
-    pa.field("pair_id", pa.string(), nullable=False),
-    pa.field("seed_index", pa.int32(), nullable=False),
-    pa.field("seed", pa.int64(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),  # relative to the folder
-    pa.field("sampler", pa.string(), nullable=False),
-    pa.field("steps", pa.int64(), nullable=False),
-    pa.field("guidance", pa.float64()),
-    pa.field("seconds", pa.float64(), nullable=False),
-]))
+MANIFEST = ParquetArtifact(
+    "samples/{split}/manifest.parquet",
+    "sample",
+    pa.schema(
+        [
+            pa.field("pair_id", pa.string(), nullable=False),
+            pa.field("seed_index", pa.int32(), nullable=False),
+            pa.field("seed", pa.int64(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),  # relative to the folder
+            pa.field("sampler", pa.string(), nullable=False),
+            pa.field("steps", pa.int64(), nullable=False),
+            pa.field("guidance", pa.float64()),
+            pa.field("seconds", pa.float64(), nullable=False),
+        ]
+    ),
+)
 # what every manifest has; those written before several seeds existed lack seed_index and path (seed 0 only)
 MANIFEST_REQUIRED = MANIFEST.columns("pair_id", "seed", "sampler", "steps", "guidance")
 

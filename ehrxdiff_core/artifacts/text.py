@@ -27,11 +27,25 @@ import pyarrow as pa
 from ehrxdiff_core.artifacts.parquet import ArtifactError, MissingArtifactError, ParquetArtifact
 from ehrxdiff_core.atomic import atomic_path
 
-KNOWLEDGE = ParquetArtifact("rag/knowledge.parquet", "knowledge", pa.schema([
-    ("snippet_id", pa.int64()), ("source", pa.string()), ("ref", pa.string()), ("itemid", pa.int64()),
-    ("key", pa.string()), ("kind", pa.string()), ("aliases", pa.list_(pa.string())), ("text", pa.string()),
-    ("low", pa.float64()), ("high", pa.float64()), ("unit", pa.string()),
-]))
+KNOWLEDGE = ParquetArtifact(
+    "rag/knowledge.parquet",
+    "knowledge",
+    pa.schema(
+        [
+            ("snippet_id", pa.int64()),
+            ("source", pa.string()),
+            ("ref", pa.string()),
+            ("itemid", pa.int64()),
+            ("key", pa.string()),
+            ("kind", pa.string()),
+            ("aliases", pa.list_(pa.string())),
+            ("text", pa.string()),
+            ("low", pa.float64()),
+            ("high", pa.float64()),
+            ("unit", pa.string()),
+        ]
+    ),
+)
 
 EMBEDDINGS_PATH = "embeddings/events.h5"
 TEXTS, PAIRS = "texts", "pairs"
@@ -41,9 +55,18 @@ TEXT_ATTRS = ("encoder", "dim", "pooling", "rag")
 NUMERIC_ATTRS = ("features", "standardisation", "scale", "clip")
 
 
-def write_embedding_store(out_h5: Path, *, hashes: np.ndarray, embeddings: np.ndarray, pair_ids: list[str],
-                          offsets: np.ndarray, rows: np.ndarray, attrs: dict, numeric: np.ndarray | None = None,
-                          numeric_attrs: dict | None = None) -> None:
+def write_embedding_store(
+    out_h5: Path,
+    *,
+    hashes: np.ndarray,
+    embeddings: np.ndarray,
+    pair_ids: list[str],
+    offsets: np.ndarray,
+    rows: np.ndarray,
+    attrs: dict,
+    numeric: np.ndarray | None = None,
+    numeric_attrs: dict | None = None,
+) -> None:
     """Write embeddings/events.h5 in the layout above, atomically.
 
     `numeric` (N x K, row-aligned with the embeddings) becomes `texts/numeric` with `numeric_attrs`; without it
@@ -55,8 +78,11 @@ def write_embedding_store(out_h5: Path, *, hashes: np.ndarray, embeddings: np.nd
         with h5py.File(tmp, "w") as f:
             t = f.create_group(TEXTS)
             t.create_dataset("hash", data=hashes.astype(np.uint64))
-            t.create_dataset("embedding", data=embeddings.astype(np.float16),
-                             chunks=(min(max(len(hashes), 1), 4096), embeddings.shape[1]) if len(hashes) else None)
+            t.create_dataset(
+                "embedding",
+                data=embeddings.astype(np.float16),
+                chunks=(min(max(len(hashes), 1), 4096), embeddings.shape[1]) if len(hashes) else None,
+            )
             for k, v in attrs.items():
                 t.attrs[k] = v
             if numeric is not None:
@@ -67,8 +93,14 @@ def write_embedding_store(out_h5: Path, *, hashes: np.ndarray, embeddings: np.nd
             p.create_dataset("pair_id", data=np.array(pair_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
             p.create_dataset("offsets", data=offsets.astype(np.int64))
             # rows dominate the file at scale (one int64 per event); small ints shuffle+gzip to a few bits each
-            p.create_dataset("rows", data=rows.astype(np.int64), chunks=(min(max(len(rows), 1), 1 << 20),),
-                             compression="gzip", compression_opts=4, shuffle=True)
+            p.create_dataset(
+                "rows",
+                data=rows.astype(np.int64),
+                chunks=(min(max(len(rows), 1), 1 << 20),),
+                compression="gzip",
+                compression_opts=4,
+                shuffle=True,
+            )
 
 
 def _attrs(obj) -> dict:
@@ -100,8 +132,10 @@ def read_embedding_store(path: str | Path, numeric: bool | None = None) -> Embed
     with h5py.File(path, "r") as f:
         missing = [name for name in DATASETS if name not in f]
         if missing:
-            raise ArtifactError(f"{path}: dataset(s) {missing} missing from the embedding store ({EMBEDDINGS_PATH}; "
-                                "re-run the `embed` rule)")
+            raise ArtifactError(
+                f"{path}: dataset(s) {missing} missing from the embedding store ({EMBEDDINGS_PATH}; "
+                "re-run the `embed` rule)"
+            )
         store = EmbeddingStore(
             path=path,
             attrs=_attrs(f[TEXTS]),
@@ -113,20 +147,26 @@ def read_embedding_store(path: str | Path, numeric: bool | None = None) -> Embed
         )
         has_numeric = NUMERIC in f
         if numeric and not has_numeric:
-            raise ArtifactError(f"{path}: no texts/numeric dataset; it is written when text.numeric_features "
-                             "is true (re-run the `embed` rule)")
+            raise ArtifactError(
+                f"{path}: no texts/numeric dataset; it is written when text.numeric_features "
+                "is true (re-run the `embed` rule)"
+            )
         if has_numeric and numeric is not False:
             store.numeric, store.numeric_attrs = f[NUMERIC][:], _attrs(f[NUMERIC])
     n = store.embedding.shape[0]
     if store.embedding.ndim != 2 or store.hashes.shape != (n,) or len(store.offsets) != len(store.pair_ids) + 1:
-        raise ArtifactError(f"{path}: texts/embedding {store.embedding.shape}, texts/hash {store.hashes.shape}, "
-                            f"pairs/offsets {store.offsets.shape} for {len(store.pair_ids)} pairs do not fit together")
+        raise ArtifactError(
+            f"{path}: texts/embedding {store.embedding.shape}, texts/hash {store.hashes.shape}, "
+            f"pairs/offsets {store.offsets.shape} for {len(store.pair_ids)} pairs do not fit together"
+        )
     if store.numeric is not None:
         feats = store.numeric
         names = json.loads(store.numeric_attrs.get("features", "[]"))
         if feats.ndim != 2 or feats.shape[0] != n or len(names) != feats.shape[1]:
-            raise ArtifactError(f"{path}: texts/numeric has shape {feats.shape} and features {names}; expected "
-                             f"({n}, {len(names)}) row-aligned with texts/embedding")
+            raise ArtifactError(
+                f"{path}: texts/numeric has shape {feats.shape} and features {names}; expected "
+                f"({n}, {len(names)}) row-aligned with texts/embedding"
+            )
         if "scale" not in store.numeric_attrs:
             raise ArtifactError(f"{path}: texts/numeric lacks its 'scale' attribute")
         store.numeric_features = names

@@ -45,12 +45,18 @@ def _count(con, rel: str) -> int:
 
 def _label_exprs(alias: str, prefix: str) -> dict[str, str]:
     # CheXpert: 1 positive, 0 negative, -1 uncertain → NULL, blank → NULL
-    return {col: f"CASE WHEN {alias}.{c} IN (0, 1) THEN {alias}.{c} END"
-            for col, c in zip(label_columns(prefix), LABEL_COLUMNS)}
+    return {
+        col: f"CASE WHEN {alias}.{c} IN (0, 1) THEN {alias}.{c} END"
+        for col, c in zip(label_columns(prefix), LABEL_COLUMNS)
+    }
 
 
 def build_cohort(
-    ehr_dir: Path, cfg: CohortConfig, duck: DuckDBSettings, out_images: Path, out_triplets: Path,
+    ehr_dir: Path,
+    cfg: CohortConfig,
+    duck: DuckDBSettings,
+    out_images: Path,
+    out_triplets: Path,
     required_splits: tuple[str, ...] = (),
 ) -> dict:
     """Write cohort/images.parquet and cohort/triplets.parquet; return the row count after each filter.
@@ -136,21 +142,23 @@ def build_cohort(
             step("pairs_consecutive", "pairs2", "pairing=consecutive (cohort.pairing)")
         else:
             con.execute("CREATE TEMP VIEW pairs2 AS SELECT * FROM pairs1")
-        con.execute(
-            "CREATE TEMP TABLE pairs3 AS SELECT trg_dicom_id || '_' || prev_dicom_id AS pair_id, * FROM pairs2"
-        )
+        con.execute("CREATE TEMP TABLE pairs3 AS SELECT trg_dicom_id || '_' || prev_dicom_id AS pair_id, * FROM pairs2")
         _assign_split(con, cfg, counts)
         step("pairs_with_split", "pairs4", f"applying the split key file {cfg.split.key_file} (cohort.split.key_file)")
         per_split = dict(con.execute("SELECT split, count(*) FROM pairs4 GROUP BY split").fetchall())
         empty = [s for s in required_splits if not per_split.get(s)]
         if empty:
-            how = (f"the split key file {cfg.split.key_file} (cohort.split.key_file) lists none of them"
-                   if cfg.split.key_file else
-                   f"cohort.split.fractions {cfg.split.fractions} over {counts['pairs_with_split']} pairs of "
-                   f"{_count(con, '(SELECT DISTINCT subject_id FROM pairs4)')} subjects left none (the split is by "
-                   "subject: raise the fraction or use more subjects)")
-            raise DataError(f"empty split(s) {empty}: the later stages need pairs in {list(required_splits)}; {how}; "
-                            f"pairs per split: {per_split}")
+            how = (
+                f"the split key file {cfg.split.key_file} (cohort.split.key_file) lists none of them"
+                if cfg.split.key_file
+                else f"cohort.split.fractions {cfg.split.fractions} over {counts['pairs_with_split']} pairs of "
+                f"{_count(con, '(SELECT DISTINCT subject_id FROM pairs4)')} subjects left none (the split is by "
+                "subject: raise the fraction or use more subjects)"
+            )
+            raise DataError(
+                f"empty split(s) {empty}: the later stages need pairs in {list(required_splits)}; {how}; "
+                f"pairs per split: {per_split}"
+            )
 
         # one label row per study (the file has one; guard against duplicates deterministically)
         con.execute(
@@ -189,11 +197,16 @@ def build_cohort(
         counts["subjects"] = int(con.execute("SELECT count(DISTINCT subject_id) FROM pairs4").fetchall()[0][0])
         # missing demographics are data: counted here, reported as undefined by the evaluation
         for what, cond in (("age", "age IS NULL"), ("sex", "gender IS NULL OR upper(gender) NOT IN ('M', 'F')")):
-            counts[f"subjects_without_{what}"] = int(con.execute(
-                f"SELECT count(DISTINCT subject_id) FROM pairs4 WHERE {cond}").fetchall()[0][0])
+            counts[f"subjects_without_{what}"] = int(
+                con.execute(f"SELECT count(DISTINCT subject_id) FROM pairs4 WHERE {cond}").fetchall()[0][0]
+            )
         if counts["subjects_without_age"] or counts["subjects_without_sex"]:
-            log.warning("cohort: %d of %d subjects have no age and %d no sex (M/F); their age/sex metrics are "
-                        "undefined", counts["subjects_without_age"], counts["subjects"], counts["subjects_without_sex"])
+            log.warning(
+                "cohort: %d of %d subjects have no age and %d no sex (M/F); their age/sex metrics are undefined",
+                counts["subjects_without_age"],
+                counts["subjects"],
+                counts["subjects_without_sex"],
+            )
     finally:
         close(con)
     log.info("cohort: %s", counts)
@@ -206,10 +219,12 @@ def _assign_split(con, cfg: CohortConfig, counts: dict) -> None:
         keys = read_key_file(cfg.split.key_file)
         key_tab = pa.table({"pair_id": list(keys), "split": list(keys.values())})
         con.register("split_keys", key_tab)
-        counts["pairs_not_in_key_file"] = _count(con, "(SELECT * FROM pairs3 WHERE pair_id NOT IN "
-                                                      "(SELECT pair_id FROM split_keys))")
-        counts["key_file_pairs_not_found"] = _count(con, "(SELECT * FROM split_keys WHERE pair_id NOT IN "
-                                                         "(SELECT pair_id FROM pairs3))")
+        counts["pairs_not_in_key_file"] = _count(
+            con, "(SELECT * FROM pairs3 WHERE pair_id NOT IN (SELECT pair_id FROM split_keys))"
+        )
+        counts["key_file_pairs_not_found"] = _count(
+            con, "(SELECT * FROM split_keys WHERE pair_id NOT IN (SELECT pair_id FROM pairs3))"
+        )
         con.execute("CREATE TEMP TABLE pairs4 AS SELECT p.*, k.split FROM pairs3 p JOIN split_keys k USING (pair_id)")
         return
     subj = con.sql("SELECT subject_id, count(*) AS n FROM pairs3 GROUP BY subject_id ORDER BY subject_id")

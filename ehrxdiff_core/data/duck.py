@@ -14,7 +14,6 @@ import duckdb
 
 from ehrxdiff_core.config import DuckDBSettings
 
-
 ROW_GROUP = 122_880  # rows per Parquet row group (DuckDB's default), for every file the stages write
 _SCRATCH: dict[int, Path] = {}  # connection id → spill folder we created (removed by `close`)
 
@@ -69,6 +68,7 @@ def ident(name: str) -> str:
 def copy_to_parquet(con: duckdb.DuckDBPyConnection, query: str, out: Path, compression: str = "zstd") -> int:
     """Stream a query into a Parquet file (zstd for artifacts, snappy for scratch); returns rows written."""
     res = con.execute(
-        f"COPY ({query}) TO '{sql_str(str(out))}' (FORMAT parquet, COMPRESSION {compression}, ROW_GROUP_SIZE {ROW_GROUP})"
+        f"COPY ({query}) TO '{sql_str(str(out))}' (FORMAT parquet, COMPRESSION {compression}, "
+        f"ROW_GROUP_SIZE {ROW_GROUP})"
     ).fetchall()
     return int(res[0][0]) if res else 0

@@ -153,9 +153,11 @@ class DecodedImageCache:
             keys.append(ks)
             shard.append(np.full(len(ks), len(self.shards) - 1, dtype=np.int32))
             row.append(np.arange(len(ks), dtype=np.int64))
-        self._set(np.concatenate(keys) if keys else np.zeros(0, np.uint64),
-                  np.concatenate(shard) if shard else np.zeros(0, np.int32),
-                  np.concatenate(row) if row else np.zeros(0, np.int64))
+        self._set(
+            np.concatenate(keys) if keys else np.zeros(0, np.uint64),
+            np.concatenate(shard) if shard else np.zeros(0, np.int32),
+            np.concatenate(row) if row else np.zeros(0, np.int64),
+        )
 
     def _set(self, keys: np.ndarray, shard: np.ndarray, row: np.ndarray) -> None:
         self.keys, first = np.unique(keys, return_index=True)  # sorted; the first shard wins
@@ -182,9 +184,11 @@ class DecodedImageCache:
                 h5.create_dataset("key", data=keys.astype(np.uint64))
                 h5.create_dataset("pixels", data=pixels.astype(np.uint8))  # contiguous: fast row reads
         self.shards.append(name)
-        self._set(np.concatenate([self.keys, keys.astype(np.uint64)]),
-                  np.concatenate([self.shard, np.full(len(keys), len(self.shards) - 1, np.int32)]),
-                  np.concatenate([self.row, np.arange(len(keys), dtype=np.int64)]))
+        self._set(
+            np.concatenate([self.keys, keys.astype(np.uint64)]),
+            np.concatenate([self.shard, np.full(len(keys), len(self.shards) - 1, np.int32)]),
+            np.concatenate([self.row, np.arange(len(keys), dtype=np.int64)]),
+        )
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         """uint8 (len(idx), size, size) for cache indices from `lookup`, in that order."""
@@ -244,8 +248,9 @@ def image_inventory_hash(
     return f"{len(paths)} listed, {n_missing} missing, sha256 {digest}"
 
 
-def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, out_h5: Path,
-                      workers: int | None = None) -> dict:
+def build_image_store(
+    images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, out_h5: Path, workers: int | None = None
+) -> dict:
     """Write images/cxr_{size}.h5 (layout: artifacts/images.py) for the images `images_parquet` lists, decoding
     only those the cache (`images.cache_dir`) does not hold yet; `workers` decode threads (default: the job's
     CPUs, ≤ 8)."""
@@ -268,8 +273,14 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
     where = cache.lookup(keys)
     bad: dict[int, str] = {i: e for i, e in enumerate(stat_errors) if e is not None}
     todo = [i for i in range(len(paths)) if where[i] < 0 and i not in bad]
-    log.info("images: %d listed, %d in the cache (%s), %d to decode on %d thread(s)",
-             len(paths), int((where >= 0).sum()), cache.folder, len(todo), workers)
+    log.info(
+        "images: %d listed, %d in the cache (%s), %d to decode on %d thread(s)",
+        len(paths),
+        int((where >= 0).sum()),
+        cache.folder,
+        len(todo),
+        workers,
+    )
 
     # decode what the cache lacks, one cache shard at a time (a killed job keeps finished shards).
     # Threads, not processes: Pillow releases the GIL while it decodes and resizes, so 2 threads
@@ -282,8 +293,12 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
         with tqdm(total=len(todo), desc=f"decode {size}px", unit="img") as bar:
             for start in range(0, len(todo), cfg.cache_shard_images):
                 part = todo[start : start + cfg.cache_shard_images]
-                args = ([paths[i] for i in part], [size] * len(part), [resize] * len(part),
-                        [cfg.jpeg_draft] * len(part))
+                args = (
+                    [paths[i] for i in part],
+                    [size] * len(part),
+                    [resize] * len(part),
+                    [cfg.jpeg_draft] * len(part),
+                )
                 results = pool.map(_try_load, *args) if pool else map(_try_load, *args)
                 ok_i, ok_px = [], []
                 for i, (arr, err) in zip(part, results):
@@ -320,9 +335,23 @@ def build_image_store(images_parquet: Path, cxr_root: Path, cfg: ImagesConfig, o
             pixels = create_pixels(h5, len(keep), size)
             for b in range(0, len(keep), block):
                 pixels[b : b + block] = cache.read(idx[b : b + block])
-            write_index(h5, [dicom_ids[i] for i in keep], size=size, resize=resize, jpeg_draft=bool(cfg.jpeg_draft),
-                        n_bad=len(bad), decoded=n_decoded, from_cache=n_from_cache)
-    counts = {"images": len(dicom_ids), "stored": len(keep), "n_bad": len(bad), "bad_fraction": round(frac, 6),
-              "decoded": n_decoded, "from_cache": n_from_cache}
+            write_index(
+                h5,
+                [dicom_ids[i] for i in keep],
+                size=size,
+                resize=resize,
+                jpeg_draft=bool(cfg.jpeg_draft),
+                n_bad=len(bad),
+                decoded=n_decoded,
+                from_cache=n_from_cache,
+            )
+    counts = {
+        "images": len(dicom_ids),
+        "stored": len(keep),
+        "n_bad": len(bad),
+        "bad_fraction": round(frac, 6),
+        "decoded": n_decoded,
+        "from_cache": n_from_cache,
+    }
     log.info("images: %s", counts)
     return counts

@@ -56,9 +56,7 @@ def _study_time(date_col: str, time_col: str) -> str:
     hh = f"floor({t} / 10000)"
     mm = f"floor({t} / 100) - 100 * {hh}"
     us = f"round(({t} - 100 * floor({t} / 100)) * 1000000)"
-    return (
-        f"strptime({d}, '%Y%m%d') + to_microseconds(CAST(({hh} * 3600 + ({mm}) * 60) * 1000000 + {us} AS BIGINT))"
-    )
+    return f"strptime({d}, '%Y%m%d') + to_microseconds(CAST(({hh} * 3600 + ({mm}) * 60) * 1000000 + {us} AS BIGINT))"
 
 
 def ingest_table(table_name: str, src: Path, out_parquet: Path, duck: DuckDBSettings) -> int:
@@ -93,9 +91,7 @@ def ingest_table(table_name: str, src: Path, out_parquet: Path, duck: DuckDBSett
             else:
                 select.append(f"CAST(NULL AS {c.sql_type}) AS {ident(c.name)}")
         if table_name == "cxr_metadata":
-            select.append(
-                f"{_study_time(ident(by_name['studydate']), ident(by_name['studytime']))} AS study_time"
-            )
+            select.append(f"{_study_time(ident(by_name['studydate']), ident(by_name['studytime']))} AS study_time")
         query = f"SELECT {', '.join(select)} FROM {_reader(src)}"
         with atomic_path(out_parquet) as tmp:
             try:

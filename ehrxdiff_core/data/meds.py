@@ -37,8 +37,11 @@ _INTEGER_ID = "[+-]?[0-9]{1,18}"
 
 def _id_sources(mcols: dict, icols: dict, ecols: dict) -> dict[str, list[tuple[str, str]]]:
     """(relation, column) of every id of each kind, across the MEDS shards, the manifest and the encounters."""
-    out = {"subject_id": [("meds_raw", mcols["subject_id"]), ("manifest_raw", icols["subject_id"])],
-           "study_id": [("manifest_raw", icols["study_id"])], "hadm_id": []}
+    out = {
+        "subject_id": [("meds_raw", mcols["subject_id"]), ("manifest_raw", icols["subject_id"])],
+        "study_id": [("manifest_raw", icols["study_id"])],
+        "hadm_id": [],
+    }
     if "hadm_id" in mcols:
         out["hadm_id"].append(("meds_raw", mcols["hadm_id"]))
     if ecols:
@@ -91,13 +94,17 @@ def _id_map_query(con, sources: dict, hashed: dict) -> str:
         q = f"SELECT '{kind}' AS kind, v AS original, {_hash_sql('v')} AS id FROM ({_id_values(src)})"
         n, n_ids = con.execute(f"SELECT count(*), count(DISTINCT id) FROM ({q})").fetchall()[0]
         if n != n_ids:
-            raise DataError(f"meds: {n - n_ids} hash collision(s) among the {n} string {kind} values; "
-                            f"give integer {kind} values in the MEDS shards and the image manifest")
+            raise DataError(
+                f"meds: {n - n_ids} hash collision(s) among the {n} string {kind} values; "
+                f"give integer {kind} values in the MEDS shards and the image manifest"
+            )
         log.info("meds: %d %s values are not integers: mapped to stable integers (%s.parquet)", n, kind, ID_MAP)
         parts.append(q)
     if not parts:
-        return ("SELECT CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS original, "
-                "CAST(NULL AS BIGINT) AS id LIMIT 0")
+        return (
+            "SELECT CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS original, "
+            "CAST(NULL AS BIGINT) AS id LIMIT 0"
+        )
     return " UNION ALL ".join(parts) + " ORDER BY kind, original"
 
 
@@ -153,12 +160,14 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
         mcols = _columns(con, "meds_raw")
         _require(mcols, MEDS_COLUMNS, "MEDS shards in", cfg.data_dir)
         has_hadm = "hadm_id" in mcols
-        icols = _read_csv(con, "manifest_raw", Path(cfg.image_manifest), "image manifest (data.meds.image_manifest)",
-                          MANIFEST_COLUMNS)
+        icols = _read_csv(
+            con, "manifest_raw", Path(cfg.image_manifest), "image manifest (data.meds.image_manifest)", MANIFEST_COLUMNS
+        )
         ecols = {}
         if cfg.encounters:
-            ecols = _read_csv(con, "enc_raw", Path(cfg.encounters), "encounters (data.meds.encounters)",
-                              ENCOUNTER_COLUMNS)
+            ecols = _read_csv(
+                con, "enc_raw", Path(cfg.encounters), "encounters (data.meds.encounters)", ENCOUNTER_COLUMNS
+            )
         id_sources = _id_sources(mcols, icols, ecols)
         hashed = _plan_ids(con, id_sources)
         id_map = _id_map_query(con, id_sources, hashed)
@@ -166,8 +175,11 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
             f"CREATE TEMP TABLE meds AS SELECT {_id_sql(mcols['subject_id'], hashed['subject_id'])} AS subject_id, "
             "CAST(time AS TIMESTAMP) AS time, CAST(code AS VARCHAR) AS code, "
             "CAST(numeric_value AS DOUBLE) AS numeric_value, CAST(text_value AS VARCHAR) AS text_value, "
-            + (f"{_id_sql(mcols['hadm_id'], hashed['hadm_id'])} AS hadm_id " if has_hadm
-               else "CAST(NULL AS BIGINT) AS hadm_id ")
+            + (
+                f"{_id_sql(mcols['hadm_id'], hashed['hadm_id'])} AS hadm_id "
+                if has_hadm
+                else "CAST(NULL AS BIGINT) AS hadm_id "
+            )
             + "FROM meds_raw"
         )
         counts["meds_rows"] = int(con.execute("SELECT count(*) FROM meds").fetchall()[0][0])
@@ -180,11 +192,20 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
             f"CREATE TEMP TABLE manifest AS SELECT {_id_sql(icols['subject_id'], hashed['subject_id'])} AS subject_id, "
             f"{_id_sql(icols['study_id'], hashed['study_id'])} AS study_id, image_id AS dicom_id, path, "
             "CAST(study_time AS TIMESTAMP) AS study_time, upper(trim(view)) AS viewposition, "
-            + (f"CASE WHEN upper(trim({ident(icols['sex'])})) IN ('M', 'MALE') THEN 'M' "
-               f"WHEN upper(trim({ident(icols['sex'])})) IN ('F', 'FEMALE') THEN 'F' END AS sex, " if "sex" in icols else "CAST(NULL AS VARCHAR) AS sex, ")
-            + (f"TRY_CAST({ident(icols['age'])} AS DOUBLE) AS age, " if "age" in icols else "CAST(NULL AS DOUBLE) AS age, ")
+            + (
+                f"CASE WHEN upper(trim({ident(icols['sex'])})) IN ('M', 'MALE') THEN 'M' "
+                f"WHEN upper(trim({ident(icols['sex'])})) IN ('F', 'FEMALE') THEN 'F' END AS sex, "
+                if "sex" in icols
+                else "CAST(NULL AS VARCHAR) AS sex, "
+            )
+            + (
+                f"TRY_CAST({ident(icols['age'])} AS DOUBLE) AS age, "
+                if "age" in icols
+                else "CAST(NULL AS DOUBLE) AS age, "
+            )
             + ", ".join(
-                f"TRY_CAST(nullif({ident(label_sources[c])}, '') AS DOUBLE) AS {c}" if c in label_sources
+                f"TRY_CAST(nullif({ident(label_sources[c])}, '') AS DOUBLE) AS {c}"
+                if c in label_sources
                 else f"CAST(NULL AS DOUBLE) AS {c}"
                 for c in LABEL_COLUMNS
             )
@@ -220,11 +241,15 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
         )
         no_age = con.execute("SELECT count(*) FROM demo WHERE anchor_year IS NULL").fetchall()[0][0]
         if no_age:
-            log.warning("meds: %d subjects have no age (no manifest `age`, no MEDS_BIRTH): cohort.min_age leaves them "
-                        "out; set cohort.min_age: null to keep them", no_age)
+            log.warning(
+                "meds: %d subjects have no age (no manifest `age`, no MEDS_BIRTH): cohort.min_age leaves them "
+                "out; set cohort.min_age: null to keep them",
+                no_age,
+            )
         counts["subjects_without_age"] = int(no_age)
-        counts["subjects_without_sex"] = int(con.execute(
-            "SELECT count(*) FROM demo WHERE gender IS NULL OR gender NOT IN ('M', 'F')").fetchall()[0][0])
+        counts["subjects_without_sex"] = int(
+            con.execute("SELECT count(*) FROM demo WHERE gender IS NULL OR gender NOT IN ('M', 'F')").fetchall()[0][0]
+        )
 
         events = (
             "SELECT coalesce(m.hadm_id, e.hadm_id) AS hadm_id, m.time, lower(split_part(m.code, '//', 1)) AS source, "
@@ -239,7 +264,8 @@ def meds_to_tables(cfg: MedsSource, duck: DuckDBSettings, out_dir: Path) -> dict
             "admissions": "SELECT subject_id, hadm_id, admittime, dischtime, CAST(NULL AS VARCHAR) AS race FROM enc",
             "cxr_metadata": "SELECT dicom_id, subject_id, study_id, viewposition, study_time, path FROM manifest",
             "cxr_chexpert": "SELECT any_value(subject_id) AS subject_id, study_id, "
-            + ", ".join(f"max({c}) AS {c}" for c in LABEL_COLUMNS) + " FROM manifest GROUP BY study_id",
+            + ", ".join(f"max({c}) AS {c}" for c in LABEL_COLUMNS)
+            + " FROM manifest GROUP BY study_id",
             "d_items": "SELECT CAST(NULL AS BIGINT) AS itemid, CAST(NULL AS VARCHAR) AS label, "
             "CAST(NULL AS VARCHAR) AS linksto, CAST(NULL AS VARCHAR) AS category LIMIT 0",
             "d_labitems": "SELECT CAST(NULL AS BIGINT) AS itemid, CAST(NULL AS VARCHAR) AS label, "

@@ -18,20 +18,55 @@ from ehrxdiff_core.labels import CHEXPERT_LABELS, label_column
 
 # (table, time column, code expression, numeric expression, text expression); `d` = the item dictionary
 _EVENT_SOURCES = [
-    ("hosp/labevents", "charttime", "'LAB//' || d.label || '//' || coalesce(e.valueuom, 'UNK')",
-     "e.valuenum", "CASE WHEN e.valuenum IS NULL THEN e.value END", "hosp/d_labitems"),
-    ("icu/chartevents", "charttime", "'CHART//' || d.label || '//' || coalesce(e.valueuom, 'UNK')",
-     "e.valuenum", "CASE WHEN e.valuenum IS NULL THEN e.value END", "icu/d_items"),
-    ("hosp/prescriptions", "starttime", "'MEDICATION//' || e.drug || '//' || coalesce(e.route, 'UNK')",
-     "TRY_CAST(e.dose_val_rx AS DOUBLE)", "e.dose_unit_rx", None),
-    ("icu/inputevents", "starttime", "'INFUSION//' || d.label || '//' || coalesce(e.amountuom, 'UNK')",
-     "e.amount", "NULL", "icu/d_items"),
-    ("icu/outputevents", "charttime", "'OUTPUT//' || d.label || '//' || coalesce(e.valueuom, 'UNK')",
-     "e.value", "NULL", "icu/d_items"),
+    (
+        "hosp/labevents",
+        "charttime",
+        "'LAB//' || d.label || '//' || coalesce(e.valueuom, 'UNK')",
+        "e.valuenum",
+        "CASE WHEN e.valuenum IS NULL THEN e.value END",
+        "hosp/d_labitems",
+    ),
+    (
+        "icu/chartevents",
+        "charttime",
+        "'CHART//' || d.label || '//' || coalesce(e.valueuom, 'UNK')",
+        "e.valuenum",
+        "CASE WHEN e.valuenum IS NULL THEN e.value END",
+        "icu/d_items",
+    ),
+    (
+        "hosp/prescriptions",
+        "starttime",
+        "'MEDICATION//' || e.drug || '//' || coalesce(e.route, 'UNK')",
+        "TRY_CAST(e.dose_val_rx AS DOUBLE)",
+        "e.dose_unit_rx",
+        None,
+    ),
+    (
+        "icu/inputevents",
+        "starttime",
+        "'INFUSION//' || d.label || '//' || coalesce(e.amountuom, 'UNK')",
+        "e.amount",
+        "NULL",
+        "icu/d_items",
+    ),
+    (
+        "icu/outputevents",
+        "charttime",
+        "'OUTPUT//' || d.label || '//' || coalesce(e.valueuom, 'UNK')",
+        "e.value",
+        "NULL",
+        "icu/d_items",
+    ),
     ("icu/procedureevents", "starttime", "'PROCEDURE//' || d.label", "e.value", "e.valueuom", "icu/d_items"),
-    ("hosp/microbiologyevents", "charttime",
-     "'MICRO//' || e.spec_type_desc || '//' || coalesce(e.org_name, e.test_name, 'UNK')", "NULL",
-     "e.interpretation", None),
+    (
+        "hosp/microbiologyevents",
+        "charttime",
+        "'MICRO//' || e.spec_type_desc || '//' || coalesce(e.org_name, e.test_name, 'UNK')",
+        "NULL",
+        "e.interpretation",
+        None,
+    ),
 ]
 
 
@@ -60,7 +95,8 @@ def synthetic_to_meds(world: Path, out: Path) -> dict:
             )
         pat = _csv(mimic, "hosp/patients")
         parts.append(
-            f"SELECT CAST(subject_id AS BIGINT), NULL::TIMESTAMP, 'GENDER//' || gender, NULL::FLOAT, NULL, NULL::BIGINT "
+            "SELECT CAST(subject_id AS BIGINT), NULL::TIMESTAMP, 'GENDER//' || gender, "
+            "NULL::FLOAT, NULL, NULL::BIGINT "
             f"FROM {pat}"
         )
         parts.append(
@@ -86,8 +122,14 @@ def synthetic_to_meds(world: Path, out: Path) -> dict:
                 f"TO '{sql_str(str(tmp / 'metadata' / 'codes.parquet'))}' (FORMAT parquet)"
             )
             (tmp / "metadata" / "dataset.json").write_text(
-                json.dumps({"dataset_name": "ehrxdiff-synthetic", "etl_name": "ehrxdiff.synthetic_to_meds",
-                            "meds_version": "0.4"}, indent=2)
+                json.dumps(
+                    {
+                        "dataset_name": "ehrxdiff-synthetic",
+                        "etl_name": "ehrxdiff.synthetic_to_meds",
+                        "meds_version": "0.4",
+                    },
+                    indent=2,
+                )
             )
             labels = ", ".join(f'l."{name}" AS "{name}"' for name in CHEXPERT_LABELS)
             meta, chex = _csv(cxr, "mimic-cxr-2.0.0-metadata"), _csv(cxr, "mimic-cxr-2.0.0-chexpert")
@@ -96,17 +138,19 @@ def synthetic_to_meds(world: Path, out: Path) -> dict:
                 "'files/p' || left(m.subject_id, 2) || '/p' || m.subject_id || '/s' || m.study_id || '/' || "
                 "m.dicom_id || '.jpg' AS path, "
                 "strftime(strptime(m.StudyDate, '%Y%m%d') + to_microseconds(CAST(round("
-                "(floor(CAST(m.StudyTime AS DOUBLE) / 10000) * 3600 + floor(CAST(m.StudyTime AS DOUBLE) / 100) % 100 * 60 "
+                "(floor(CAST(m.StudyTime AS DOUBLE) / 10000) * 3600 + floor(CAST(m.StudyTime AS "
+                "DOUBLE) / 100) % 100 * 60 "
                 "+ CAST(m.StudyTime AS DOUBLE) % 100) * 1e6) AS BIGINT)), '%Y-%m-%d %H:%M:%S.%f') AS study_time, "
                 f"m.ViewPosition AS view, p.gender AS sex, {labels} "
-                f"FROM {meta} m LEFT JOIN {chex} l ON l.study_id = m.study_id JOIN {pat} p ON p.subject_id = m.subject_id "
+                f"FROM {meta} m LEFT JOIN {chex} l ON l.study_id = m.study_id JOIN {pat} p ON "
+                "p.subject_id = m.subject_id "
                 "ORDER BY m.subject_id, m.study_id, m.dicom_id"
             )
             con.execute(f"COPY ({manifest}) TO '{sql_str(str(tmp / 'images.csv'))}' (HEADER, DELIMITER ',')")
             counts["images"] = con.execute(f"SELECT count(*) FROM ({manifest})").fetchall()[0][0]
             adm = _csv(mimic, "hosp/admissions")
             con.execute(
-                f"COPY (SELECT subject_id, hadm_id, admittime AS start, dischtime AS \"end\" FROM {adm} "
+                f'COPY (SELECT subject_id, hadm_id, admittime AS start, dischtime AS "end" FROM {adm} '
                 f"ORDER BY subject_id, hadm_id) TO '{sql_str(str(tmp / 'encounters.csv'))}' (HEADER, DELIMITER ',')"
             )
     finally:

@@ -62,9 +62,10 @@ def write_pair_events(
     done = 0  # pairs [0, done) are written
     pending: list[pa.Table] = []
     # the pool is left first: it waits for a write in flight before the writer closes
-    with pq.ParquetWriter(out, OUTPUT_SCHEMA, **WRITE_OPTIONS, compression=compression) as writer, ThreadPoolExecutor(
-        max_workers=1
-    ) as pool:
+    with (
+        pq.ParquetWriter(out, OUTPUT_SCHEMA, **WRITE_OPTIONS, compression=compression) as writer,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
         writing = None  # writing one row group overlaps with gathering the next (pyarrow releases the GIL)
 
         def flush() -> None:

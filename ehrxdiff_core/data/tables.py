@@ -150,9 +150,13 @@ class EventTable:
         if module not in MIMICIV_MODULES or not file or "/" in file:
             raise ValueError(f"event table {self.name}: source {self.source!r} must be 'hosp/<file>' or 'icu/<file>'")
         kinds = {c.name: c.kind for c in self.table.columns}
-        named = {"time": [self.time], "ids": list(self.ids), "code": list(self.code),
-                 "quantity": list(self.quantity or ()),
-                 "dictionary.key": [self.dictionary.key] if self.dictionary is not None else []}
+        named = {
+            "time": [self.time],
+            "ids": list(self.ids),
+            "code": list(self.code),
+            "quantity": list(self.quantity or ()),
+            "dictionary.key": [self.dictionary.key] if self.dictionary is not None else [],
+        }
         for field, cols in named.items():
             missing = [c for c in cols if c not in kinds]
             if missing:

@@ -19,7 +19,9 @@ def evaluator_and_images(evaluator_dir, images_h5, device: str):
     model, meta = load_evaluator(evaluator_dir, device)
     store = open_images(images_h5)
     if store.size != meta["image_size"]:
-        raise InputError(f"{images_h5}: images are {store.size} px but the evaluator in {evaluator_dir} expects {meta['image_size']}")
+        raise InputError(
+            f"{images_h5}: images are {store.size} px but the evaluator in {evaluator_dir} expects {meta['image_size']}"
+        )
     return model, meta, tuple(meta["labels"]), store
 
 

@@ -33,8 +33,9 @@ METRIC_TEXT = {
 }
 
 
-def fixed_label_sets(trg: np.ndarray, prev: np.ndarray, labels: tuple[str, ...], candidates: list[str],
-                     min_pos: int, min_neg: int) -> dict[str, list[str]]:
+def fixed_label_sets(
+    trg: np.ndarray, prev: np.ndarray, labels: tuple[str, ...], candidates: list[str], min_pos: int, min_neg: int
+) -> dict[str, list[str]]:
     """Per subset, the candidate labels with at least `min_pos` positive and `min_neg` negative targets.
 
     Fixed from the labels alone (never from a method's scores) before any scoring or resampling.
@@ -62,8 +63,12 @@ def truth_label_sets(truth: PairTruth, min_pos: int, min_neg: int) -> dict[str, 
     AUROC needs `min_pos` upward and `min_neg` downward threshold crossings.
     """
     c = truth.change
-    return {"partial_r": [f for f in truth.dynamic if c[f]["n_pairs"] >= min_pos + min_neg],
-            "crossing_auroc": [f for f in truth.dynamic if c[f]["n_cross_up"] >= min_pos and c[f]["n_cross_down"] >= min_neg]}
+    return {
+        "partial_r": [f for f in truth.dynamic if c[f]["n_pairs"] >= min_pos + min_neg],
+        "crossing_auroc": [
+            f for f in truth.dynamic if c[f]["n_cross_up"] >= min_pos and c[f]["n_cross_down"] >= min_neg
+        ],
+    }
 
 
 @dataclass
@@ -81,7 +86,9 @@ class HeadlineData:
         self.masks = subset_masks(self.trg, self.prev)
 
 
-def headline_values(data: HeadlineData, probs: np.ndarray, change: np.ndarray | None, idx: np.ndarray) -> dict[str, float | None]:
+def headline_values(
+    data: HeadlineData, probs: np.ndarray, change: np.ndarray | None, idx: np.ndarray
+) -> dict[str, float | None]:
     """The headline metrics of one method on the pairs `idx` (repeats allowed); None when undefined.
 
     `probs` (N, L): the method's finding scores; `change` (N, L): its predicted change (scores minus the
@@ -117,8 +124,13 @@ def headline_values(data: HeadlineData, probs: np.ndarray, change: np.ndarray | 
     return out
 
 
-def bootstrap(data: HeadlineData, methods: dict[str, tuple[np.ndarray, np.ndarray | None]], groups: np.ndarray,
-              n_boot: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+def bootstrap(
+    data: HeadlineData,
+    methods: dict[str, tuple[np.ndarray, np.ndarray | None]],
+    groups: np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> dict[str, dict[str, np.ndarray]]:
     """Resampled headline values, method -> metric -> (n_boot,) with NaN where undefined.
 
     Patients are drawn with replacement once per resample and every method is scored on the same draw.
@@ -149,17 +161,33 @@ def verdict(ci95: list[float] | None) -> str:
     return "no significant difference"
 
 
-def compare(model: str, controls: list[str], values: dict[str, dict[str, float | None]],
-            boot: dict[str, dict[str, np.ndarray]], n_boot: int, n_patients: int) -> dict[str, list[dict]]:
+def compare(
+    model: str,
+    controls: list[str],
+    values: dict[str, dict[str, float | None]],
+    boot: dict[str, dict[str, np.ndarray]],
+    n_boot: int,
+    n_patients: int,
+) -> dict[str, list[dict]]:
     """One entry per `<model>_vs_<control>`: for each headline metric the delta, its interval and a verdict."""
     out: dict[str, list[dict]] = {}
     for control in controls:
         entries = []
         for metric in HEADLINE_METRICS:
             a, b = values[model][metric], values[control][metric]
-            entry: dict = {"metric": metric, "model": model, "control": control, "model_value": a, "control_value": b,
-                           "delta": None if a is None or b is None else a - b, "ci95": None, "n_boot": n_boot,
-                           "n_valid": 0, "n_patients": n_patients, "fraction_delta_le_0": None}
+            entry: dict = {
+                "metric": metric,
+                "model": model,
+                "control": control,
+                "model_value": a,
+                "control_value": b,
+                "delta": None if a is None or b is None else a - b,
+                "ci95": None,
+                "n_boot": n_boot,
+                "n_valid": 0,
+                "n_patients": n_patients,
+                "fraction_delta_le_0": None,
+            }
             d = boot[model][metric] - boot[control][metric]
             d = d[np.isfinite(d)]
             entry["n_valid"] = int(len(d))
@@ -175,7 +203,9 @@ def compare(model: str, controls: list[str], values: dict[str, dict[str, float |
                 entry["ci95"] = [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
                 entry["fraction_delta_le_0"] = float((d <= 0).mean())
                 if not entry["ci95"][0] <= entry["delta"] <= entry["ci95"][1]:
-                    entry["note"] = "the full-sample difference lies outside the percentile interval (a skewed bootstrap)"
+                    entry["note"] = (
+                        "the full-sample difference lies outside the percentile interval (a skewed bootstrap)"
+                    )
             entry["verdict"] = verdict(entry["ci95"])
             entries.append(entry)
         out[f"{model}_vs_{control}"] = entries

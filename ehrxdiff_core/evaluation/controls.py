@@ -80,8 +80,9 @@ def _split_pairs(triplets, split: str, store, images_h5) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ folder contract
 
 
-def write_control_folder(out_dir, pair_ids, images: np.ndarray, sampler: str, seconds_per_image: float,
-                         control: dict | None = None) -> None:
+def write_control_folder(
+    out_dir, pair_ids, images: np.ndarray, sampler: str, seconds_per_image: float, control: dict | None = None
+) -> None:
     """Write a samples folder (`{pair_id}.png`, `manifest.parquet`, optional `control.json`) atomically."""
     images = np.asarray(images)
     pair_ids = [str(p) for p in pair_ids]
@@ -89,8 +90,19 @@ def write_control_folder(out_dir, pair_ids, images: np.ndarray, sampler: str, se
         raise ValueError(f"images must be uint8 (N, S, S), got {images.dtype} {images.shape}")
     if len(pair_ids) != len(images):
         raise ValueError(f"{len(pair_ids)} pair ids for {len(images)} images")
-    rows = [{"pair_id": p, "seed_index": 0, "seed": 0, "path": sample_path(p, 0), "sampler": sampler, "steps": 0,
-             "guidance": float("nan"), "seconds": float(seconds_per_image)} for p in pair_ids]
+    rows = [
+        {
+            "pair_id": p,
+            "seed_index": 0,
+            "seed": 0,
+            "path": sample_path(p, 0),
+            "sampler": sampler,
+            "steps": 0,
+            "guidance": float("nan"),
+            "seconds": float(seconds_per_image),
+        }
+        for p in pair_ids
+    ]
     with atomic_dir(out_dir) as tmp:
         for pid, img in zip(pair_ids, images):
             Image.fromarray(img, mode="L").save(tmp / sample_path(pid, 0))
@@ -115,8 +127,10 @@ def previous_vae_images(vae, images: np.ndarray, device: str = "cpu", batch_size
         x = x.float().div(127.5).sub(1.0)[:, None]
         y = decode_gray(vae, encode_gray(vae, x).mode()).clamp(-1, 1)
         if y.shape[-2:] != x.shape[-2:]:
-            raise InputError(f"autoencoder returns {tuple(y.shape[-2:])} px for {tuple(x.shape[-2:])} px input: "
-                             "images.size must be a multiple of its downsampling factor")
+            raise InputError(
+                f"autoencoder returns {tuple(y.shape[-2:])} px for {tuple(x.shape[-2:])} px input: "
+                "images.size must be a multiple of its downsampling factor"
+            )
         out[start : start + len(x)] = ((y[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
     return out
 
@@ -135,13 +149,22 @@ def control_previous_vae(images_h5, triplets, vae_dir, split: str, out_dir, devi
     per_image = (time.time() - t1) / len(pairs)
     err = np.abs(recon.astype(np.float64) - prev)
     control = {
-        "control": "previous_vae", "split": split, "n_pairs": len(pairs), "vae_dir": str(vae_dir),
+        "control": "previous_vae",
+        "split": split,
+        "n_pairs": len(pairs),
+        "vae_dir": str(vae_dir),
         "latent": "posterior mode (no sampling)",
         "vs_previous": {"mae": float(err.mean()), "psnr_db": _psnr(err)},
     }
     write_control_folder(out_dir, pairs["pair_id"], recon, "previous_vae", per_image, control)
-    log.info("previous_vae: %d %s pairs, MAE %.2f, PSNR %.2f dB -> %s", len(pairs), split,
-             control["vs_previous"]["mae"], control["vs_previous"]["psnr_db"], out_dir)
+    log.info(
+        "previous_vae: %d %s pairs, MAE %.2f, PSNR %.2f dB -> %s",
+        len(pairs),
+        split,
+        control["vs_previous"]["mae"],
+        control["vs_previous"]["psnr_db"],
+        out_dir,
+    )
     return {**control, "seconds": time.time() - t0}
 
 
@@ -193,8 +216,9 @@ class BlurFit:
     iterations: int
 
 
-def fit_blur_sigma(previous: np.ndarray, samples: np.ndarray, sigma_max: float | None = None,
-                   tol: float = BLUR_SIGMA_TOL) -> BlurFit:
+def fit_blur_sigma(
+    previous: np.ndarray, samples: np.ndarray, sigma_max: float | None = None, tol: float = BLUR_SIGMA_TOL
+) -> BlurFit:
     """The one Gaussian sigma at which the blurred previous images' mean sharpness equals the samples'.
 
     Sharpness is measured on the rounded uint8 images, as they are written. Sigma is 0 when the samples
@@ -244,8 +268,9 @@ def control_previous_blur(images_h5, triplets, samples_dir, split: str, out_dir)
     have = set(_seed0_samples(samples_dir))
     fit_pairs = pairs[pairs["pair_id"].isin(have)]
     if fit_pairs.empty:
-        raise InputError(f"{samples_dir}: no sample for any {split} pair of {triplets} with a previous image in "
-                         f"{images_h5}")
+        raise InputError(
+            f"{samples_dir}: no sample for any {split} pair of {triplets} with a previous image in {images_h5}"
+        )
     samples = read_pngs(samples_dir, fit_pairs["pair_id"].tolist(), store.size)
     fit_prev = store.load(fit_pairs["prev_dicom_id"].tolist())
     fit = fit_blur_sigma(fit_prev, samples)
@@ -268,12 +293,25 @@ def control_previous_blur(images_h5, triplets, samples_dir, split: str, out_dir)
         "at_max": "the samples are blurrier than the previous images blurred at sigma_max: sigma clamped there",
     }
     control = {
-        "control": "previous_blur", "split": split, "samples_dir": str(samples_dir),
-        "sigma": fit.sigma, "sigma_status": fit.status, "sigma_reason": reasons[fit.status],
-        "fit": {"sigma_max": fit.sigma_max, "tolerance": fit.tolerance, "iterations": fit.iterations,
-                "target_mean_sharpness": fit.target, "blurred_mean_sharpness": fit.blurred},
-        "blur": {"function": "scipy.ndimage.gaussian_filter", "mode": "reflect", "truncate": BLUR_TRUNCATE,
-                 "rounded_to_uint8": True},
+        "control": "previous_blur",
+        "split": split,
+        "samples_dir": str(samples_dir),
+        "sigma": fit.sigma,
+        "sigma_status": fit.status,
+        "sigma_reason": reasons[fit.status],
+        "fit": {
+            "sigma_max": fit.sigma_max,
+            "tolerance": fit.tolerance,
+            "iterations": fit.iterations,
+            "target_mean_sharpness": fit.target,
+            "blurred_mean_sharpness": fit.blurred,
+        },
+        "blur": {
+            "function": "scipy.ndimage.gaussian_filter",
+            "mode": "reflect",
+            "truncate": BLUR_TRUNCATE,
+            "rounded_to_uint8": True,
+        },
         "sharpness_statistic": SHARPNESS_STATISTIC,
         "sharpness": {
             "samples": group(samples),
@@ -282,18 +320,34 @@ def control_previous_blur(images_h5, triplets, samples_dir, split: str, out_dir)
             "previous_blurred": group(blurred[fit_rows]),
         },
         "sharpness_pairs": "samples, previous and previous_blurred: the pairs with a seed-0 sample; "
-                           "real_target: those of them whose target has pixels",
-        "n_pairs": len(pairs), "n_fit_pairs": len(fit_pairs),
+        "real_target: those of them whose target has pixels",
+        "n_pairs": len(pairs),
+        "n_fit_pairs": len(fit_pairs),
         "n_pairs_without_sample": int(len(pairs) - len(fit_pairs)),
     }
     write_control_folder(out_dir, pairs["pair_id"], blurred, "previous_blur", per_image, control)
     s = control["sharpness"]
-    log.info("previous_blur: sigma %.3f px (%s); sharpness samples %.3g, real targets %.3g, previous %.3g, "
-             "blurred previous %.3g; %d pairs (%d fitted) -> %s", fit.sigma, fit.status, s["samples"]["mean"],
-             s["real_target"]["mean"] or float("nan"), s["previous"]["mean"], s["previous_blurred"]["mean"],
-             len(pairs), len(fit_pairs), out_dir)
-    return {"sigma": fit.sigma, "status": fit.status, "n_pairs": len(pairs), "n_fit_pairs": len(fit_pairs),
-            "sharpness": {k: v["mean"] for k, v in s.items()}, "seconds": time.time() - t0}
+    log.info(
+        "previous_blur: sigma %.3f px (%s); sharpness samples %.3g, real targets %.3g, previous %.3g, "
+        "blurred previous %.3g; %d pairs (%d fitted) -> %s",
+        fit.sigma,
+        fit.status,
+        s["samples"]["mean"],
+        s["real_target"]["mean"] or float("nan"),
+        s["previous"]["mean"],
+        s["previous_blurred"]["mean"],
+        len(pairs),
+        len(fit_pairs),
+        out_dir,
+    )
+    return {
+        "sigma": fit.sigma,
+        "status": fit.status,
+        "n_pairs": len(pairs),
+        "n_fit_pairs": len(fit_pairs),
+        "sharpness": {k: v["mean"] for k, v in s.items()},
+        "seconds": time.time() - t0,
+    }
 
 
 # ----------------------------------------------------------------------------------------- vae_quality
@@ -321,10 +375,16 @@ def quality_gate(real: dict, recon: dict) -> dict:
     age_r = recon["age_pearson_r"]["value"]
     gap = None if real_macro is None or recon_macro is None else abs(recon_macro - real_macro)
     checks = {
-        "macro_auroc_gap": {"value": gap, "max": GATE_MAX_MACRO_AUROC_GAP,
-                            "passed": gap is not None and gap <= GATE_MAX_MACRO_AUROC_GAP},
-        "reconstructed_age_pearson_r": {"value": age_r, "min": GATE_MIN_AGE_PEARSON_R,
-                                        "passed": age_r is not None and age_r >= GATE_MIN_AGE_PEARSON_R},
+        "macro_auroc_gap": {
+            "value": gap,
+            "max": GATE_MAX_MACRO_AUROC_GAP,
+            "passed": gap is not None and gap <= GATE_MAX_MACRO_AUROC_GAP,
+        },
+        "reconstructed_age_pearson_r": {
+            "value": age_r,
+            "min": GATE_MIN_AGE_PEARSON_R,
+            "passed": age_r is not None and age_r >= GATE_MIN_AGE_PEARSON_R,
+        },
     }
     reasons = []
     if gap is None:
@@ -341,7 +401,7 @@ def quality_gate(real: dict, recon: dict) -> dict:
         "checks": checks,
         "reasons": reasons,
         "rule": "passes when |macro findings AUROC (reconstructed) - (real)| <= max_macro_auroc_gap "
-                "and age Pearson r on reconstructions >= min_age_pearson_r",
+        "and age Pearson r on reconstructions >= min_age_pearson_r",
     }
 
 
@@ -354,8 +414,9 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
     device = resolve_device(device)
     vae = load_vae(vae_dir)
     model, meta, labels, store = evaluator_and_images(evaluator_dir, images_h5, device)
-    cohort = read_table(cohort_images, COHORT_IMAGES.columns("dicom_id", "split", "age", "gender", *labels),
-                        "cohort images table")
+    cohort = read_table(
+        cohort_images, COHORT_IMAGES.columns("dicom_id", "split", "age", "gender", *labels), "cohort images table"
+    )
     cohort = cohort[cohort["split"] == QUALITY_SPLIT]
     in_store = cohort["dicom_id"].map(lambda d: d in store)
     df = cohort[in_store].drop_duplicates("dicom_id").sort_values("dicom_id").reset_index(drop=True)
@@ -368,10 +429,15 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
     recon = _scores(predict(model, meta, recon_px, device), df, labels)
     err = np.abs(recon_px.astype(np.float64) - real_px)
     result = {
-        "split": QUALITY_SPLIT, "n_images": len(df), "n_without_pixels": int((~in_store).sum()),
-        "labels": list(labels), "images_h5": str(images_h5), "vae_dir": str(vae_dir),
+        "split": QUALITY_SPLIT,
+        "n_images": len(df),
+        "n_without_pixels": int((~in_store).sum()),
+        "labels": list(labels),
+        "images_h5": str(images_h5),
+        "vae_dir": str(vae_dir),
         "evaluator_dir": str(evaluator_dir),
-        "real": real, "reconstructed": recon,
+        "real": real,
+        "reconstructed": recon,
         "difference": {
             "sign": "reconstructed - real",
             "macro_auroc": _diff(real["auroc"]["macro"]["value"], recon["auroc"]["macro"]["value"]),
@@ -389,11 +455,20 @@ def vae_quality(images_h5, cohort_images, vae_dir, evaluator_dir, out_json, devi
     }
     write_json(result, Path(out_json))
     d, g = result["difference"], result["gate"]
-    log.info("vae_quality on %d %s images: macro AUROC real %s, reconstructed %s (diff %s); sex AUROC real %s, "
-             "reconstructed %s; age r real %s, reconstructed %s; pixel MAE %.2f, PSNR %.2f dB",
-             len(df), QUALITY_SPLIT, real["auroc"]["macro"]["value"], recon["auroc"]["macro"]["value"],
-             d["macro_auroc"],
-             real["sex_auroc"]["value"], recon["sex_auroc"]["value"], real["age_pearson_r"]["value"],
-             recon["age_pearson_r"]["value"], result["pixels"]["mae"], result["pixels"]["psnr_db"] or float("inf"))
+    log.info(
+        "vae_quality on %d %s images: macro AUROC real %s, reconstructed %s (diff %s); sex AUROC real %s, "
+        "reconstructed %s; age r real %s, reconstructed %s; pixel MAE %.2f, PSNR %.2f dB",
+        len(df),
+        QUALITY_SPLIT,
+        real["auroc"]["macro"]["value"],
+        recon["auroc"]["macro"]["value"],
+        d["macro_auroc"],
+        real["sex_auroc"]["value"],
+        recon["sex_auroc"]["value"],
+        real["age_pearson_r"]["value"],
+        recon["age_pearson_r"]["value"],
+        result["pixels"]["mae"],
+        result["pixels"]["psnr_db"] or float("inf"),
+    )
     log.info("vae_quality gate: %s %s", "PASSED" if g["passed"] else "FAILED", "; ".join(g["reasons"]))
     return to_json(result)

@@ -15,19 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ehrxdiff_core.artifacts.metrics import MetricsFile
 from ehrxdiff_core.config import EvaluateConfig
-from ehrxdiff_core.evaluation import comparisons, frechet, inception, metrics, xrv
 from ehrxdiff_core.device import resolve_device
+from ehrxdiff_core.evaluation import comparisons, frechet, inception, metrics, xrv
 from ehrxdiff_core.evaluation.common import evaluator_and_images, to_json, write_json
 from ehrxdiff_core.evaluation.evaluator import predict
 from ehrxdiff_core.evaluation.inputs import (
     InputError,
     label_matrix,
-    read_manifest,
     read_images,
+    read_manifest,
     read_triplets,
 )
-from ehrxdiff_core.artifacts.metrics import MetricsFile
 from ehrxdiff_core.evaluation.truth import DYNAMIC_MIN_CHANGE, PairTruth, pair_truth
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def _fid_block(name: str, feats: dict[str, np.ndarray], halves, extractor: str, 
     return {"computed": res.get("value") is not None, "extractor": extractor, **extra, **res}
 
 
-def _seed_averaged(model, meta, folder: Path, manifest: pd.DataFrame, ids: list[str], size: int, device: str) -> tuple[dict, np.ndarray, dict]:
+def _seed_averaged(
+    model, meta, folder: Path, manifest: pd.DataFrame, ids: list[str], size: int, device: str
+) -> tuple[dict, np.ndarray, dict]:
     """Evaluator outputs averaged over every seed of each pair, the seed-0 images, and seeds per pair.
 
     Averaging the scores of several samples of one pair estimates the evaluator's expectation under the
@@ -97,20 +99,33 @@ def _seed_averaged(model, meta, folder: Path, manifest: pd.DataFrame, ids: list[
     return averaged, seed0, {"min": int(count.min()), "max": int(count.max())}
 
 
-def _truth_block(truth: PairTruth | None, truth_reason: str | None, data: comparisons.HeadlineData, probs: np.ndarray,
-                 change: np.ndarray | None, label_sets: dict[str, list[str]]) -> dict:
+def _truth_block(
+    truth: PairTruth | None,
+    truth_reason: str | None,
+    data: comparisons.HeadlineData,
+    probs: np.ndarray,
+    change: np.ndarray | None,
+    label_sets: dict[str, list[str]],
+) -> dict:
     if truth is None:
         return {"computed": False, "reason": truth_reason}
     per = {}
     for f in truth.findings:
         j, k = data.labels.index(f), truth.column(f)
         sp, st = truth.prev[:, k], truth.trg[:, k]
-        per[f] = {"threshold": truth.thresholds[f],
-                  "partial_r": metrics.partial_correlation(change[:, j], st - sp, sp),
-                  "crossing_auroc": metrics.crossing_auroc(probs[:, j], sp, st, truth.thresholds[f])}
-    return {"computed": True, "per_finding": per,
-            "partial_r_macro": metrics.macro_over({f: v["partial_r"] for f, v in per.items()}, label_sets["partial_r"]),
-            "crossing_auroc_macro": metrics.macro_over({f: v["crossing_auroc"] for f, v in per.items()}, label_sets["crossing_auroc"])}
+        per[f] = {
+            "threshold": truth.thresholds[f],
+            "partial_r": metrics.partial_correlation(change[:, j], st - sp, sp),
+            "crossing_auroc": metrics.crossing_auroc(probs[:, j], sp, st, truth.thresholds[f]),
+        }
+    return {
+        "computed": True,
+        "per_finding": per,
+        "partial_r_macro": metrics.macro_over({f: v["partial_r"] for f, v in per.items()}, label_sets["partial_r"]),
+        "crossing_auroc_macro": metrics.macro_over(
+            {f: v["crossing_auroc"] for f, v in per.items()}, label_sets["crossing_auroc"]
+        ),
+    }
 
 
 def _check_same_values(methods: dict, values: dict) -> None:
@@ -126,9 +141,21 @@ def _check_same_values(methods: dict, values: dict) -> None:
                 raise AssertionError(f"evaluate: {name}.{metric} is {v} in its block but {w} in the comparisons")
 
 
-def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: EvaluateConfig, run_info: dict,
-             out_json, device="auto", split="test", truth=None, *, model_name: str = MODEL,
-             _inception_sha256_prefix: str = inception.FID_WEIGHTS_SHA256_PREFIX) -> dict:
+def evaluate(
+    samples: dict[str, Path],
+    images_h5,
+    triplets,
+    evaluator_dir,
+    cfg: EvaluateConfig,
+    run_info: dict,
+    out_json,
+    device="auto",
+    split="test",
+    truth=None,
+    *,
+    model_name: str = MODEL,
+    _inception_sha256_prefix: str = inception.FID_WEIGHTS_SHA256_PREFIX,
+) -> dict:
     """Score the model and every control on the same `split` pairs; write `eval/metrics.json`.
 
     `samples` maps a method name to its samples folder (the model and the image controls);
@@ -159,16 +186,26 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
         manifests[name] = man
         pair_ids &= have
     if not pair_ids:
-        raise InputError(f"no {split} pair of {triplets} has real images and a sample in every samples folder {list(samples)}")
+        raise InputError(
+            f"no {split} pair of {triplets} has real images and a sample in every samples folder {list(samples)}"
+        )
     trip = trip[trip["pair_id"].isin(pair_ids)].sort_values("pair_id").reset_index(drop=True)
     ids = trip["pair_id"].tolist()
-    log.info("evaluate: %d %s pairs from %d patients; methods %s", len(ids), split, trip["subject_id"].nunique(), list(samples))
+    log.info(
+        "evaluate: %d %s pairs from %d patients; methods %s",
+        len(ids),
+        split,
+        trip["subject_id"].nunique(),
+        list(samples),
+    )
 
     images: dict[str, np.ndarray] = {}
     preds: dict[str, dict] = {}
     n_seeds: dict[str, dict] = {}
     for name, folder in samples.items():
-        preds[name], images[name], n_seeds[name] = _seed_averaged(model, meta, Path(folder), manifests[name], ids, store.size, device)
+        preds[name], images[name], n_seeds[name] = _seed_averaged(
+            model, meta, Path(folder), manifests[name], ids, store.size, device
+        )
     images["previous_image"] = store.load(trip["prev_dicom_id"].tolist())
     images["real_target"] = store.load(trip["trg_dicom_id"].tolist())
     for name in ("previous_image", "real_target"):
@@ -185,13 +222,21 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
         if pt.n_pairs_with_truth == 0:
             pt, truth_reason = None, f"{truth}: no scored pair has hidden severities for both images"
     candidates = pt.dynamic if pt is not None else list(labels)
-    label_sets = comparisons.fixed_label_sets(trg, prev, labels, candidates, cfg.min_label_positives, cfg.min_label_negatives)
-    truth_sets = (comparisons.truth_label_sets(pt, cfg.min_label_positives, cfg.min_label_negatives) if pt is not None
-                  else {m: [] for m in comparisons.TRUTH_METRICS})
-    rule = (f"{'dynamic findings' if pt is not None else 'all evaluator labels (no ground truth to tell dynamic ones)'} with "
-            f">= {cfg.min_label_positives} positive and >= {cfg.min_label_negatives} negative targets in the subset; "
-            f"truth metrics: dynamic findings with >= {cfg.min_label_positives} upward and >= {cfg.min_label_negatives} "
-            "downward threshold crossings (crossing AUROC) or >= their sum of pairs (partial correlation)")
+    label_sets = comparisons.fixed_label_sets(
+        trg, prev, labels, candidates, cfg.min_label_positives, cfg.min_label_negatives
+    )
+    truth_sets = (
+        comparisons.truth_label_sets(pt, cfg.min_label_positives, cfg.min_label_negatives)
+        if pt is not None
+        else {m: [] for m in comparisons.TRUTH_METRICS}
+    )
+    rule = (
+        f"{'dynamic findings' if pt is not None else 'all evaluator labels (no ground truth to tell dynamic ones)'}"
+        " with "
+        f">= {cfg.min_label_positives} positive and >= {cfg.min_label_negatives} negative targets in the subset; "
+        f"truth metrics: dynamic findings with >= {cfg.min_label_positives} upward and >= {cfg.min_label_negatives} "
+        "downward threshold crossings (crossing AUROC) or >= their sum of pairs (partial correlation)"
+    )
     log.info("evaluate: label sets %s; truth sets %s", label_sets, truth_sets)
     if pt is not None:
         oracle = np.full((len(ids), len(labels)), np.nan)
@@ -224,8 +269,14 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
     else:
         fid_status["xrv"] = {"computed": False, "reason": reason}
     extractors = {
-        "evaluator": (f"self-trained evaluator ({meta['arch']}) penultimate layer; NOT comparable to published FID", {}),
-        "inception": ("pytorch-fid InceptionV3 pool3, FID weights 6726825d", {"preprocessing": inception.PREPROCESSING}),
+        "evaluator": (
+            f"self-trained evaluator ({meta['arch']}) penultimate layer; NOT comparable to published FID",
+            {},
+        ),
+        "inception": (
+            "pytorch-fid InceptionV3 pool3, FID weights 6726825d",
+            {"preprocessing": inception.PREPROCESSING},
+        ),
         "xrv": ("torchxrayvision DenseNet121-res224-all avg-pooled features", {}),
     }
 
@@ -243,20 +294,34 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
             fid = {ext: _fid_block(name, feats[ext], halves, *extractors[ext]) for ext in feats}
             fid.update(fid_status)
         else:
-            fid = {ext: {"computed": False, "reason": "the oracle has no image"} for ext in ("evaluator", "inception", "xrv")}
+            fid = {
+                ext: {"computed": False, "reason": "the oracle has no image"}
+                for ext in ("evaluator", "inception", "xrv")
+            }
         methods[name] = {
             "kind": kinds[name],
             "description": DESCRIPTIONS.get(name, "generated images"),
             "n_pairs": len(ids),
             "n_seeds": n_seeds.get(name),
-            "generation": _manifest_settings(manifests[name][manifests[name]["pair_id"].isin(pair_ids)]) if name in samples else None,
+            "generation": _manifest_settings(manifests[name][manifests[name]["pair_id"].isin(pair_ids)])
+            if name in samples
+            else None,
             "auroc": metrics.finding_aurocs(p["probs"], trg, prev, labels, label_sets),
             "sex_auroc": metrics.sex_auroc(p["p_male"], trip["gender"].to_numpy()) if image_based else na,
-            "age_pearson_r": (metrics.pearson(p["age"], ages) if np.isfinite(ages).sum() >= 3 else
-                              {"value": None, "reason": f"only {int(np.isfinite(ages).sum())} scored targets have an "
-                               "age (the input gives none for the rest; cohort.min_age: null keeps them)"})
-                             if image_based else na,
-            "age_mae_years": float(np.nanmean(np.abs(p["age"] - ages))) if image_based and np.isfinite(ages).any() else None,
+            "age_pearson_r": (
+                metrics.pearson(p["age"], ages)
+                if np.isfinite(ages).sum() >= 3
+                else {
+                    "value": None,
+                    "reason": f"only {int(np.isfinite(ages).sum())} scored targets have an "
+                    "age (the input gives none for the rest; cohort.min_age: null keeps them)",
+                }
+            )
+            if image_based
+            else na,
+            "age_mae_years": float(np.nanmean(np.abs(p["age"] - ages)))
+            if image_based and np.isfinite(ages).any()
+            else None,
             "fid": fid,
             "truth": _truth_block(pt, truth_reason, data, p["probs"], changes[name], truth_sets),
         }
@@ -266,8 +331,9 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
     _check_same_values(methods, values)
     controls = [n for n in order if kinds[n] == "control"]
     t_boot = time.time()
-    boot = comparisons.bootstrap(data, {n: (preds[n]["probs"], changes[n]) for n in [model_name, *controls]},
-                                 groups, cfg.bootstrap, cfg.seed)
+    boot = comparisons.bootstrap(
+        data, {n: (preds[n]["probs"], changes[n]) for n in [model_name, *controls]}, groups, cfg.bootstrap, cfg.seed
+    )
     log.info("evaluate: %d paired patient-level resamples in %.1f s", cfg.bootstrap, time.time() - t_boot)
     comps = comparisons.compare(model_name, controls, values, boot, cfg.bootstrap, int(len(np.unique(groups))))
 
@@ -275,29 +341,63 @@ def evaluate(samples: dict[str, Path], images_h5, triplets, evaluator_dir, cfg: 
     if pt is None:
         truth_info["reason"] = truth_reason
     else:
-        truth_info.update(n_pairs_with_truth=pt.n_pairs_with_truth, findings=pt.change, dynamic=pt.dynamic,
-                          dynamic_rule=f"mean |target - previous| hidden severity over the scored pairs >= {DYNAMIC_MIN_CHANGE}")
+        truth_info.update(
+            n_pairs_with_truth=pt.n_pairs_with_truth,
+            findings=pt.change,
+            dynamic=pt.dynamic,
+            dynamic_rule=f"mean |target - previous| hidden severity over the scored pairs >= {DYNAMIC_MIN_CHANGE}",
+        )
     settings = {
-        "split": split, "n_pairs": len(ids), "n_patients": int(trip["subject_id"].nunique()),
-        "labels": list(labels), "evaluate": cfg.model_dump(mode="json"), "run_info": run_info,
-        "evaluator": {"dir": str(evaluator_dir), "arch": meta["arch"], "image_size": meta["image_size"],
-                      "feature_dim": meta["feature_dim"], "n_train_images": meta.get("n_train_images")},
-        "fid_protocol": frechet.PROTOCOL, "fid_halves": {"n_a": len(halves[0]), "n_b": len(halves[1]), "seed": cfg.seed},
+        "split": split,
+        "n_pairs": len(ids),
+        "n_patients": int(trip["subject_id"].nunique()),
+        "labels": list(labels),
+        "evaluate": cfg.model_dump(mode="json"),
+        "run_info": run_info,
+        "evaluator": {
+            "dir": str(evaluator_dir),
+            "arch": meta["arch"],
+            "image_size": meta["image_size"],
+            "feature_dim": meta["feature_dim"],
+            "n_train_images": meta.get("n_train_images"),
+        },
+        "fid_protocol": frechet.PROTOCOL,
+        "fid_halves": {"n_a": len(halves[0]), "n_b": len(halves[1]), "seed": cfg.seed},
         "fid_images": "seed 0 of each generated pair (scores are averaged over seeds; features are not)",
-        "subsets": "per label: all = target label known; diff = target != previous (previous NULL -> 0); same = target == previous",
-        "bootstrap": {"n_boot": cfg.bootstrap, "resampling": "patients with replacement, paired across methods", "seed": cfg.seed},
-        "coverage": coverage, "seconds": time.time() - t0,
+        "subsets": "per label: all = target label known; diff = target != previous (previous NULL -> 0); "
+        "same = target == previous",
+        "bootstrap": {
+            "n_boot": cfg.bootstrap,
+            "resampling": "patients with replacement, paired across methods",
+            "seed": cfg.seed,
+        },
+        "coverage": coverage,
+        "seconds": time.time() - t0,
     }
-    result = MetricsFile.model_validate(to_json({
-        "model": model_name, "methods": methods, "comparisons": comps, "headline_metrics": dict(comparisons.METRIC_TEXT),
-        "label_sets": {"rule": rule, "auroc": label_sets, "truth": truth_sets, "candidates": candidates},
-        "truth": truth_info, "settings": settings,
-    }))
+    result = MetricsFile.model_validate(
+        to_json(
+            {
+                "model": model_name,
+                "methods": methods,
+                "comparisons": comps,
+                "headline_metrics": dict(comparisons.METRIC_TEXT),
+                "label_sets": {"rule": rule, "auroc": label_sets, "truth": truth_sets, "candidates": candidates},
+                "truth": truth_info,
+                "settings": settings,
+            }
+        )
+    )
     payload = result.model_dump(mode="json")
     write_json(payload, Path(out_json))
     for name, entries in comps.items():
         for e in entries:
             ci = e["ci95"]
-            log.info("evaluate: %s %s delta=%s ci95=%s -> %s", name, e["metric"],
-                     None if e["delta"] is None else round(e["delta"], 4), None if ci is None else [round(c, 4) for c in ci], e["verdict"])
+            log.info(
+                "evaluate: %s %s delta=%s ci95=%s -> %s",
+                name,
+                e["metric"],
+                None if e["delta"] is None else round(e["delta"], 4),
+                None if ci is None else [round(c, 4) for c in ci],
+                e["verdict"],
+            )
     return payload

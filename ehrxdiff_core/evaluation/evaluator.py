@@ -26,8 +26,12 @@ class SmallCNN(nn.Module):
         c_in = 1
         for c in chans:
             layers += [
-                nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
             ]
             c_in = c
         self.body = nn.Sequential(*layers)
@@ -99,7 +103,9 @@ def load_evaluator(folder: str | Path, device: str = "cpu") -> tuple[EvaluatorNe
 
 
 @torch.no_grad()
-def predict(model: EvaluatorNet, meta: dict, images: np.ndarray, device: str = "cpu", batch_size: int = 64) -> dict[str, np.ndarray]:
+def predict(
+    model: EvaluatorNet, meta: dict, images: np.ndarray, device: str = "cpu", batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """Finding probabilities (N, L), P(male) (N,), age in years (N,) and penultimate features (N, D)."""
     if images.ndim != 3 or images.shape[1:] != (meta["image_size"],) * 2:
         raise ValueError(f"images of shape {images.shape} do not match the evaluator's size {meta['image_size']}")

@@ -33,6 +33,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def masked_losses(out: dict[str, torch.Tensor], findings, male, age_z) -> dict[str, torch.Tensor]:
     """BCE on observed findings and sex, MSE on standardised age; NaN targets (uncertain/blank) masked out."""
+
     def masked(loss_fn, pred, target):
         mask = ~torch.isnan(target)
         if not mask.any():
@@ -90,7 +91,11 @@ def train_loop(
         opt.step()
         window.append({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            row = {"step": step + 1, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}, "lr": lr_at(step, cfg)}
+            row = {
+                "step": step + 1,
+                **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+                "lr": lr_at(step, cfg),
+            }
             history.append(row)
             window = []
     model.eval()

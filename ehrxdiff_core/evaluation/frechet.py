@@ -67,9 +67,11 @@ def patient_halves(subject_ids, seed: int) -> tuple[np.ndarray, np.ndarray]:
     half_a, half_b, n_a, n_b = set(), set(), 0, 0
     for s in order:
         if n_a <= n_b:
-            half_a.add(s); n_a += counts[s]
+            half_a.add(s)
+            n_a += counts[s]
         else:
-            half_b.add(s); n_b += counts[s]
+            half_b.add(s)
+            n_b += counts[s]
     idx = np.arange(len(subject_ids))
     return idx[np.isin(subject_ids, list(half_a))], idx[np.isin(subject_ids, list(half_b))]
 
@@ -87,8 +89,17 @@ def cross_half_fd(method_feats: np.ndarray, real_feats: np.ndarray, halves: tupl
     ba, alg2 = frechet_from_stats(*mb, *ra)
     floor, alg3 = frechet_from_stats(*ra, *rb)
     algs = sorted({alg1, alg2, alg3})
-    out.update(value=(ab + ba) / 2, value_a_vs_b=ab, value_b_vs_a=ba, floor=floor,
-               above_floor=(ab + ba) / 2 - floor, algorithm="; ".join(algs))
+    out.update(
+        value=(ab + ba) / 2,
+        value_a_vs_b=ab,
+        value_b_vs_a=ba,
+        floor=floor,
+        above_floor=(ab + ba) / 2 - floor,
+        algorithm="; ".join(algs),
+    )
     if out["dim"] >= min(len(a), len(b)):
-        out["note"] = f"N per half ({min(len(a), len(b))}) <= feature dim ({out['dim']}): covariances are singular and the small-N bias dominates; compare only to the floor"
+        out["note"] = (
+            f"N per half ({min(len(a), len(b))}) <= feature dim ({out['dim']}): covariances are "
+            "singular and the small-N bias dominates; compare only to the floor"
+        )
     return out

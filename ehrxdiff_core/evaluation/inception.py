@@ -58,7 +58,9 @@ def load_fid_inception(path: str | Path, expected_prefix: str = FID_WEIGHTS_SHA2
 
 
 @torch.no_grad()
-def inception_features(model: torch.nn.Module, images: np.ndarray, device: str = "cpu", batch_size: int = 32) -> np.ndarray:
+def inception_features(
+    model: torch.nn.Module, images: np.ndarray, device: str = "cpu", batch_size: int = 32
+) -> np.ndarray:
     """Pool3 features (N, 2048) of uint8 grayscale images, replicated to RGB in [0, 1] (resized to 299 inside)."""
     model = model.to(device)
     out = []
@@ -69,4 +71,6 @@ def inception_features(model: torch.nn.Module, images: np.ndarray, device: str =
     return np.concatenate(out) if out else np.zeros((0, 2048))
 
 
-PREPROCESSING = "grayscale replicated to RGB, [0,1], bilinear resize to 299 (pytorch-fid, no antialias), PNG/uint8 input"
+PREPROCESSING = (
+    "grayscale replicated to RGB, [0,1], bilinear resize to 299 (pytorch-fid, no antialias), PNG/uint8 input"
+)

@@ -103,4 +103,3 @@ def label_matrix(df: pd.DataFrame, prefix: str, labels: tuple[str, ...]) -> np.n
         col = labels[int(np.argwhere(bad)[0][1])]
         raise InputError(f"column {prefix}{col}: values must be 1.0/0.0/NULL (uncertain -1 mapped to NULL upstream)")
     return m
-

@@ -45,14 +45,26 @@ def macro_over(per_label: dict[str, dict], label_set: list[str] | None) -> dict:
     if label_set is None:
         chosen = [l for l, r in per_label.items() if r["value"] is not None]
         undefined = [l for l, r in per_label.items() if r["value"] is None]
-        out: dict = {"value": None, "n_labels": len(chosen), "label_set": chosen, "fixed": False, "undefined_labels": undefined}
+        out: dict = {
+            "value": None,
+            "n_labels": len(chosen),
+            "label_set": chosen,
+            "fixed": False,
+            "undefined_labels": undefined,
+        }
         if not chosen:
             out["reason"] = "no label has both classes in this subset"
             return out
     else:
         chosen = list(label_set)
         undefined = [l for l in chosen if per_label[l]["value"] is None]
-        out = {"value": None, "n_labels": len(chosen), "label_set": chosen, "fixed": True, "undefined_labels": undefined}
+        out = {
+            "value": None,
+            "n_labels": len(chosen),
+            "label_set": chosen,
+            "fixed": True,
+            "undefined_labels": undefined,
+        }
         if not chosen:
             out["reason"] = "the fixed label set is empty (no label met the minimum counts)"
             return out
@@ -63,15 +75,22 @@ def macro_over(per_label: dict[str, dict], label_set: list[str] | None) -> dict:
     return out
 
 
-def finding_aurocs(probs: np.ndarray, trg: np.ndarray, prev: np.ndarray, labels: tuple[str, ...],
-                   label_sets: dict[str, list[str]] | None = None) -> dict:
+def finding_aurocs(
+    probs: np.ndarray,
+    trg: np.ndarray,
+    prev: np.ndarray,
+    labels: tuple[str, ...],
+    label_sets: dict[str, list[str]] | None = None,
+) -> dict:
     """AUROC of the evaluator's probabilities against the *target's* labels, per label, micro and macro.
 
     `label_sets` fixes, per subset, the labels the macro averages over (see `comparisons.fixed_label_sets`).
     """
     probs, trg, prev = (np.asarray(a, dtype=np.float64) for a in (probs, trg, prev))
     if not (probs.shape == trg.shape == prev.shape == (probs.shape[0], len(labels))):
-        raise ValueError(f"shape mismatch: probs {probs.shape}, target {trg.shape}, previous {prev.shape}, {len(labels)} labels")
+        raise ValueError(
+            f"shape mismatch: probs {probs.shape}, target {trg.shape}, previous {prev.shape}, {len(labels)} labels"
+        )
     result = {}
     for name, mask in subset_masks(trg, prev).items():
         keep = mask & ~np.isnan(probs)

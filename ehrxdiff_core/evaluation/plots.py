@@ -24,7 +24,11 @@ def loss_curve_png(history: pd.DataFrame, title: str) -> bytes:
     """Every loss-like column of a training log against `step` (log scale when all positive)."""
     if "step" not in history.columns:
         raise ValueError(f"{title}: metrics.csv has no 'step' column")
-    cols = [c for c in history.columns if c != "step" and ("loss" in c or c.startswith("val")) and pd.api.types.is_numeric_dtype(history[c])]
+    cols = [
+        c
+        for c in history.columns
+        if c != "step" and ("loss" in c or c.startswith("val")) and pd.api.types.is_numeric_dtype(history[c])
+    ]
     fig, ax = plt.subplots(figsize=(5, 3))
     for c in cols:
         ax.plot(history["step"], history[c], label=c, lw=1.2)

@@ -33,8 +33,6 @@ from ehrxdiff_core.labels import EVAL_LABELS
 PRELOAD_BYTES = 2 << 30  # train images up to 2 GiB are held in memory; larger sets are read per batch
 
 
-
-
 def _batch_loader(store, dicom_ids: list[str]):
     ids = np.asarray(dicom_ids, dtype=object)
     if len(ids) * store.size * store.size <= PRELOAD_BYTES:
@@ -110,12 +108,27 @@ def train_evaluator(images_h5, cohort_images, cfg: EvaluatorConfig, out_dir, dev
 
     torch.manual_seed(cfg.train.seed)
     model = EvaluatorNet(cfg.arch, len(labels), cfg.width)
-    history = train_loop(model, _batch_loader(store, train["dicom_id"].tolist()), _targets(train, labels, age_mean, age_std),
-                         cfg.train, device, use_augment=cfg.augment)
-    meta = {"arch": cfg.arch, "width": cfg.width, "labels": list(labels), "image_size": int(store.size),
-            "age_mean": age_mean, "age_std": age_std, "feature_dim": model.backbone.out_dim,
-            "sex_head": "P(male): gender 'M' = 1, 'F' = 0", "n_train_images": len(train),
-            "n_train_patients": int(train["subject_id"].nunique()), "config": cfg.model_dump(mode="json")}
+    history = train_loop(
+        model,
+        _batch_loader(store, train["dicom_id"].tolist()),
+        _targets(train, labels, age_mean, age_std),
+        cfg.train,
+        device,
+        use_augment=cfg.augment,
+    )
+    meta = {
+        "arch": cfg.arch,
+        "width": cfg.width,
+        "labels": list(labels),
+        "image_size": int(store.size),
+        "age_mean": age_mean,
+        "age_std": age_std,
+        "feature_dim": model.backbone.out_dim,
+        "sex_head": "P(male): gender 'M' = 1, 'F' = 0",
+        "n_train_images": len(train),
+        "n_train_patients": int(train["subject_id"].nunique()),
+        "config": cfg.model_dump(mode="json"),
+    }
 
     quality: dict = {"labels": list(labels), "n_cohort_images_without_pixels": n_missing, "splits": {}}
     held_out = cohort[cohort["split"] != "train"].reset_index(drop=True)
@@ -140,9 +153,15 @@ def train_evaluator(images_h5, cohort_images, cfg: EvaluatorConfig, out_dir, dev
         (tmp / "loss.png").write_bytes(loss_curve_png(pd.DataFrame(history), "evaluator"))
         (tmp / "quality.json").write_text(json.dumps(to_json(quality), indent=2, allow_nan=False))
     test_q = quality["splits"]["test"]
-    return to_json({
-        "out_dir": str(out_dir), "n_train_images": len(train), "steps": cfg.train.steps, "seconds": time.time() - t0,
-        "final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
-        "test_macro_auroc": test_q.get("auroc", {}).get("macro", {}).get("value"),
-        "test_sex_auroc": test_q.get("sex_auroc", {}).get("value"),
-    })
+    return to_json(
+        {
+            "out_dir": str(out_dir),
+            "n_train_images": len(train),
+            "steps": cfg.train.steps,
+            "seconds": time.time() - t0,
+            "final_loss": history[-1]["loss"],
+            "first_loss": history[0]["loss"],
+            "test_macro_auroc": test_q.get("auroc", {}).get("macro", {}).get("value"),
+            "test_sex_auroc": test_q.get("sex_auroc", {}).get("value"),
+        }
+    )

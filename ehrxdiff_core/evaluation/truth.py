@@ -53,7 +53,9 @@ def pair_truth(truth_path: str | Path, pairs: pd.DataFrame, labels: tuple[str, .
     thresholds = label_thresholds()
     cols = [c for c in truth_severity_columns(truth) if c in labels and c in thresholds]
     if not cols:
-        raise InputError(f"{truth_path}: no hidden-severity column matches an evaluator label with a threshold ({labels})")
+        raise InputError(
+            f"{truth_path}: no hidden-severity column matches an evaluator label with a threshold ({labels})"
+        )
     sev = truth.drop_duplicates("dicom_id").set_index("dicom_id")[cols]
     prev = sev.reindex(pairs["prev_dicom_id"].to_numpy()).to_numpy(np.float64)
     trg = sev.reindex(pairs["trg_dicom_id"].to_numpy()).to_numpy(np.float64)
@@ -65,6 +67,12 @@ def pair_truth(truth_path: str | Path, pairs: pd.DataFrame, labels: tuple[str, .
         mean = float(d.mean()) if ok.any() else 0.0
         up = int(((prev[ok, j] <= thresholds[f]) & (trg[ok, j] > thresholds[f])).sum())
         down = int(((prev[ok, j] > thresholds[f]) & (trg[ok, j] <= thresholds[f])).sum())
-        change[f] = {"mean_abs_change": mean, "dynamic": mean >= DYNAMIC_MIN_CHANGE, "n_pairs": int(ok.sum()),
-                     "n_cross_up": up, "n_cross_down": down, "threshold": thresholds[f]}
+        change[f] = {
+            "mean_abs_change": mean,
+            "dynamic": mean >= DYNAMIC_MIN_CHANGE,
+            "n_pairs": int(ok.sum()),
+            "n_cross_up": up,
+            "n_cross_down": down,
+            "threshold": thresholds[f],
+        }
     return PairTruth(cols, {c: thresholds[c] for c in cols}, prev, trg, change, int(both.sum()))

@@ -45,13 +45,19 @@ def load_xrv_densenet(weights: str | Path) -> torch.nn.Module:
     expected = os.path.basename(xrv.models.model_urls[WEIGHTS_NAME]["weights_url"])
     if weights.name != expected or not weights.is_file():
         raise WeightsError(f"{CONFIG_KEY}: expected an existing file named {expected}, got {weights}")
-    classes = [c for mod in (torch.nn, xrv.models) for c in vars(mod).values()
-               if isinstance(c, type) and issubclass(c, torch.nn.Module)]
+    classes = [
+        c
+        for mod in (torch.nn, xrv.models)
+        for c in vars(mod).values()
+        if isinstance(c, type) and issubclass(c, torch.nn.Module)
+    ]
     try:
         state = load_module_tensors(weights, classes)
     except UnsafePickleError as err:
-        raise WeightsError(f"{CONFIG_KEY}: {err}; save its state dict once, in an environment where you trust the file, "
-                           f"as {CONVERSION_DOC} shows") from None
+        raise WeightsError(
+            f"{CONFIG_KEY}: {err}; save its state dict once, in an environment where you trust the file, "
+            f"as {CONVERSION_DOC} shows"
+        ) from None
     state.pop("op_threshs", None)  # the classifier's output calibration, set by torchxrayvision; features do not use it
     model = xrv.models.DenseNet(weights=None)
     try:

@@ -22,7 +22,9 @@ from ehrxdiff_core.models.clip import ClipModel, gray_to_rgb, resize_to, trim_pa
 
 
 class FusionAdapter(nn.Module):
-    def __init__(self, cfg: AdapterConfig, clip: ClipModel, latent_shape: tuple[int, int, int], context_dim: int, max_events: int):
+    def __init__(
+        self, cfg: AdapterConfig, clip: ClipModel, latent_shape: tuple[int, int, int], context_dim: int, max_events: int
+    ):
         super().__init__()
         if not (cfg.use_ehr or cfg.use_vit or cfg.use_vae):
             raise ValueError("ldm.adapter: at least one of use_ehr, use_vit, use_vae must be true")
@@ -38,7 +40,9 @@ class FusionAdapter(nn.Module):
             n_tokens += max_events
         if cfg.use_vit:
             self.vision = clip.vision
-            self.vision.post_layernorm.requires_grad_(False)  # unused here (no ln_post); DDP needs every trainable param used
+            self.vision.post_layernorm.requires_grad_(
+                False
+            )  # unused here (no ln_post); DDP needs every trainable param used
             vc = clip.vision.config
             self.vit_proj = _proj(vc.hidden_size, context_dim)
             n_tokens += (vc.image_size // vc.patch_size) ** 2 + 1
@@ -53,8 +57,14 @@ class FusionAdapter(nn.Module):
     def out_tokens(self) -> int:
         return self.context_tokens if self.cfg.mode == "paper" else self.n_tokens
 
-    def forward(self, prev: torch.Tensor, prev_mode: torch.Tensor, events: torch.Tensor | None, mask: torch.Tensor | None,
-                null: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        prev: torch.Tensor,
+        prev_mode: torch.Tensor,
+        events: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        null: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Context (B, T, D) and a cross-attention mask (B, T) (True = attend) in masked mode, else None."""
         parts, masks = [], []
         b = prev.shape[0]
@@ -67,7 +77,9 @@ class FusionAdapter(nn.Module):
             parts.append(self.ehr_proj(self.tab.tokens(events, mask)))
             masks.append(mask)
         if self.cfg.use_vit:
-            tok = self.vision(pixel_values=gray_to_rgb(resize_to(prev, self.vision.config.image_size))).last_hidden_state
+            tok = self.vision(
+                pixel_values=gray_to_rgb(resize_to(prev, self.vision.config.image_size))
+            ).last_hidden_state
             parts.append(self.vit_proj(tok))
             masks.append(torch.ones(b, tok.shape[1], dtype=torch.bool, device=prev.device))
         if self.cfg.use_vae:
@@ -80,8 +92,9 @@ class FusionAdapter(nn.Module):
         attn[~attn.any(1), 0] = True  # a row with nothing to attend (EHR-only, no events) sees one zero token
         return ctx, attn
 
-    def _event_table(self, events: torch.Tensor | None, mask: torch.Tensor | None, null: torch.Tensor, b: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _event_table(
+        self, events: torch.Tensor | None, mask: torch.Tensor | None, null: torch.Tensor, b: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Events and a fresh mask of the shape each mode needs: `paper`'s token-axis linear wants exactly
         max_events columns, `masked` at least one (the encoders need a position to attend)."""
         if events is None:  # an image-only batch: no embeddings were read, every row is null
@@ -90,7 +103,9 @@ class FusionAdapter(nn.Module):
             events = torch.zeros(b, 0, self.event_dim, device=device)
             mask = torch.zeros(b, 0, dtype=torch.bool, device=device)
         width = self.max_events if self.cfg.mode == "paper" else max(1, events.shape[1])
-        if events.shape[1] < width:  # zero events padded, hidden by the mask (paper: null rows see zeros, as the original)
+        if (
+            events.shape[1] < width
+        ):  # zero events padded, hidden by the mask (paper: null rows see zeros, as the original)
             pad = width - events.shape[1]
             events = torch.cat([events, events.new_zeros(b, pad, events.shape[2])], dim=1)
             mask = torch.cat([mask, mask.new_zeros(b, pad)], dim=1)

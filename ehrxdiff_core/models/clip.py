@@ -56,9 +56,12 @@ def build_vision(cfg: ClipConfig, image_size: int) -> CLIPVisionModel:
     """
     if cfg.pretrained_vision is None:
         if is_paper_vit(cfg):
-            log.warning("clip.pretrained_vision is unset: the ViT-B/%d (width 768, 12 layers) starts from RANDOM weights; "
-                        "the paper starts it from OpenAI's CLIP ViT-B/32. Set clip.pretrained_vision to a local "
-                        "transformers folder of those weights to follow the paper", cfg.patch_size)
+            log.warning(
+                "clip.pretrained_vision is unset: the ViT-B/%d (width 768, 12 layers) starts from RANDOM weights; "
+                "the paper starts it from OpenAI's CLIP ViT-B/32. Set clip.pretrained_vision to a local "
+                "transformers folder of those weights to follow the paper",
+                cfg.patch_size,
+            )
         else:
             log.info("clip: the ViT starts from random weights (clip.pretrained_vision unset)")
         return CLIPVisionModel(vision_config(cfg, image_size))
@@ -108,7 +111,10 @@ class TabularEncoder(nn.Module):
         self.event_dim = event_dim
         width = cfg.tab_width or event_dim
         if width % cfg.tab_heads:
-            raise ValueError(f"clip.tab_heads ({cfg.tab_heads}) must divide the transformer width {width} (clip.tab_width or the event dim)")
+            raise ValueError(
+                f"clip.tab_heads ({cfg.tab_heads}) must divide the transformer width {width} "
+                "(clip.tab_width or the event dim)"
+            )
         self.inp = nn.Linear(event_dim, width) if cfg.tab_width else nn.Identity()
         layer = nn.TransformerEncoderLayer(width, cfg.tab_heads, cfg.tab_ff, dropout=cfg.tab_dropout, batch_first=True)
         if cfg.tab_attention_dropout is not None:  # copied into every layer by TransformerEncoder
@@ -119,8 +125,10 @@ class TabularEncoder(nn.Module):
     def tokens(self, events: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-event outputs (B, L, embed_dim); `mask` True = real. Empty rows attend position 0 (no NaN)."""
         if events.shape[-1] != self.event_dim:  # e.g. a store re-embedded with other text.numeric_features
-            raise ValueError(f"event vectors are {events.shape[-1]} wide but this model was trained on {self.event_dim}; "
-                             "re-embed with the same text settings (encoder, text.numeric_features) or retrain")
+            raise ValueError(
+                f"event vectors are {events.shape[-1]} wide but this model was trained on {self.event_dim}; "
+                "re-embed with the same text settings (encoder, text.numeric_features) or retrain"
+            )
         keep = mask.clone()
         keep[~keep.any(1), 0] = True
         return self.proj(self.encoder(self.inp(events), src_key_padding_mask=~keep))
@@ -138,8 +146,14 @@ class TabularEncoder(nn.Module):
 class ClipModel(nn.Module):
     """Image and event encoders + the contrastive loss; forward(batch, generator) = (loss, logs)."""
 
-    def __init__(self, cfg: ClipConfig, event_dim: int, image_size: int, vision: CLIPVisionModel | None = None,
-                 vision_init: str | None = None):
+    def __init__(
+        self,
+        cfg: ClipConfig,
+        event_dim: int,
+        image_size: int,
+        vision: CLIPVisionModel | None = None,
+        vision_init: str | None = None,
+    ):
         super().__init__()
         self.cfg, self.event_dim, self.image_size = cfg, event_dim, image_size
         self.vision = vision if vision is not None else build_vision(cfg, image_size)
@@ -169,8 +183,13 @@ class ClipModel(nn.Module):
     # ------------------------------------------------------------------ persistence (diffusers-like folder)
 
     def spec(self) -> dict:
-        return {"clip": self.cfg.model_dump(mode="json"), "event_dim": self.event_dim, "image_size": self.image_size,
-                "vision_init": self.vision_init, "vision_config": self.vision.config.to_dict()}
+        return {
+            "clip": self.cfg.model_dump(mode="json"),
+            "event_dim": self.event_dim,
+            "image_size": self.image_size,
+            "vision_init": self.vision_init,
+            "vision_config": self.vision.config.to_dict(),
+        }
 
     def save(self, folder: str | Path) -> None:
         """`clip_config.json` + `model.safetensors` (vision, projections, tabular encoder, logit scale)."""
@@ -179,18 +198,26 @@ class ClipModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "clip_config.json").write_text(json.dumps(self.spec(), indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors"
+        )
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "ClipModel":
+    def from_spec(cls, spec: dict) -> ClipModel:
         cfg = ClipConfig.model_validate({**spec["clip"], "pretrained_vision": None})
         vc = dict(spec["vision_config"])
-        vision = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in vc.items() if k not in ("model_type", "transformers_version", "architectures")}))
-        init = spec.get("vision_init") or spec["clip"].get("pretrained_vision") or RANDOM_INIT  # older folders: from the config
+        vision = CLIPVisionModel(
+            CLIPVisionConfig(
+                **{k: v for k, v in vc.items() if k not in ("model_type", "transformers_version", "architectures")}
+            )
+        )
+        init = (
+            spec.get("vision_init") or spec["clip"].get("pretrained_vision") or RANDOM_INIT
+        )  # older folders: from the config
         return cls(cfg, spec["event_dim"], spec["image_size"], vision=vision, vision_init=init)
 
     @classmethod
-    def load(cls, folder: str | Path, key: str = "clip_dir") -> "ClipModel":
+    def load(cls, folder: str | Path, key: str = "clip_dir") -> ClipModel:
         from safetensors.torch import load_file
 
         folder = Path(folder)

@@ -156,8 +156,9 @@ def load_pairs(
         raise ValueError(f"{triplets}: no '{split}' pairs (see cohort.split.fractions / cohort.split.key_file)")
     has_img = df["prev_dicom_id"].map(lambda d: d in images) & df["trg_dicom_id"].map(lambda d: d in images)
     if (~has_img).any():
-        log.warning("dropped %d of %d %s pairs whose images are missing from the image store",
-                    (~has_img).sum(), len(df), split)
+        log.warning(
+            "dropped %d of %d %s pairs whose images are missing from the image store", (~has_img).sum(), len(df), split
+        )
     df = df[has_img]
     if events is not None:
         has_ev = df["pair_id"].map(lambda p: p in events)
@@ -244,13 +245,19 @@ class PairBatches:
         ids = sorted(set(self.pairs["prev_dicom_id"]) | set(self.pairs["trg_dicom_id"]))
         need = len(ids) * self.images.size**2
         if need > max_bytes:
-            log.info("images not cached: %d images need %.2f GiB, over this process's budget of %.2f GiB "
-                     "(compute.image_cache_fraction); batches read them from %s", len(ids), need / 2**30,
-                     max_bytes / 2**30, self.images_h5)
+            log.info(
+                "images not cached: %d images need %.2f GiB, over this process's budget of %.2f GiB "
+                "(compute.image_cache_fraction); batches read them from %s",
+                len(ids),
+                need / 2**30,
+                max_bytes / 2**30,
+                self.images_h5,
+            )
             return False
         self._cache = dict(zip(ids, self.images.load(ids)))
-        log.info("images cached in memory: %d images, %.2f GiB (budget %.2f GiB)", len(ids), need / 2**30,
-                 max_bytes / 2**30)
+        log.info(
+            "images cached in memory: %d images, %.2f GiB (budget %.2f GiB)", len(ids), need / 2**30, max_bytes / 2**30
+        )
         return True
 
     def _pixels(self, ids: list[str]) -> np.ndarray:

@@ -28,6 +28,7 @@ from ehrxdiff_core.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
+
 def config_key(cfg) -> str:
     """The config section a stage's settings come from ('vae', 'clip', 'ldm'), read from the config model."""
     for name, field in PipelineConfig.model_fields.items():
@@ -44,14 +45,20 @@ def check_gpus(key: str, gpus: int, device: str = "auto") -> None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     seen = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
     if str(device).startswith("mps"):
-        raise ConfigError(f"{key}: {gpus} GPUs requested, but compute.device {device!r} is a single device; set {key}: 1")
+        raise ConfigError(
+            f"{key}: {gpus} GPUs requested, but compute.device {device!r} is a single device; set {key}: 1"
+        )
     if not torch.cuda.is_available():
-        raise ConfigError(f"{key}: {gpus} GPUs requested, but CUDA is not available to this job ({seen}); "
-                          f"run it on a GPU node, or set {key}: 1 (or compute.device: cpu for CPU processes)")
+        raise ConfigError(
+            f"{key}: {gpus} GPUs requested, but CUDA is not available to this job ({seen}); "
+            f"run it on a GPU node, or set {key}: 1 (or compute.device: cpu for CPU processes)"
+        )
     n = torch.cuda.device_count()
     if gpus > n:
-        raise ConfigError(f"{key}: {gpus} GPUs requested, but this job sees {n} ({seen}); ask the scheduler for "
-                          f"{gpus} GPUs (the rule requests {key} of them) or set {key}: {n}")
+        raise ConfigError(
+            f"{key}: {gpus} GPUs requested, but this job sees {n} ({seen}); ask the scheduler for "
+            f"{gpus} GPUs (the rule requests {key} of them) or set {key}: {n}"
+        )
 
 
 def _call(stage, kwargs: dict):
@@ -91,12 +98,19 @@ def run_stage(stage, **kwargs):
         return _call(stage, kwargs)
     check_gpus(config_key(cfg), gpus, kwargs.get("device", "auto"))
     name = stage.__name__
-    payload = {"module": stage.__module__, "function": name,
-               "kwargs": {**kwargs, "cfg": cfg.model_dump(mode="json")}}
+    payload = {"module": stage.__module__, "function": name, "kwargs": {**kwargs, "cfg": cfg.model_dump(mode="json")}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f".{name}.", dir=".", delete=False) as f:
         json.dump(payload, f, default=str)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-           "-m", "ehrxdiff_core.models.launch", f.name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={gpus}",
+        "-m",
+        "ehrxdiff_core.models.launch",
+        f.name,
+    ]
     log.info("%s: %d processes: %s", name, gpus, " ".join(cmd))
     try:
         subprocess.run(cmd, check=True, **_job_streams())
@@ -110,7 +124,9 @@ def run_stage(stage, **kwargs):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     payload = json.loads(Path(argv[0]).read_text())
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(name)s: %(message)s"
+    )
     stage = getattr(importlib.import_module(payload["module"]), payload["function"])
     _call(stage, payload["kwargs"])
     return 0

@@ -1,16 +1,16 @@
 """Latent diffusion: diffusers `UNet2DConditionModel` + fusion adapter + frozen autoencoder, as the original EHRXDiff.
 
-Faithful: scaled-linear β 0.0015→0.0295 (LDM's "linear" = diffusers `scaled_linear`), T = 1000,
-ε-prediction with plain MSE (`prediction_type: v_prediction` is an option), uniform timesteps, target = posterior sample × scale, adapter VAE
-tokens from the unscaled mode latent, CLIP encoders trained jointly, cross-attention-only
-conditioning (`crossattn`). Options: `hybrid` (previous latent concatenated → 2·C input channels;
-scaled by default, `hybrid_latent_scaled: false` = original's unscaled), w_null augmentation and
-target affine jitter, condition dropout (events replaced by the null table) for classifier-free
-guidance. Choice: EMA covers U-Net *and* adapter (the original kept EMA of the U-Net only and
-sampled without it), so sampling with EMA uses a consistent pair. Demo defaults (the config
-classes): `hybrid` + `v_prediction` + masked adapter, which learn the event-driven change within a CPU budget;
-`configs/paper.yaml`: `crossattn` + ε as the original. `mask_events` makes the image-only control:
-the same architecture with every row given the null condition, in training and in sampling.
+Faithful: scaled-linear β 0.0015→0.0295 (LDM's "linear" = diffusers `scaled_linear`), T = 1000, ε-prediction
+with plain MSE (`prediction_type: v_prediction` is an option), uniform timesteps, target = posterior sample ×
+scale, adapter VAE tokens from the unscaled mode latent, CLIP encoders trained jointly, cross-attention-only
+conditioning (`crossattn`). Options: `hybrid` (previous latent concatenated → 2·C input channels; scaled by
+default, `hybrid_latent_scaled: false` = original's unscaled), w_null augmentation and target affine jitter,
+condition dropout (events replaced by the null table) for classifier-free guidance. Choice: EMA covers U-Net
+*and* adapter (the original kept EMA of the U-Net only and sampled without it), so sampling with EMA uses a
+consistent pair. Demo defaults (the config classes): `hybrid` + `v_prediction` + masked adapter, which learn
+the event-driven change within a CPU budget; `configs/paper.yaml`: `crossattn` + ε as the original.
+`mask_events` makes the image-only control: the same architecture with every row given the null condition, in
+training and in sampling.
 """
 
 from __future__ import annotations
@@ -53,8 +53,14 @@ def build_unet(cfg: LdmConfig, latent_channels: int, latent_size: int) -> UNet2D
 
 
 def noise_scheduler(cfg: LdmConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
-                         beta_schedule="scaled_linear", prediction_type=cfg.prediction_type, clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule="scaled_linear",
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+    )
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, scale=(0.9, 1.1)) -> torch.Tensor:
@@ -79,8 +85,15 @@ class LatentDiffusion(nn.Module):
     unconditional branch), so the parameters are those of the full model but no event reaches them.
     """
 
-    def __init__(self, cfg: LdmConfig, unet: UNet2DConditionModel, adapter: FusionAdapter, vae: AutoencoderKL, train_clip: bool | None = None,
-                 mask_events: bool = False):
+    def __init__(
+        self,
+        cfg: LdmConfig,
+        unet: UNet2DConditionModel,
+        adapter: FusionAdapter,
+        vae: AutoencoderKL,
+        train_clip: bool | None = None,
+        mask_events: bool = False,
+    ):
         super().__init__()
         self.cfg, self.unet, self.adapter, self.vae = cfg, unet, adapter, vae
         self.mask_events = mask_events
@@ -163,7 +176,10 @@ class LatentDiffusion(nn.Module):
         folder = Path(folder)
         self.unet.save_pretrained(folder / "unet")
         (folder / "adapter").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()}, folder / "adapter" / "model.safetensors")
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()},
+            folder / "adapter" / "model.safetensors",
+        )
         (folder / "ldm_config.json").write_text(json.dumps(self.config, indent=2))
 
 

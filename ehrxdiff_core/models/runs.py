@@ -71,5 +71,8 @@ def publish(out_dir: Path, work_dir: Path, write) -> None:
 
 def summary(res: TrainResult) -> dict:
     last = res.metrics[-10:]
-    return {"steps": res.step, "final_loss": float(np.mean([r["loss"] for r in last])) if last else None,
-            "first_loss": res.metrics[0]["loss"] if res.metrics else None}
+    return {
+        "steps": res.step,
+        "final_loss": float(np.mean([r["loss"] for r in last])) if last else None,
+        "first_loss": res.metrics[0]["loss"] if res.metrics else None,
+    }

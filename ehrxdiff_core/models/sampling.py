@@ -23,12 +23,18 @@ from ehrxdiff_core.models.vae import decode_gray
 
 
 def make_scheduler(sample: SampleConfig, ldm: LdmConfig):
-    common = dict(num_train_timesteps=ldm.num_train_timesteps, beta_start=ldm.beta_start, beta_end=ldm.beta_end,
-                  beta_schedule="scaled_linear", prediction_type=ldm.prediction_type)
+    common = dict(
+        num_train_timesteps=ldm.num_train_timesteps,
+        beta_start=ldm.beta_start,
+        beta_end=ldm.beta_end,
+        beta_schedule="scaled_linear",
+        prediction_type=ldm.prediction_type,
+    )
     if sample.sampler == "ddim":
         # LDM's uniform DDIM timesteps 1, 11, …, 991: "leading" spacing + offset 1; α_0 for the last step
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                             timestep_spacing="leading")
+        return DDIMScheduler(
+            **common, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
+        )
     return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
 
 
@@ -47,8 +53,14 @@ def condition_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig) -
 
 
 @torch.no_grad()
-def denoise(model: LatentDiffusion, cond: tuple, uncond: tuple | None, sample: SampleConfig, seeds: list[int],
-            device: torch.device) -> np.ndarray:
+def denoise(
+    model: LatentDiffusion,
+    cond: tuple,
+    uncond: tuple | None,
+    sample: SampleConfig,
+    seeds: list[int],
+    device: torch.device,
+) -> np.ndarray:
     """uint8 images (B, S, S) from conditioned inputs; `seeds[i]` drives every random draw of pair i."""
     sched = make_scheduler(sample, model.cfg)
     sched.set_timesteps(sample.steps, device=device)
@@ -89,8 +101,9 @@ def _step(sched, eps, t, z, kwargs, gens):
     return sched.step(eps, t, z, **({"eta": kwargs["eta"]} if "eta" in kwargs else {})).prev_sample
 
 
-def sample_seeds(model: LatentDiffusion, batch: dict, sample: SampleConfig, seed_lists: list[list[int]],
-                 device: torch.device) -> list[tuple[np.ndarray, float]]:
+def sample_seeds(
+    model: LatentDiffusion, batch: dict, sample: SampleConfig, seed_lists: list[list[int]], device: torch.device
+) -> list[tuple[np.ndarray, float]]:
     """(images, seconds) per seed list of one batch: conditioned once, denoised once per list; each list's
     seconds include an equal share of the conditioning."""
     t0 = time.perf_counter()

@@ -24,8 +24,9 @@ from ehrxdiff_core.models.training import run_training, trainable_params
 from ehrxdiff_core.models.vae import load_vae
 
 
-def build_latent_diffusion(cfg: LdmConfig, vae, clip: ClipModel, image_size: int, max_events: int,
-                           mask_events: bool = False) -> LatentDiffusion:
+def build_latent_diffusion(
+    cfg: LdmConfig, vae, clip: ClipModel, image_size: int, max_events: int, mask_events: bool = False
+) -> LatentDiffusion:
     """The U-Net + adapter for a given autoencoder and CLIP (its rebuild spec is the model's `config`)."""
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (vae.config.latent_channels, image_size // f, image_size // f)
@@ -34,8 +35,20 @@ def build_latent_diffusion(cfg: LdmConfig, vae, clip: ClipModel, image_size: int
     return LatentDiffusion(cfg, unet, adapter, vae, mask_events=mask_events)
 
 
-def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmConfig, max_events: int, out_dir,
-              device="auto", work_dir=None, mask_events: bool = False, image_cache_fraction: float = 0.5) -> dict:
+def train_ldm(
+    images_h5,
+    embeddings_h5,
+    triplets,
+    vae_dir,
+    clip_dir,
+    cfg: LdmConfig,
+    max_events: int,
+    out_dir,
+    device="auto",
+    work_dir=None,
+    mask_events: bool = False,
+    image_cache_fraction: float = 0.5,
+) -> dict:
     """Train the conditional U-Net and the fusion adapter (CLIP encoders from `clip_dir`, trained jointly).
 
     `mask_events=True` trains the image-only control: same pairs, architecture, budget and seed, with
@@ -49,7 +62,10 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
     store = open_image_store(images_h5)
     reader = open_embedding_reader(embeddings_h5) if cfg.adapter.use_ehr else None
     if reader is not None and reader.dim != clip.event_dim:
-        raise ValueError(f"{embeddings_h5}: embedding dim {reader.dim} differs from the CLIP model's {clip.event_dim} ({clip_dir}); retrain CLIP")
+        raise ValueError(
+            f"{embeddings_h5}: embedding dim {reader.dim} differs from the CLIP model's "
+            f"{clip.event_dim} ({clip_dir}); retrain CLIP"
+        )
     pairs = load_pairs(triplets, "train", store, reader)  # the image-only control filters the same pairs
     if cfg.null_augmentation:
         pairs = add_null_samples(pairs)
@@ -63,10 +79,18 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
     run_config = {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale}
     if mask_events:  # only then: ehrxdiff's resume key stays what its existing checkpoints carry
         run_config["mask_events"] = True
-    res = run_training(model, make_batch_fn(data, cfg.train, with_events), cfg.train, work_dir, run_config, info, name="ldm")
-    out = {**summary(res), "n_pairs": len(pairs), "n_null": int(pairs.get("null", pd.Series(dtype=bool)).sum()), "mask_events": mask_events,
-           "unet_params": sum(p.numel() for p in model.unet.parameters()),
-           "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter)), "images_cached": cached}
+    res = run_training(
+        model, make_batch_fn(data, cfg.train, with_events), cfg.train, work_dir, run_config, info, name="ldm"
+    )
+    out = {
+        **summary(res),
+        "n_pairs": len(pairs),
+        "n_null": int(pairs.get("null", pd.Series(dtype=bool)).sum()),
+        "mask_events": mask_events,
+        "unet_params": sum(p.numel() for p in model.unet.parameters()),
+        "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter)),
+        "images_cached": cached,
+    }
     if info.is_main:
         live = res.model.cpu().eval()
 
@@ -78,8 +102,10 @@ def train_ldm(images_h5, embeddings_h5, triplets, vae_dir, clip_dir, cfg: LdmCon
                 ema = res.ema_copy()
                 ema.unet.save_pretrained(tmp / "unet_ema")
                 (tmp / "adapter_ema").mkdir()
-                save_file({k: v.detach().cpu().contiguous() for k, v in ema.adapter.state_dict().items()},
-                          tmp / "adapter_ema" / "model.safetensors")
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in ema.adapter.state_dict().items()},
+                    tmp / "adapter_ema" / "model.safetensors",
+                )
 
         publish(out_dir, work_dir, write)
     barrier(info)

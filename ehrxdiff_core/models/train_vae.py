@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ehrxdiff_core.artifacts.images import open_image_store
 from ehrxdiff_core.atomic import atomic_dir
 from ehrxdiff_core.config import PRETRAINED_REQUIRED, SCALE_WITHOUT_IMPORT, VaeConfig
-from ehrxdiff_core.artifacts.images import open_image_store
 from ehrxdiff_core.models.datasets import PairBatches, load_pairs
 from ehrxdiff_core.models.ddp import barrier, init_distributed
 from ehrxdiff_core.models.runs import default_work_dir, make_batch_fn, prepare_data, publish, summary
@@ -22,7 +22,9 @@ from ehrxdiff_core.models.vae import CHEFF_SCALE, VaeTrainer, build_vae, estimat
 log = logging.getLogger(__name__)
 
 
-def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_dir=None, image_cache_fraction: float = 0.5) -> dict:
+def train_vae(
+    images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_dir=None, image_cache_fraction: float = 0.5
+) -> dict:
     """Train the KL autoencoder on train-split images, or import `cfg.pretrained`; write `out_dir`.
 
     Latent scale: an import takes `vae.scaling_factor`, else the Cheff constant (checkpoint file) or the
@@ -30,7 +32,9 @@ def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_
     """
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
-    if not cfg.pretrained and cfg.scaling_factor is not None:  # the config refuses it; a copy made without validation too
+    if (
+        not cfg.pretrained and cfg.scaling_factor is not None
+    ):  # the config refuses it; a copy made without validation too
         raise ValueError(SCALE_WITHOUT_IMPORT.format(cfg.scaling_factor))
     if not cfg.pretrained and cfg.require_pretrained:
         raise ValueError(PRETRAINED_REQUIRED)
@@ -55,17 +59,30 @@ def train_vae(images_h5, triplets, cfg: VaeConfig, out_dir, device="auto", work_
     if cfg.train.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     trainer = VaeTrainer(vae, cfg.kl_weight)
-    res = run_training(trainer, make_batch_fn(data, cfg.train, False), cfg.train, work_dir,
-                       cfg.model_dump(mode="json"), info, name="vae")
+    res = run_training(
+        trainer,
+        make_batch_fn(data, cfg.train, False),
+        cfg.train,
+        work_dir,
+        cfg.model_dump(mode="json"),
+        info,
+        name="vae",
+    )
     out = {**summary(res), "n_images": len(ids), "images_cached": cached}
     if info.is_main:
         final = res.ema_copy().vae.cpu().eval()
         sample_ids = ids[:: max(1, len(ids) // 512)]
         scale = estimate_scale(final, data.get(np.arange(len(ids))[:: max(1, len(ids) // 512)], False)["trg"])
-        log.info("vae: latent scale %.5f estimated from %d training images (1 / std of the latents)", scale, len(sample_ids))
+        log.info(
+            "vae: latent scale %.5f estimated from %d training images (1 / std of the latents)", scale, len(sample_ids)
+        )
         final.register_to_config(scaling_factor=float(scale))
         f = 2 ** (len(cfg.block_out_channels) - 1)
-        out.update(scaling_factor=float(scale), latent_shape=[cfg.latent_channels, store.size // f, store.size // f], n_scale_images=len(sample_ids))
+        out.update(
+            scaling_factor=float(scale),
+            latent_shape=[cfg.latent_channels, store.size // f, store.size // f],
+            n_scale_images=len(sample_ids),
+        )
         publish(out_dir, work_dir, lambda tmp: final.save_pretrained(tmp))
     barrier(info)
     return out

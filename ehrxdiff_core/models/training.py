@@ -95,8 +95,13 @@ def _rng_state() -> dict:
     np_state = np.random.get_state(legacy=False)  # MT19937: key (624 uint32), position, cached Gaussian
     state = {
         "python": random.getstate(),  # (version, tuple of ints, float or None): plain already
-        "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -107,8 +112,14 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"], "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -156,7 +167,8 @@ def write_metrics(rows: list[dict], csv_path: Path, png_path: Path | None = None
 
 
 def save_checkpoint(path: Path, model, ema, opt, sched, step: int, config: dict, metrics: list[dict]) -> None:
-    """Everything a resume needs, as tensors and plain containers only: `load_checkpoint` reads it without unpickling code."""
+    """Everything a resume needs, as tensors and plain containers only: `load_checkpoint` reads it without
+    unpickling code."""
     state = {
         "model": model.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
@@ -198,7 +210,9 @@ def _make_ema(params: list[torch.nn.Parameter], loop: TrainLoop):
     return EMAModel(params, decay=loop.ema_decay)
 
 
-def _resume(ckpt_path: Path, config: dict, name: str, model, opt, sched, ema, dev: torch.device) -> tuple[int, list[dict]] | None:
+def _resume(
+    ckpt_path: Path, config: dict, name: str, model, opt, sched, ema, dev: torch.device
+) -> tuple[int, list[dict]] | None:
     """Load `ckpt_path` into the model, optimiser, schedule, EMA and global RNGs when it was written for
     `config`; returns (step, metrics so far), or None to start fresh."""
     state = load_checkpoint(ckpt_path, config, name) if ckpt_path.exists() else None
@@ -239,8 +253,9 @@ class _StopSignals(contextlib.AbstractContextManager):
             signal.signal(sig, handler)
 
 
-def _checkpoint(work_dir: Path, model, ema, opt, sched, step: int, config: dict, metrics: list[dict],
-                info: DistInfo) -> None:
+def _checkpoint(
+    work_dir: Path, model, ema, opt, sched, step: int, config: dict, metrics: list[dict], info: DistInfo
+) -> None:
     """Rank 0 writes `checkpoint.pt`, `metrics.csv` and `loss.png` into `work_dir`; every rank waits."""
     if info.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -358,11 +373,17 @@ def _prefetch(batch_fn, first: int, last: int, loop: TrainLoop, info: DistInfo):
     slots = [(s, m) for s in range(first, last) for m in range(loop.grad_accum)]
     if loop.num_workers == 0:
         return (batch_fn(s, m, info.rank, info.world_size) for s, m in slots)
-    loader = torch.utils.data.DataLoader(_StepBatches(batch_fn, slots, info), batch_size=None, shuffle=False,
-                                         num_workers=loop.num_workers, pin_memory=info.device.type == "cuda",
-                                         prefetch_factor=2)
-    state = torch.get_rng_state()  # creating the iterator draws a worker seed; keep the run's RNG stream as without workers
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(batch_fn, slots, info),
+        batch_size=None,
+        shuffle=False,
+        num_workers=loop.num_workers,
+        pin_memory=info.device.type == "cuda",
+        prefetch_factor=2,
+    )
+    state = (
+        torch.get_rng_state()
+    )  # creating the iterator draws a worker seed; keep the run's RNG stream as without workers
     it = iter(loader)
     torch.set_rng_state(state)
     return it
-

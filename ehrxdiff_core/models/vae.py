@@ -64,13 +64,23 @@ def estimate_scale(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 3
     vae.eval()
     dev = next(vae.parameters()).device
     g = torch.Generator(device=dev).manual_seed(0)
-    zs = [vae.encode(images[i : i + batch_size].to(dev)).latent_dist.sample(generator=g).float() for i in range(0, len(images), batch_size)]
+    zs = [
+        vae.encode(images[i : i + batch_size].to(dev)).latent_dist.sample(generator=g).float()
+        for i in range(0, len(images), batch_size)
+    ]
     return float(1.0 / torch.cat(zs).flatten().std())
 
 
-def cheff_vae_config(sample_size: int = 256, ch: int = 128, ch_mult=(1, 2, 4), num_res_blocks: int = 2,
-                     z_channels: int = 3, in_channels: int = 3) -> dict:
-    """diffusers config of an LDM autoencoder; defaults = Cheff (ch 128, ch_mult (1,2,4), 2 res blocks, embed_dim 3, RGB)."""
+def cheff_vae_config(
+    sample_size: int = 256,
+    ch: int = 128,
+    ch_mult=(1, 2, 4),
+    num_res_blocks: int = 2,
+    z_channels: int = 3,
+    in_channels: int = 3,
+) -> dict:
+    """diffusers config of an LDM autoencoder; defaults = Cheff (ch 128, ch_mult (1,2,4), 2 res blocks,
+    embed_dim 3, RGB)."""
     n = len(ch_mult)
     return dict(
         in_channels=in_channels,
@@ -93,8 +103,13 @@ def ldm_geometry(state: dict) -> dict:
     levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
     ch_mult = tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
     blocks = {int(k.split(".")[4]) for k in state if k.startswith("encoder.down.0.block.")}
-    return dict(ch=ch, ch_mult=ch_mult, num_res_blocks=len(blocks), z_channels=state["post_quant_conv.weight"].shape[0],
-                in_channels=in_channels)
+    return dict(
+        ch=ch,
+        ch_mult=ch_mult,
+        num_res_blocks=len(blocks),
+        z_channels=state["post_quant_conv.weight"].shape[0],
+        in_channels=in_channels,
+    )
 
 
 def ldm_autoencoder_keys(state: dict) -> dict:
@@ -151,7 +166,10 @@ def import_pretrained(path: str | Path, sample_size: int) -> AutoencoderKL:
     converted = convert_ldm_state_dict(state, config)
     missing, unexpected = vae.load_state_dict(converted, strict=False)
     if missing or unexpected:
-        raise ValueError(f"vae.pretrained: {path} does not match an LDM autoencoder: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"vae.pretrained: {path} does not match an LDM autoencoder: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     log.info("imported LDM autoencoder %s: %s", path, ldm_geometry(state))
     return vae
 

@@ -31,9 +31,16 @@ RULES: tuple[tuple[str, int | None, float], ...] = (
 _RARE = {"Fracture": 0, "Lung Lesion": 1, "Pleural Other": 2}
 
 
-def study_labels(state: np.ndarray, infected: bool, rare: np.ndarray, label_noise: float,
-                 rng: np.random.Generator, uncertain_band: float = MARGIN, uncertain_rate: float = 0.5,
-                 blank_negative_rate: float = 0.6) -> list[str]:
+def study_labels(
+    state: np.ndarray,
+    infected: bool,
+    rare: np.ndarray,
+    label_noise: float,
+    rng: np.random.Generator,
+    uncertain_band: float = MARGIN,
+    uncertain_rate: float = 0.5,
+    blank_negative_rate: float = 0.6,
+) -> list[str]:
     """The 14 label cells of one study as written in the CSV: '1.0', '0.0', '-1.0' or '' (blank).
 
     With `label_noise`, `uncertain_band` and `blank_negative_rate` at 0, a finding's cell is exactly its

@@ -83,8 +83,13 @@ def initial_state(rng: np.random.Generator, cardiomegaly: float) -> tuple[np.nda
 
 def respiratory_load(state: np.ndarray) -> np.ndarray:
     """How much the findings impair gas exchange (drives SpO2, RR, pO2, intubation)."""
-    return (0.45 * state[..., ED] + 0.5 * state[..., CO] + 0.3 * state[..., EF]
-            + 0.6 * state[..., PX] + 0.2 * state[..., AT])
+    return (
+        0.45 * state[..., ED]
+        + 0.5 * state[..., CO]
+        + 0.3 * state[..., EF]
+        + 0.6 * state[..., PX]
+        + 0.2 * state[..., AT]
+    )
 
 
 def simulate_course(
@@ -192,8 +197,13 @@ def simulate_course(
 
         n = noise[h]
         s[ED] += -fx.diuretic_edema * eff * d_act + fx.fluids_edema * eff * f_act + 0.006 * chf - 0.002 + n[ED]
-        s[EF] += (-fx.diuretic_effusion * eff * d_act + fx.fluids_effusion * eff * f_act + 0.003 * (s[ED] - 0.3)
-                  - fx.chest_tube_effusion * eff * has_tube + n[EF])
+        s[EF] += (
+            -fx.diuretic_effusion * eff * d_act
+            + fx.fluids_effusion * eff * f_act
+            + 0.003 * (s[ED] - 0.3)
+            - fx.chest_tube_effusion * eff * has_tube
+            + n[EF]
+        )
         if on_abx and infected:  # antibiotics clear an infection, not a sterile opacity
             s[CO] += -fx.antibiotic_consolidation * eff * min(1.0, (h - abx_since) / 12 + 0.3) + n[CO]
         else:
@@ -214,8 +224,9 @@ def simulate_course(
 # ----------------------------------------------------------------------------- observations of the state
 
 
-def vital_values(kind: str, st: np.ndarray, intub: np.ndarray, on_abx: np.ndarray,
-                 rng: np.random.Generator) -> np.ndarray:
+def vital_values(
+    kind: str, st: np.ndarray, intub: np.ndarray, on_abx: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Chart values for one vital sign at the states `st` (n, 7); rounded as charted."""
     n = len(st)
     resp = respiratory_load(st)
@@ -261,8 +272,7 @@ def lung_sounds(zone: str, st: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return out
 
 
-def lab_values(key: str, st: np.ndarray, intub: np.ndarray, diur: np.ndarray,
-               rng: np.random.Generator) -> np.ndarray:
+def lab_values(key: str, st: np.ndarray, intub: np.ndarray, diur: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Lab results for item `key` at the states `st` (n, 7), rounded like the real lab."""
     n = len(st)
     resp = respiratory_load(st)

@@ -37,7 +37,7 @@ class Anatomy:
     age: float = 60.0
 
     @staticmethod
-    def draw(rng: np.random.Generator, female: bool = False, age: float = 60.0) -> "Anatomy":
+    def draw(rng: np.random.Generator, female: bool = False, age: float = 60.0) -> Anatomy:
         return Anatomy(
             female=bool(female),
             age=float(age),
@@ -124,7 +124,11 @@ def _static(an: Anatomy, ap: bool, px: int) -> _Static:
     band = _soft(np.abs(y - 0.32 - 0.15 * x * an.atel_side) - 0.05, 0.03)
     hw = 0.018
     return _Static(
-        base=img, lungs=lungs, lung_any=lung_any, markings=markings + ribs, lh=lh,
+        base=img,
+        lungs=lungs,
+        lung_any=lung_any,
+        markings=markings + ribs,
+        lh=lh,
         edema=lung_any * (0.42 * hil + 0.12),
         consolidation=lung_any * blob * texture * 0.65,
         atelectasis=lung_any * band * (np.abs(x - 0.4 * an.atel_side) < 0.22) * 0.5,
@@ -152,8 +156,11 @@ def render_chest(state: np.ndarray, anatomy: Anatomy, view: str, px: int, rng: n
     half = px / 2
     ox, oy = half - dx * half, half - dy * half
     coeffs = (c, s, half - c * ox - s * oy, -s, c, half + s * ox - c * oy)
-    img = np.asarray(Image.fromarray(img.astype(np.float32)).transform(
-        (px, px), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=BACKGROUND))
+    img = np.asarray(
+        Image.fromarray(img.astype(np.float32)).transform(
+            (px, px), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=BACKGROUND
+        )
+    )
 
     lo, hi = (0.06, 0.92) if view == "PA" else (0.12, 0.85)  # AP films look flatter
     img = lo + (hi - lo) * np.clip(img, 0, 1) ** gamma
@@ -161,7 +168,7 @@ def render_chest(state: np.ndarray, anatomy: Anatomy, view: str, px: int, rng: n
     # side marker: position differs between AP and PA (a nuisance cue real films also carry)
     m = max(2, px // 32)
     r0 = m if view != "AP" else px - 3 * m
-    img[r0:r0 + m, m:2 * m] = 0.97
+    img[r0 : r0 + m, m : 2 * m] = 0.97
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -172,8 +179,14 @@ def _frontal(st: np.ndarray, an: Anatomy, ap: bool, px: int) -> np.ndarray:
     for side, (lung, cx, cy, rx) in zip((-1, 1), S.lungs):
         if side == an.ptx_side and st[PX] > 0.02:  # collapsed lung: lucent rim without markings
             shrink = 1.0 - 0.5 * st[PX]
-            inner = _ellipse(x, y, cx - 0.3 * side * rx * (1 - shrink), cy + 0.1 * (1 - shrink),
-                             rx * shrink, S.lh * (0.5 + 0.5 * shrink))
+            inner = _ellipse(
+                x,
+                y,
+                cx - 0.3 * side * rx * (1 - shrink),
+                cy + 0.1 * (1 - shrink),
+                rx * shrink,
+                S.lh * (0.5 + 0.5 * shrink),
+            )
             rim = lung * (1 - inner)
             img -= rim * (0.42 + S.markings) * 0.95
             img += 0.25 * rim * _soft(np.abs(inner - 0.5) - 0.45, 0.05)  # visible pleural line

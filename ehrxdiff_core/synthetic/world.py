@@ -22,8 +22,19 @@ from tqdm import tqdm
 from ..config import SyntheticConfig
 from . import vocab as V
 from .labels import study_labels
-from .process import (CO, ED, EF, FINDINGS, PX, Course, initial_state, lab_values, lung_sounds, simulate_course,
-                      vital_values)
+from .process import (
+    CO,
+    ED,
+    EF,
+    FINDINGS,
+    PX,
+    Course,
+    initial_state,
+    lab_values,
+    lung_sounds,
+    simulate_course,
+    vital_values,
+)
 from .render import Anatomy, render_chest
 from .writer import CsvGzTable
 
@@ -34,11 +45,19 @@ LUNG_SOUNDS = (("lll_sounds", "base"), ("rul_sounds", "apex"))  # charted at eac
 LAB_PROB = {"crp": 0.5, "bnp": 0.3}  # chemistry items not drawn with every panel
 _CHART_ITEMIDS = np.array(sorted(V.D_ITEMS[k][0] for k, _ in CHART_ITEMS))
 _CHART_ITEMID_TEXT = pa.array([str(i) for i in _CHART_ITEMIDS])
-_CHART_UOMS = pa.array([next(v[5] for v in V.D_ITEMS.values() if v[0] == i) or None for i in _CHART_ITEMIDS],
-                       pa.string())
+_CHART_UOMS = pa.array(
+    [next(v[5] for v in V.D_ITEMS.values() if v[0] == i) or None for i in _CHART_ITEMIDS], pa.string()
+)
 TRUTH_SCHEMA = pa.schema(
-    [("dicom_id", pa.string()), ("subject_id", pa.int64()), ("hadm_id", pa.int64()), ("study_id", pa.int64()),
-     ("time", pa.timestamp("ms")), ("view", pa.string())] + [(f, pa.float64()) for f in FINDINGS]
+    [
+        ("dicom_id", pa.string()),
+        ("subject_id", pa.int64()),
+        ("hadm_id", pa.int64()),
+        ("study_id", pa.int64()),
+        ("time", pa.timestamp("ms")),
+        ("view", pa.string()),
+    ]
+    + [(f, pa.float64()) for f in FINDINGS]
 )
 
 
@@ -72,8 +91,9 @@ class _Sinks:
 
     def __init__(self, root: Path, cfg: SyntheticConfig):
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
-        self.t = {name: CsvGzTable(name, root / rel, cfg.gzip_level, pool=self.pool)
-                  for name, rel in V.FILE_PATHS.items()}
+        self.t = {
+            name: CsvGzTable(name, root / rel, cfg.gzip_level, pool=self.pool) for name, rel in V.FILE_PATHS.items()
+        }
         self.root = root
         self.cxr_root = root / "mimic-cxr-jpg"
         self.truth_path = root / "truth.parquet"
@@ -128,7 +148,8 @@ def _check(cfg: SyntheticConfig) -> None:
         raise ValueError(
             f"synthetic.patients={cfg.patients} with admissions_per_patient={cfg.admissions_per_patient} and "
             f"studies_per_admission={cfg.studies_per_admission} overflows MIMIC's 8-digit id ranges; "
-            "lower synthetic.patients or raise synthetic.chartevent_rate_per_hour for more rows")
+            "lower synthetic.patients or raise synthetic.chartevent_rate_per_hour for more rows"
+        )
 
 
 def _studies_per_patient(cfg: SyntheticConfig) -> int:
@@ -204,9 +225,14 @@ class _Patient:
         if died:  # date of death = day of the in-hospital death
             dod = pa.array([int(self.death_time // 86400)], pa.int32()).cast(pa.date32())
         self.s.t["patients"].add(
-            1, subject_id=self.subject_id, gender=self.gender, anchor_age=self.anchor_age,
-            anchor_year=self.anchor_year, anchor_year_group=self.year_group,
-            dod=dod)
+            1,
+            subject_id=self.subject_id,
+            gender=self.gender,
+            anchor_age=self.anchor_age,
+            anchor_year=self.anchor_year,
+            anchor_year_group=self.year_group,
+            dod=dod,
+        )
 
     def _provider(self) -> str:
         chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -233,22 +259,32 @@ class _Patient:
         if rng.random() < 0.8 or initial[PX] > 0.3:
             icu_in = rng.uniform(0.2, 4.0)
             icu = (icu_in, max(icu_in + 12.0, los_h - rng.uniform(2, 24)))
-        course = simulate_course(rng, hours, icu, initial, infected, cfg.effect_strength, cfg.effects,
-                                 cfg.randomized_treatment)
+        course = simulate_course(
+            rng, hours, icu, initial, infected, cfg.effect_strength, cfg.effects, cfg.randomized_treatment
+        )
         died = rng.random() < 0.02
         edreg = admit - int(rng.uniform(2, 8) * HOUR) if has_ed else None
         if died:
             self.death_time = disch
         s.t["admissions"].add(
-            1, subject_id=self.subject_id, hadm_id=hadm_id, admittime=[admit], dischtime=[disch],
+            1,
+            subject_id=self.subject_id,
+            hadm_id=hadm_id,
+            admittime=[admit],
+            dischtime=[disch],
             deathtime=[disch] if died else None,
             admission_type=V.ADMISSION_TYPES[0] if has_ed else V.ADMISSION_TYPES[int(rng.integers(1, 5))],
             admit_provider_id=self._provider(),
             admission_location=V.ADMISSION_LOCATIONS[0] if has_ed else V.ADMISSION_LOCATIONS[int(rng.integers(1, 4))],
             discharge_location="DIED" if died else V.DISCHARGE_LOCATIONS[int(rng.integers(0, 4))],
-            insurance=self.insurance, language=self.language, marital_status=self.marital or None, race=self.race,
-            edregtime=[edreg] if has_ed else None, edouttime=[admit] if has_ed else None,
-            hospital_expire_flag=int(died))
+            insurance=self.insurance,
+            language=self.language,
+            marital_status=self.marital or None,
+            race=self.race,
+            edregtime=[edreg] if has_ed else None,
+            edouttime=[admit] if has_ed else None,
+            hospital_expire_flag=int(died),
+        )
 
         stay_id = None
         unit = V.ICU_UNITS[int(rng.integers(0, len(V.ICU_UNITS)))]
@@ -264,16 +300,30 @@ class _Patient:
             rows.append((stay_id, "transfer", unit, icu_in, icu_out))
             if icu_out < disch:
                 rows.append((tid + 3, "transfer", ward, icu_out, disch))
-            s.t["icustays"].add(1, subject_id=self.subject_id, hadm_id=hadm_id, stay_id=stay_id, first_careunit=unit,
-                                last_careunit=unit, intime=[icu_in], outtime=[icu_out],
-                                los=round((icu_out - icu_in) / 86400, 6))
+            s.t["icustays"].add(
+                1,
+                subject_id=self.subject_id,
+                hadm_id=hadm_id,
+                stay_id=stay_id,
+                first_careunit=unit,
+                last_careunit=unit,
+                intime=[icu_in],
+                outtime=[icu_out],
+                los=round((icu_out - icu_in) / 86400, 6),
+            )
         else:
             rows.append((tid + 1, "admit", ward, admit, disch))
         rows.append((tid + 4, "discharge", None, disch, None))
-        s.t["transfers"].add(len(rows), subject_id=self.subject_id, hadm_id=hadm_id,
-                             transfer_id=[r[0] for r in rows], eventtype=[r[1] for r in rows],
-                             careunit=[r[2] for r in rows], intime=[r[3] for r in rows],
-                             outtime=[r[4] for r in rows])
+        s.t["transfers"].add(
+            len(rows),
+            subject_id=self.subject_id,
+            hadm_id=hadm_id,
+            transfer_id=[r[0] for r in rows],
+            eventtype=[r[1] for r in rows],
+            careunit=[r[2] for r in rows],
+            intime=[r[3] for r in rows],
+            outtime=[r[4] for r in rows],
+        )
 
         ctx = _AdmissionCtx(hadm_id, stay_id, admit, disch, hours, icu, course)
         self._prescriptions(ctx)
@@ -284,14 +334,19 @@ class _Patient:
         for h in study_h:
             st = course.state[int(np.clip(h, 0, hours))]
             in_icu = icu is not None and icu[0] <= h < icu[1]
-            self._study(admit + h * HOUR, st, course.infected, hadm_id if 0 < h * HOUR <= disch - admit else None,
-                        portable=in_icu)
+            self._study(
+                admit + h * HOUR,
+                st,
+                course.infected,
+                hadm_id if 0 < h * HOUR <= disch - admit else None,
+                portable=in_icu,
+            )
             if in_icu:
                 self._procedure(ctx, "pr_cxr", admit + h * HOUR, admit + h * HOUR, value=1.0)
         return disch, died
 
     # ------------------------------------------------------------------ hosp/prescriptions
-    def _prescriptions(self, c: "_AdmissionCtx") -> None:
+    def _prescriptions(self, c: _AdmissionCtx) -> None:
         rng = self.rng
         orders: list[tuple[str, float, float | None, str | None]] = []  # drug key, start h, stop h, dose
         for key in rng.choice(V.BACKGROUND_DRUGS, size=int(rng.integers(2, 5)), replace=False):
@@ -319,54 +374,127 @@ class _Patient:
         seq0 = self.poe_seq
         self.poe_seq += n
         self.s.t["prescriptions"].add(
-            n, subject_id=self.subject_id, hadm_id=c.hadm_id, pharmacy_id=self.ids.take("pharmacy", n),
-            poe_id=[f"{self.subject_id}-{seq0 + k + 1}" for k in range(n)], poe_seq=np.arange(seq0 + 1, seq0 + n + 1),
+            n,
+            subject_id=self.subject_id,
+            hadm_id=c.hadm_id,
+            pharmacy_id=self.ids.take("pharmacy", n),
+            poe_id=[f"{self.subject_id}-{seq0 + k + 1}" for k in range(n)],
+            poe_seq=np.arange(seq0 + 1, seq0 + n + 1),
             order_provider_id=[self._provider() for _ in range(n)],
             starttime=[_minute(c.admit + o[1] * HOUR) for o in orders],
             stoptime=[None if o[2] is None else _minute(c.admit + o[2] * HOUR) for o in orders],
-            drug_type=[x[7] for x in d], drug=[x[0] for x in d], formulary_drug_cd=[x[1] for x in d],
+            drug_type=[x[7] for x in d],
+            drug=[x[0] for x in d],
+            formulary_drug_cd=[x[1] for x in d],
             gsn=[f"{g:06d}" for g in rng.integers(1000, 99999, n)],
-            ndc=[f"{g:011d}" for g in rng.integers(10 ** 9, 10 ** 10, n)],
-            prod_strength=[x[2] for x in d], form_rx=None,
-            dose_val_rx=[o[3] or x[4] for o, x in zip(orders, d)], dose_unit_rx=[x[5] for x in d],
-            form_val_disp=[o[3] or x[4] for o, x in zip(orders, d)], form_unit_disp=[x[5] for x in d],
+            ndc=[f"{g:011d}" for g in rng.integers(10**9, 10**10, n)],
+            prod_strength=[x[2] for x in d],
+            form_rx=None,
+            dose_val_rx=[o[3] or x[4] for o, x in zip(orders, d)],
+            dose_unit_rx=[x[5] for x in d],
+            form_val_disp=[o[3] or x[4] for o, x in zip(orders, d)],
+            form_unit_disp=[x[5] for x in d],
             doses_per_24_hrs=[1.0 if o[2] is not None and o[2] - o[1] <= 1 else 2.0 for o in orders],
-            route=[x[6] for x in d])
+            route=[x[6] for x in d],
+        )
 
     # ------------------------------------------------------------------ icu/*
-    def _procedure(self, c: "_AdmissionCtx", key: str, start: float, end: float, value: float | None,
-                   uom: str | None = None, location: str | None = None, loccat: str | None = None) -> None:
+    def _procedure(
+        self,
+        c: _AdmissionCtx,
+        key: str,
+        start: float,
+        end: float,
+        value: float | None,
+        uom: str | None = None,
+        location: str | None = None,
+        loccat: str | None = None,
+    ) -> None:
         cat, desc = V.PROCEDURE_ORDER_CATEGORY[key]
         oid = int(self.ids.take("order")[0])
         self.s.t["procedureevents"].add(
-            1, subject_id=self.subject_id, hadm_id=c.hadm_id, stay_id=c.stay_id,
-            caregiver_id=int(self.rng.choice(self.caregivers)), starttime=[_minute(start)], endtime=[_minute(end)],
-            storetime=[_minute(end + self.rng.uniform(0, 3600))], itemid=V.D_ITEMS[key][0], value=value,
-            valueuom=uom, location=location, locationcategory=loccat, orderid=oid, linkorderid=oid,
-            ordercategoryname=cat, ordercategorydescription=desc, patientweight=self.weight, isopenbag=0,
-            continueinnextdept=0, statusdescription="FinishedRunning", originalamount=value, originalrate=1.0)
+            1,
+            subject_id=self.subject_id,
+            hadm_id=c.hadm_id,
+            stay_id=c.stay_id,
+            caregiver_id=int(self.rng.choice(self.caregivers)),
+            starttime=[_minute(start)],
+            endtime=[_minute(end)],
+            storetime=[_minute(end + self.rng.uniform(0, 3600))],
+            itemid=V.D_ITEMS[key][0],
+            value=value,
+            valueuom=uom,
+            location=location,
+            locationcategory=loccat,
+            orderid=oid,
+            linkorderid=oid,
+            ordercategoryname=cat,
+            ordercategorydescription=desc,
+            patientweight=self.weight,
+            isopenbag=0,
+            continueinnextdept=0,
+            statusdescription="FinishedRunning",
+            originalamount=value,
+            originalrate=1.0,
+        )
 
-    def _input(self, c: "_AdmissionCtx", key: str, start: float, end: float, amount: float,
-               rate: float | None, rateuom: str | None) -> None:
+    def _input(
+        self,
+        c: _AdmissionCtx,
+        key: str,
+        start: float,
+        end: float,
+        amount: float,
+        rate: float | None,
+        rateuom: str | None,
+    ) -> None:
         cat, cat2, comp, desc, uom = V.INPUT_ORDER[key]
         oid = int(self.ids.take("order")[0])
         self.s.t["inputevents"].add(
-            1, subject_id=self.subject_id, hadm_id=c.hadm_id, stay_id=c.stay_id,
-            caregiver_id=int(self.rng.choice(self.caregivers)), starttime=[_minute(start)], endtime=[_minute(end)],
-            storetime=[_minute(start + self.rng.uniform(0, 1800))], itemid=V.D_ITEMS[key][0], amount=amount,
-            amountuom=uom, rate=rate, rateuom=rateuom, orderid=oid, linkorderid=oid, ordercategoryname=cat,
-            secondaryordercategoryname=cat2 or None, ordercomponenttypedescription=comp,
-            ordercategorydescription=desc, patientweight=self.weight, totalamount=amount, totalamountuom=uom,
-            isopenbag=0, continueinnextdept=0, statusdescription="FinishedRunning", originalamount=amount,
-            originalrate=rate if rate is not None else amount)
+            1,
+            subject_id=self.subject_id,
+            hadm_id=c.hadm_id,
+            stay_id=c.stay_id,
+            caregiver_id=int(self.rng.choice(self.caregivers)),
+            starttime=[_minute(start)],
+            endtime=[_minute(end)],
+            storetime=[_minute(start + self.rng.uniform(0, 1800))],
+            itemid=V.D_ITEMS[key][0],
+            amount=amount,
+            amountuom=uom,
+            rate=rate,
+            rateuom=rateuom,
+            orderid=oid,
+            linkorderid=oid,
+            ordercategoryname=cat,
+            secondaryordercategoryname=cat2 or None,
+            ordercomponenttypedescription=comp,
+            ordercategorydescription=desc,
+            patientweight=self.weight,
+            totalamount=amount,
+            totalamountuom=uom,
+            isopenbag=0,
+            continueinnextdept=0,
+            statusdescription="FinishedRunning",
+            originalamount=amount,
+            originalrate=rate if rate is not None else amount,
+        )
 
-    def _icu_events(self, c: "_AdmissionCtx") -> None:
+    def _icu_events(self, c: _AdmissionCtx) -> None:
         rng, cfg, co = self.rng, self.cfg, c.course
         i0, i1 = c.icu
         at = lambda h: c.admit + h * HOUR  # noqa: E731
         in_icu = lambda h: i0 <= h < i1  # noqa: E731
-        self._procedure(c, "pr_peripheral", at(i0), at(i1), value=round((i1 - i0) * 60), uom="min",
-                        location="Left Antecubital", loccat="Peripheral")
+        self._procedure(
+            c,
+            "pr_peripheral",
+            at(i0),
+            at(i1),
+            value=round((i1 - i0) * 60),
+            uom="min",
+            location="Left Antecubital",
+            loccat="Peripheral",
+        )
         intub_start = None
         for tr in co.treatments:
             h = tr.hour
@@ -379,8 +507,16 @@ class _Patient:
             elif tr.kind == "antibiotic_dose":
                 self._input(c, V.ANTIBIOTIC_COURSES[tr.detail][1], at(h), at(h + 0.5), 1.0, None, None)
             elif tr.kind == "central_line":
-                self._procedure(c, "pr_multilumen", at(h), at(i1), value=round((i1 - h) * 60), uom="min",
-                                location="Right IJ", loccat="Invasive Venous")
+                self._procedure(
+                    c,
+                    "pr_multilumen",
+                    at(h),
+                    at(i1),
+                    value=round((i1 - h) * 60),
+                    uom="min",
+                    location="Right IJ",
+                    loccat="Invasive Venous",
+                )
             elif tr.kind == "chest_tube":
                 self._procedure(c, "pr_chesttube", at(h), at(h), value=1.0)
             elif tr.kind == "intubation":
@@ -431,52 +567,97 @@ class _Patient:
         store_s = chart_s + (rng.integers(-2, 40, n) * 60)
         vn = pa.array(valuenum)
         self.s.t["chartevents"].add(
-            n, subject_id=self.subject_id, hadm_id=c.hadm_id, stay_id=c.stay_id,
-            caregiver_id=pc.take(pa.array([str(x) for x in self.caregivers]),
-                                 pa.array(rng.integers(0, len(self.caregivers), n))),
-            charttime=chart_s, storetime=store_s, itemid=pc.take(_CHART_ITEMID_TEXT, pa.array(uom_idx)),
-            value=pc.cast(vn, pa.string()), valuenum=vn,
-            valueuom=pc.take(_CHART_UOMS, pa.array(uom_idx)), warning=0)
+            n,
+            subject_id=self.subject_id,
+            hadm_id=c.hadm_id,
+            stay_id=c.stay_id,
+            caregiver_id=pc.take(
+                pa.array([str(x) for x in self.caregivers]), pa.array(rng.integers(0, len(self.caregivers), n))
+            ),
+            charttime=chart_s,
+            storetime=store_s,
+            itemid=pc.take(_CHART_ITEMID_TEXT, pa.array(uom_idx)),
+            value=pc.cast(vn, pa.string()),
+            valuenum=vn,
+            valueuom=pc.take(_CHART_UOMS, pa.array(uom_idx)),
+            warning=0,
+        )
         # text items from categories the paper drops (ADT, Neurological)
         t0 = _minute(c.admit + i0 * HOUR)
         gcs_h = np.arange(i0, i1, 4.0)
         gcs_txt = np.where(co.intubated[np.minimum(gcs_h.astype(int), c.hours)], "To Pain", "Spontaneously")
         gcs_num = np.where(gcs_txt == "To Pain", 2.0, 4.0)
         self.s.t["chartevents"].add(
-            1 + len(gcs_h), subject_id=self.subject_id, hadm_id=c.hadm_id, stay_id=c.stay_id,
+            1 + len(gcs_h),
+            subject_id=self.subject_id,
+            hadm_id=c.hadm_id,
+            stay_id=c.stay_id,
             caregiver_id=int(self.caregivers[0]),
             charttime=np.array([t0] + [_minute(c.admit + h * HOUR) for h in gcs_h], np.int64),
             storetime=np.array([t0 + 120] + [_minute(c.admit + h * HOUR) + 300 for h in gcs_h], np.int64),
             itemid=np.array([V.D_ITEMS["gender"][0]] + [V.D_ITEMS["gcs_eye"][0]] * len(gcs_h), np.int64),
-            value=[self.gender] + gcs_txt.tolist(), valuenum=[None] + gcs_num.tolist(), valueuom=None, warning=0)
+            value=[self.gender] + gcs_txt.tolist(),
+            valuenum=[None] + gcs_num.tolist(),
+            valueuom=None,
+            warning=0,
+        )
         # auscultation at each nursing assessment (kept category Respiratory): text values, no valuenum
         exam_h = np.arange(i0 + rng.uniform(0, 1), i1, 4.0)
         st = co.state[np.minimum(exam_h.astype(int), c.hours)]
         exam_s = np.array([_minute(c.admit + h * HOUR) for h in exam_h], np.int64)
         for key, zone in LUNG_SOUNDS:
             self.s.t["chartevents"].add(
-                len(exam_h), subject_id=self.subject_id, hadm_id=c.hadm_id, stay_id=c.stay_id,
-                caregiver_id=int(self.caregivers[1]), charttime=exam_s, storetime=exam_s + 600,
-                itemid=V.D_ITEMS[key][0], value=lung_sounds(zone, st, rng).tolist(), valuenum=None, valueuom=None,
-                warning=0)
+                len(exam_h),
+                subject_id=self.subject_id,
+                hadm_id=c.hadm_id,
+                stay_id=c.stay_id,
+                caregiver_id=int(self.caregivers[1]),
+                charttime=exam_s,
+                storetime=exam_s + 600,
+                itemid=V.D_ITEMS[key][0],
+                value=lung_sounds(zone, st, rng).tolist(),
+                valuenum=None,
+                valueuom=None,
+                warning=0,
+            )
 
-    def _ventilation(self, c: "_AdmissionCtx", start_h: float, end_h: float) -> None:
-        self._procedure(c, "pr_ventilation", c.admit + start_h * HOUR, c.admit + end_h * HOUR,
-                        value=round((end_h - start_h) * 60), uom="min")
-        self._input(c, "in_propofol", c.admit + start_h * HOUR, c.admit + end_h * HOUR,
-                    round(20.0 * (end_h - start_h), 1), 20.0, "mg/hour")
+    def _ventilation(self, c: _AdmissionCtx, start_h: float, end_h: float) -> None:
+        self._procedure(
+            c,
+            "pr_ventilation",
+            c.admit + start_h * HOUR,
+            c.admit + end_h * HOUR,
+            value=round((end_h - start_h) * 60),
+            uom="min",
+        )
+        self._input(
+            c,
+            "in_propofol",
+            c.admit + start_h * HOUR,
+            c.admit + end_h * HOUR,
+            round(20.0 * (end_h - start_h), 1),
+            20.0,
+            "mg/hour",
+        )
 
-    def _outputs(self, c: "_AdmissionCtx", key: str, hours: np.ndarray, values: np.ndarray) -> None:
+    def _outputs(self, c: _AdmissionCtx, key: str, hours: np.ndarray, values: np.ndarray) -> None:
         n = len(hours)
         chart_s = ((c.admit + hours * HOUR) // 60 * 60).astype(np.int64)
         self.s.t["outputevents"].add(
-            n, subject_id=self.subject_id, hadm_id=c.hadm_id, stay_id=c.stay_id,
-            caregiver_id=self.caregivers[self.rng.integers(0, len(self.caregivers), n)], charttime=chart_s,
-            storetime=chart_s + self.rng.integers(0, 90, n) * 60, itemid=V.D_ITEMS[key][0], value=values,
-            valueuom="mL")
+            n,
+            subject_id=self.subject_id,
+            hadm_id=c.hadm_id,
+            stay_id=c.stay_id,
+            caregiver_id=self.caregivers[self.rng.integers(0, len(self.caregivers), n)],
+            charttime=chart_s,
+            storetime=chart_s + self.rng.integers(0, 90, n) * 60,
+            itemid=V.D_ITEMS[key][0],
+            value=values,
+            valueuom="mL",
+        )
 
     # ------------------------------------------------------------------ hosp/labevents
-    def _labs(self, c: "_AdmissionCtx") -> None:
+    def _labs(self, c: _AdmissionCtx) -> None:
         rng, cfg, co = self.rng, self.cfg, c.course
         n_draw = int(rng.poisson(cfg.lab_rate_per_hour * c.hours)) + 1
         draw_h = np.sort(rng.random(n_draw) * c.hours)
@@ -518,16 +699,27 @@ class _Patient:
         vn = pa.array(vals)
         abnormal = (vals < lo) | (vals > hi)
         self.s.t["labevents"].add(
-            n, labevent_id=self.ids.take("labevent", n), subject_id=self.subject_id,
-            hadm_id=pa.array(np.full(n, c.hadm_id), mask=no_hadm[sel]), specimen_id=specimen[sel],
-            itemid=np.array([x[0] for x in info], np.int64), order_provider_id=None, charttime=chart_s,
-            storetime=chart_s + rng.integers(20, 150, n) * 60, value=pc.cast(vn, pa.string()), valuenum=vn,
-            valueuom=[x[4] for x in info], ref_range_lower=lo, ref_range_upper=hi,
+            n,
+            labevent_id=self.ids.take("labevent", n),
+            subject_id=self.subject_id,
+            hadm_id=pa.array(np.full(n, c.hadm_id), mask=no_hadm[sel]),
+            specimen_id=specimen[sel],
+            itemid=np.array([x[0] for x in info], np.int64),
+            order_provider_id=None,
+            charttime=chart_s,
+            storetime=chart_s + rng.integers(20, 150, n) * 60,
+            value=pc.cast(vn, pa.string()),
+            valuenum=vn,
+            valueuom=[x[4] for x in info],
+            ref_range_lower=lo,
+            ref_range_upper=hi,
             flag=pa.array(np.where(abnormal, "abnormal", ""), mask=~abnormal),
-            priority=pa.array(np.where(in_icu[sel], "STAT", "ROUTINE")), comments=None)
+            priority=pa.array(np.where(in_icu[sel], "STAT", "ROUTINE")),
+            comments=None,
+        )
 
     # ------------------------------------------------------------------ hosp/microbiologyevents
-    def _micro(self, c: "_AdmissionCtx") -> None:
+    def _micro(self, c: _AdmissionCtx) -> None:
         rng, co = self.rng, c.course
         orders: list[tuple[str, float, bool]] = []
         if rng.random() < 0.35:
@@ -548,23 +740,44 @@ class _Patient:
             day = t // 86400 * 86400
             store = t + int(rng.uniform(30, 60) * HOUR)
             sid = int(self.ids.take("micro_specimen")[0])
-            common = dict(subject_id=self.subject_id, hadm_id=c.hadm_id, micro_specimen_id=sid,
-                          chartdate=[day], charttime=[t], spec_itemid=spec_itemid, spec_type_desc=spec_desc,
-                          test_seq=1, storedate=[store // 86400 * 86400], storetime=[store],
-                          test_itemid=test_itemid, test_name=test_name)
+            common = dict(
+                subject_id=self.subject_id,
+                hadm_id=c.hadm_id,
+                micro_specimen_id=sid,
+                chartdate=[day],
+                charttime=[t],
+                spec_itemid=spec_itemid,
+                spec_type_desc=spec_desc,
+                test_seq=1,
+                storedate=[store // 86400 * 86400],
+                storetime=[store],
+                test_itemid=test_itemid,
+                test_name=test_name,
+            )
             if not positive:
                 self.s.t["microbiologyevents"].add(
-                    1, microevent_id=self.ids.take("microevent"), comments="NO GROWTH.", **common)
+                    1, microevent_id=self.ids.take("microevent"), comments="NO GROWTH.", **common
+                )
                 continue
             org_id, org = V.ORGANISMS[co.organism]
             for ab_id, ab in V.SUSCEPTIBILITY:
                 resistant = rng.random() < 0.15
                 self.s.t["microbiologyevents"].add(
-                    1, microevent_id=self.ids.take("microevent"), org_itemid=org_id, org_name=org, isolate_num=1,
-                    quantity="MODERATE GROWTH", ab_itemid=ab_id, ab_name=ab,
-                    dilution_text=">=32" if resistant else "<=1", dilution_comparison=">=" if resistant else "<=",
-                    dilution_value=32.0 if resistant else 1.0, interpretation="R" if resistant else "S",
-                    comments=None, **common)
+                    1,
+                    microevent_id=self.ids.take("microevent"),
+                    org_itemid=org_id,
+                    org_name=org,
+                    isolate_num=1,
+                    quantity="MODERATE GROWTH",
+                    ab_itemid=ab_id,
+                    ab_name=ab,
+                    dilution_text=">=32" if resistant else "<=1",
+                    dilution_comparison=">=" if resistant else "<=",
+                    dilution_value=32.0 if resistant else 1.0,
+                    interpretation="R" if resistant else "S",
+                    comments=None,
+                    **common,
+                )
 
     # ------------------------------------------------------------------ MIMIC-CXR
     def _ed_only_visit(self, t: int, slot: int) -> None:
@@ -573,10 +786,27 @@ class _Patient:
         t = _minute(t)
         out = t + int(rng.uniform(3, 8) * HOUR)
         tid = 30_000_000 + (self.i * (self.cfg.admissions_per_patient[1] + 1) + slot) * 5
-        self.s.t["transfers"].add(1, subject_id=self.subject_id, hadm_id=None, transfer_id=tid, eventtype="ED",
-                                  careunit=V.ED_UNIT, intime=[t], outtime=[out])
-        st = np.array([0.1 * rng.random(), 0.1 * rng.random(), 0.1 * rng.random(), self.cardiomegaly,
-                       0.15 * rng.random(), 0.0, 0.02])
+        self.s.t["transfers"].add(
+            1,
+            subject_id=self.subject_id,
+            hadm_id=None,
+            transfer_id=tid,
+            eventtype="ED",
+            careunit=V.ED_UNIT,
+            intime=[t],
+            outtime=[out],
+        )
+        st = np.array(
+            [
+                0.1 * rng.random(),
+                0.1 * rng.random(),
+                0.1 * rng.random(),
+                self.cardiomegaly,
+                0.15 * rng.random(),
+                0.0,
+                0.02,
+            ]
+        )
         self._study(t + rng.uniform(0.5, 2.5) * HOUR, st, False, None, portable=False)
 
     def _study(self, t: float, st: np.ndarray, infected: bool, hadm_id: int | None, portable: bool) -> None:
@@ -602,9 +832,9 @@ class _Patient:
         rel_dir = f"files/p{sid[:2]}/p{sid}/s{study_id}"
         dicoms = []
         for view in views:
-            dicom = "-".join(f"{x:08x}" for x in rng.integers(0, 2 ** 32, 5, dtype=np.uint64))
+            dicom = "-".join(f"{x:08x}" for x in rng.integers(0, 2**32, 5, dtype=np.uint64))
             dicoms.append(dicom)
-            render_seed = int(rng.integers(0, 2 ** 63))  # own stream: tables do not depend on write_images
+            render_seed = int(rng.integers(0, 2**63))  # own stream: tables do not depend on write_images
             rel = f"{rel_dir}/{dicom}.jpg"
             s.image_names.write(rel + "\n")
             if cfg.write_images:
@@ -613,22 +843,52 @@ class _Patient:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img).save(path, format="JPEG", quality=95)
             s.n_images += 1
-            s.truth(dict(dicom_id=dicom, subject_id=self.subject_id, hadm_id=hadm_id, study_id=study_id,
-                         time=dt.astype(object), view=view, **{f: float(st[k]) for k, f in enumerate(FINDINGS)}))
+            s.truth(
+                dict(
+                    dicom_id=dicom,
+                    subject_id=self.subject_id,
+                    hadm_id=hadm_id,
+                    study_id=study_id,
+                    time=dt.astype(object),
+                    view=view,
+                    **{f: float(st[k]) for k, f in enumerate(FINDINGS)},
+                )
+            )
         n = len(views)
         proc, _, orient = V.VIEW_META[frontal]
         s.t["cxr_metadata"].add(
-            n, dicom_id=dicoms, subject_id=self.subject_id, study_id=study_id,
-            PerformedProcedureStepDescription=proc, ViewPosition=views, Rows=cfg.image_px, Columns=cfg.image_px,
-            StudyDate=study_date, StudyTime=study_time, ProcedureCodeSequence_CodeMeaning=proc,
+            n,
+            dicom_id=dicoms,
+            subject_id=self.subject_id,
+            study_id=study_id,
+            PerformedProcedureStepDescription=proc,
+            ViewPosition=views,
+            Rows=cfg.image_px,
+            Columns=cfg.image_px,
+            StudyDate=study_date,
+            StudyTime=study_time,
+            ProcedureCodeSequence_CodeMeaning=proc,
             ViewCodeSequence_CodeMeaning=[V.VIEW_META[v][1] for v in views],
-            PatientOrientationCodeSequence_CodeMeaning=[V.VIEW_META[v][2] or None for v in views])
+            PatientOrientationCodeSequence_CodeMeaning=[V.VIEW_META[v][2] or None for v in views],
+        )
         s.t["cxr_split"].add(n, dicom_id=dicoms, study_id=study_id, subject_id=self.subject_id, split=self.split)
         for name in ("cxr_chexpert", "cxr_negbio"):
-            labels = study_labels(st, infected, self.rare, cfg.label_noise, rng, cfg.uncertain_band,
-                                  cfg.uncertain_rate, cfg.blank_negative_rate)
-            s.t[name].add(1, subject_id=self.subject_id, study_id=study_id,
-                          **{col: lab for col, lab in zip(V.CHEXPERT_HEADER[2:], labels)})
+            labels = study_labels(
+                st,
+                infected,
+                self.rare,
+                cfg.label_noise,
+                rng,
+                cfg.uncertain_band,
+                cfg.uncertain_rate,
+                cfg.blank_negative_rate,
+            )
+            s.t[name].add(
+                1,
+                subject_id=self.subject_id,
+                study_id=study_id,
+                **{col: lab for col, lab in zip(V.CHEXPERT_HEADER[2:], labels)},
+            )
 
 
 @dataclass

@@ -22,18 +22,68 @@ from ehrxdiff_core.data.tables import EVENT_TABLES
 from .vocab import COLUMNS
 
 _INT = {
-    "subject_id", "hadm_id", "stay_id", "transfer_id", "caregiver_id", "itemid", "labevent_id", "specimen_id",
-    "pharmacy_id", "poe_seq", "microevent_id", "micro_specimen_id", "spec_itemid", "test_seq", "test_itemid",
-    "org_itemid", "isolate_num", "ab_itemid", "orderid", "linkorderid", "isopenbag", "continueinnextdept",
-    "warning", "anchor_age", "anchor_year", "hospital_expire_flag", "study_id", "Rows", "Columns", "StudyDate",
+    "subject_id",
+    "hadm_id",
+    "stay_id",
+    "transfer_id",
+    "caregiver_id",
+    "itemid",
+    "labevent_id",
+    "specimen_id",
+    "pharmacy_id",
+    "poe_seq",
+    "microevent_id",
+    "micro_specimen_id",
+    "spec_itemid",
+    "test_seq",
+    "test_itemid",
+    "org_itemid",
+    "isolate_num",
+    "ab_itemid",
+    "orderid",
+    "linkorderid",
+    "isopenbag",
+    "continueinnextdept",
+    "warning",
+    "anchor_age",
+    "anchor_year",
+    "hospital_expire_flag",
+    "study_id",
+    "Rows",
+    "Columns",
+    "StudyDate",
 }
 _FLOAT = {
-    "valuenum", "ref_range_lower", "ref_range_upper", "doses_per_24_hrs", "dilution_value", "los", "amount",
-    "rate", "patientweight", "totalamount", "originalamount", "originalrate", "lownormalvalue", "highnormalvalue",
+    "valuenum",
+    "ref_range_lower",
+    "ref_range_upper",
+    "doses_per_24_hrs",
+    "dilution_value",
+    "los",
+    "amount",
+    "rate",
+    "patientweight",
+    "totalamount",
+    "originalamount",
+    "originalrate",
+    "lownormalvalue",
+    "highnormalvalue",
 }
 _TIME = {
-    "admittime", "dischtime", "deathtime", "edregtime", "edouttime", "intime", "outtime", "charttime",
-    "storetime", "starttime", "stoptime", "endtime", "chartdate", "storedate",
+    "admittime",
+    "dischtime",
+    "deathtime",
+    "edregtime",
+    "edouttime",
+    "intime",
+    "outtime",
+    "charttime",
+    "storetime",
+    "starttime",
+    "stoptime",
+    "endtime",
+    "chartdate",
+    "storedate",
 }
 
 
@@ -106,8 +156,9 @@ def _concat(pieces: list[pa.Array]) -> pa.Array:
 class CsvGzTable:
     """One `.csv.gz` file, appended to in pieces, flushed every `flush_rows` rows."""
 
-    def __init__(self, name: str, path: Path, gzip_level: int, flush_rows: int = 262_144,
-                 pool: ThreadPoolExecutor | None = None):
+    def __init__(
+        self, name: str, path: Path, gzip_level: int, flush_rows: int = 262_144, pool: ThreadPoolExecutor | None = None
+    ):
         self.name, self.path = name, path
         self.columns = COLUMNS[name]
         self.types = [column_type(name, c) for c in self.columns]

@@ -109,9 +109,16 @@ def event_item(text: str, source: str | None = None, code: str | None = None) ->
             number_col, unit_col = entry.quantity
             quantity, unit = _number(f.get(number_col)), f.get(unit_col)
     value = quantity if entry is not None and entry.measurement else None
-    return EventItem(table=table, label=label or None, value=value, unit=unit,
-                     ref_low=_number(f.get("ref_range_lower")), ref_high=_number(f.get("ref_range_upper")), fields=f,
-                     quantity=quantity)
+    return EventItem(
+        table=table,
+        label=label or None,
+        value=value,
+        unit=unit,
+        ref_low=_number(f.get("ref_range_lower")),
+        ref_high=_number(f.get("ref_range_upper")),
+        fields=f,
+        quantity=quantity,
+    )
 
 
 class KnowledgeLookup:
@@ -208,7 +215,9 @@ class Augmenter:
         try:
             rag.template.format(event="e", snippets="s", flag="f")
         except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"text.rag.template: only {{event}}, {{snippets}} and {{flag}} may be used ({err!r})") from None
+            raise ValueError(
+                f"text.rag.template: only {{event}}, {{snippets}} and {{flag}} may be used ({err!r})"
+            ) from None
         if "{event}" not in rag.template:
             raise ValueError("text.rag.template must contain {event}")
         if rag.enabled and rag.top_k > 0 and (encoder is None or index is None):
@@ -234,7 +243,9 @@ class Augmenter:
             out.append(chosen)
         return out
 
-    def augment(self, texts: list[str], sources: list[str] | None = None, codes: list[str] | None = None) -> list[Augmented]:
+    def augment(
+        self, texts: list[str], sources: list[str] | None = None, codes: list[str] | None = None
+    ) -> list[Augmented]:
         n = len(texts)
         sources = sources or [None] * n
         codes = codes or [None] * n

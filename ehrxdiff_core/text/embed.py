@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ehrxdiff_core.artifacts.events import EVENT_TRIPLETS, EVENTS
+from ehrxdiff_core.artifacts.text import write_embedding_store
 from ehrxdiff_core.config import TextConfig
 from ehrxdiff_core.text.augment import Augmenter, KnowledgeLookup
 from ehrxdiff_core.text.encoders import load_encoder
@@ -23,7 +23,6 @@ from ehrxdiff_core.text.index import check_index_matches, knowledge_digest, read
 from ehrxdiff_core.text.knowledge import read_knowledge
 from ehrxdiff_core.text.numeric import input_scale, numeric_features
 from ehrxdiff_core.text.rewrite import Rewriter, rewrite_id
-from ehrxdiff_core.artifacts.text import write_embedding_store
 from ehrxdiff_core.text.store import EmbeddingCache, settings_key, text_hashes
 
 log = logging.getLogger(__name__)
@@ -92,8 +91,13 @@ def _read_events(events_parquet: Path, pairs: list[str]) -> EventTexts:
         con.close()
     counts = np.zeros(len(pairs), dtype=np.int64)
     counts[np.asarray(per_pair["pidx"], dtype=np.int64)] = np.asarray(per_pair["n"], dtype=np.int64)
-    return EventTexts(texts=uniq.column("text").to_pylist(), sources=uniq.column("source").to_pylist(),
-                      codes=uniq.column("code").to_pylist(), rows=np.asarray(rows, dtype=np.int64), counts=counts)
+    return EventTexts(
+        texts=uniq.column("text").to_pylist(),
+        sources=uniq.column("source").to_pylist(),
+        codes=uniq.column("code").to_pylist(),
+        rows=np.asarray(rows, dtype=np.int64),
+        counts=counts,
+    )
 
 
 def augmentation_settings(cfg: TextConfig, digest: str | None) -> dict:
@@ -106,8 +110,15 @@ def augmentation_settings(cfg: TextConfig, digest: str | None) -> dict:
     return {"rag": rag, "knowledge": digest, "rewrite": rewrite_id(cfg.rewrite)}
 
 
-def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet: Path, index_path: Path,
-                 cfg: TextConfig, out_h5: Path, device: str = "auto") -> dict:
+def embed_events(
+    events_parquet: Path,
+    triplets_parquet: Path,
+    knowledge_parquet: Path,
+    index_path: Path,
+    cfg: TextConfig,
+    out_h5: Path,
+    device: str = "auto",
+) -> dict:
     """Write embeddings/events.h5 for the pairs of events/triplets.parquet, encoding only texts not yet cached.
 
     With `text.numeric_features` the file also holds per-text numeric features (`ehrxdiff_core.text.numeric`).
@@ -157,17 +168,31 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
 
     counts = ev.counts
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    attrs = {"encoder": encoder.encoder_id, "dim": encoder.dim, "pooling": cfg.encoder.pooling,
-             "rag": json.dumps(aug_settings, sort_keys=True)}
+    attrs = {
+        "encoder": encoder.encoder_id,
+        "dim": encoder.dim,
+        "pooling": cfg.encoder.pooling,
+        "rag": json.dumps(aug_settings, sort_keys=True),
+    }
     numeric = numeric_attrs = None
     if cfg.numeric_features:  # fresh from this run's events each time; the cache stays text-only
         train, stats_from = _train_pairs(Path(triplets_parquet), pairs)
         weights = np.bincount(ev.rows[np.repeat(train, counts)], minlength=len(uniques))
-        numeric, numeric_attrs = numeric_features(uniques, ev.sources, ev.codes, weights, KnowledgeLookup(corpus),
-                                                  stats_from)
+        numeric, numeric_attrs = numeric_features(
+            uniques, ev.sources, ev.codes, weights, KnowledgeLookup(corpus), stats_from
+        )
         numeric_attrs["scale"] = input_scale(embeddings, numeric.shape[1])
-    write_embedding_store(Path(out_h5), hashes=hashes, embeddings=embeddings, pair_ids=pairs, offsets=offsets,
-                rows=ev.rows, attrs=attrs, numeric=numeric, numeric_attrs=numeric_attrs)
+    write_embedding_store(
+        Path(out_h5),
+        hashes=hashes,
+        embeddings=embeddings,
+        pair_ids=pairs,
+        offsets=offsets,
+        rows=ev.rows,
+        attrs=attrs,
+        numeric=numeric,
+        numeric_attrs=numeric_attrs,
+    )
     n_empty = int((counts == 0).sum())
     if n_empty:
         log.warning("embed: %d of %d pairs have no events in %s", n_empty, len(pairs), events_parquet)
@@ -183,7 +208,13 @@ def embed_events(events_parquet: Path, triplets_parquet: Path, knowledge_parquet
         "encode_seconds": round(encode_s, 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    log.info("embed: %d pairs, %d events, %d unique texts: %d encoded, %d reused from cache (%s)",
-             stats["n_pairs"], stats["n_events"], stats["n_unique_texts"], stats["n_encoded"], stats["n_reused"],
-             cfg.cache_dir)
+    log.info(
+        "embed: %d pairs, %d events, %d unique texts: %d encoded, %d reused from cache (%s)",
+        stats["n_pairs"],
+        stats["n_events"],
+        stats["n_unique_texts"],
+        stats["n_encoded"],
+        stats["n_reused"],
+        cfg.cache_dir,
+    )
     return stats

@@ -96,8 +96,18 @@ def tiny_bert(dim: int, vocab_size: int = _TINY_VOCAB, seed: int = TINY_SEED):
 class TextEncoder:
     """A transformer + tokenizer + pooling; `encode` returns L2-normalised float32 (N, dim)."""
 
-    def __init__(self, model, tokenize, *, encoder_id: str, pooling: str, max_length: int, batch_size: int,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        model,
+        tokenize,
+        *,
+        encoder_id: str,
+        pooling: str,
+        max_length: int,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.tokenize = tokenize
         self.encoder_id = encoder_id
@@ -107,7 +117,9 @@ class TextEncoder:
         self.device = device
         self.dim = int(model.config.hidden_size)
         # only pass what forward() takes (ModernBERT has no token_type_ids)
-        self._inputs = {"input_ids", "attention_mask", "token_type_ids"} & set(inspect.signature(model.forward).parameters)
+        self._inputs = {"input_ids", "attention_mask", "token_type_ids"} & set(
+            inspect.signature(model.forward).parameters
+        )
 
     @torch.inference_mode()
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
@@ -129,8 +141,12 @@ class TextEncoder:
             return out
         order = np.argsort([-len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), self.batch_size)
-        for s in tqdm(starts, desc=f"encode {self.encoder_id.split('|')[0]}", unit="batch",
-                      disable=not progress or len(texts) <= self.batch_size):
+        for s in tqdm(
+            starts,
+            desc=f"encode {self.encoder_id.split('|')[0]}",
+            unit="batch",
+            disable=not progress or len(texts) <= self.batch_size,
+        ):
             idx = order[s : s + self.batch_size]
             out[idx] = self._encode_batch([texts[i] for i in idx])
         return out
@@ -155,8 +171,16 @@ def _hf_encoder(folder: Path, cfg: EncoderConfig, ident: str, device: torch.devi
 
     max_length = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length))
     encoder_id = f"{ident}|{cfg.pooling}|{max_length}|{dtype_name}"
-    return TextEncoder(model, tokenize, encoder_id=encoder_id, pooling=cfg.pooling, max_length=max_length,
-                       batch_size=cfg.batch_size, device=device, dtype=dtype)
+    return TextEncoder(
+        model,
+        tokenize,
+        encoder_id=encoder_id,
+        pooling=cfg.pooling,
+        max_length=max_length,
+        batch_size=cfg.batch_size,
+        device=device,
+        dtype=dtype,
+    )
 
 
 def load_encoder(cfg: EncoderConfig, device: str | torch.device = "auto") -> TextEncoder:
@@ -167,9 +191,16 @@ def load_encoder(cfg: EncoderConfig, device: str | torch.device = "auto") -> Tex
     if cfg.name == "tiny-random":
         model = tiny_bert(cfg.tiny_dim)
         encoder_id = f"tiny-random|dim{cfg.tiny_dim}|seed{TINY_SEED}|{cfg.pooling}|{cfg.max_length}|float32"
-        return TextEncoder(model, HashTokenizer(), encoder_id=encoder_id, pooling=cfg.pooling,
-                           max_length=min(cfg.max_length, 512), batch_size=cfg.batch_size, device=device,
-                           dtype=torch.float32)
+        return TextEncoder(
+            model,
+            HashTokenizer(),
+            encoder_id=encoder_id,
+            pooling=cfg.pooling,
+            max_length=min(cfg.max_length, 512),
+            batch_size=cfg.batch_size,
+            device=device,
+            dtype=torch.float32,
+        )
     if cfg.name == "minilm":
         folder, version = minilm_folder()
         return _hf_encoder(folder, cfg, f"minilm|{MINILM_DIST}=={version}", device)

@@ -32,11 +32,22 @@ def sidecar_path(index_path: Path) -> Path:
 def knowledge_digest(knowledge: pd.DataFrame) -> str:
     """Digest of what retrieval can return (ids, texts, ranges): part of every augmented text's hash."""
     h = hashlib.blake2b(digest_size=16)
-    for r in knowledge[KNOWLEDGE.columns("snippet_id", "ref", "key", "text", "low", "high", "unit")].itertuples(index=False):
-        h.update(json.dumps([int(r.snippet_id), r.ref, r.key, r.text,
-                             None if pd.isna(r.low) else float(r.low),
-                             None if pd.isna(r.high) else float(r.high),
-                             None if r.unit is None or pd.isna(r.unit) else str(r.unit)]).encode())
+    for r in knowledge[KNOWLEDGE.columns("snippet_id", "ref", "key", "text", "low", "high", "unit")].itertuples(
+        index=False
+    ):
+        h.update(
+            json.dumps(
+                [
+                    int(r.snippet_id),
+                    r.ref,
+                    r.key,
+                    r.text,
+                    None if pd.isna(r.low) else float(r.low),
+                    None if pd.isna(r.high) else float(r.high),
+                    None if r.unit is None or pd.isna(r.unit) else str(r.unit),
+                ]
+            ).encode()
+        )
     return h.hexdigest()
 
 
@@ -142,6 +153,12 @@ def build_rag_index(knowledge_parquet: Path, cfg: TextConfig, out_index: Path, d
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_index(index, meta, Path(out_index))
-    log.info("rag_index: %s index over %d snippets (dim %d, %s) -> %s", info["kind"], len(knowledge),
-             encoder.dim, encoder.encoder_id, out_index)
+    log.info(
+        "rag_index: %s index over %d snippets (dim %d, %s) -> %s",
+        info["kind"],
+        len(knowledge),
+        encoder.dim,
+        encoder.encoder_id,
+        out_index,
+    )
     return meta

@@ -85,9 +85,20 @@ def _d_items_rows(df: pd.DataFrame, described: dict[str, str]) -> list[dict]:
             text += f", normal at least {_fmt(low)}"
         elif high is not None:
             text += f", normal at most {_fmt(high)}"
-        rows.append(dict(source="d_items", ref=f"d_items:{int(r.itemid)}", itemid=int(r.itemid), key=label.lower(),
-                         kind=_clean(r.linksto) or "item", aliases=[abbr.lower()] if abbr else [], text=text + ".",
-                         low=low, high=high, unit=unit or None))
+        rows.append(
+            dict(
+                source="d_items",
+                ref=f"d_items:{int(r.itemid)}",
+                itemid=int(r.itemid),
+                key=label.lower(),
+                kind=_clean(r.linksto) or "item",
+                aliases=[abbr.lower()] if abbr else [],
+                text=text + ".",
+                low=low,
+                high=high,
+                unit=unit or None,
+            )
+        )
     return rows
 
 
@@ -104,11 +115,26 @@ def _dictionary_rows(name: str, join: DictionaryJoin, df: pd.DataFrame, describe
             continue
         table = _clean(r[join.item_table]) if join.item_table else owner
         fluid, cat = _clean(r.get("fluid")), _clean(r.get("category"))
-        text = (f"{label}: {described.get(table, 'item')}" + (f" on {fluid.lower()}" if fluid else "")
-                + (f", category {cat}" if cat else ""))
+        text = (
+            f"{label}: {described.get(table, 'item')}"
+            + (f" on {fluid.lower()}" if fluid else "")
+            + (f", category {cat}" if cat else "")
+        )
         key = int(r[join.key])
-        rows.append(dict(source=name, ref=f"{name}:{key}", itemid=key, key=label.lower(), kind=table or "item",
-                         aliases=[], text=text + ".", low=None, high=None, unit=None))
+        rows.append(
+            dict(
+                source=name,
+                ref=f"{name}:{key}",
+                itemid=key,
+                key=label.lower(),
+                kind=table or "item",
+                aliases=[],
+                text=text + ".",
+                low=None,
+                high=None,
+                unit=None,
+            )
+        )
     return rows
 
 
@@ -116,10 +142,20 @@ def _glossary_rows() -> list[dict]:
     g = load_glossary()
     rows = []
     for r in g.itertuples(index=False):
-        rows.append(dict(source="glossary", ref=f"glossary:{r.key}", itemid=None, key=r.key, kind=r.kind,
-                         aliases=list(r.aliases), text=r.text,
-                         low=None if pd.isna(r.low) else float(r.low),
-                         high=None if pd.isna(r.high) else float(r.high), unit=r.unit or None))
+        rows.append(
+            dict(
+                source="glossary",
+                ref=f"glossary:{r.key}",
+                itemid=None,
+                key=r.key,
+                kind=r.kind,
+                aliases=list(r.aliases),
+                text=r.text,
+                low=None if pd.isna(r.low) else float(r.low),
+                high=None if pd.isna(r.high) else float(r.high),
+                unit=r.unit or None,
+            )
+        )
     return rows
 
 

@@ -55,8 +55,9 @@ class ParsedNumbers:
     flag: np.ndarray  # float32 (N,) in {-1, 0, 1}
 
 
-def parse_numbers(texts: list[str], sources: list[str | None], codes: list[str | None],
-                  lookup: KnowledgeLookup) -> ParsedNumbers:
+def parse_numbers(
+    texts: list[str], sources: list[str | None], codes: list[str | None], lookup: KnowledgeLookup
+) -> ParsedNumbers:
     """Parse each unique text once with the augmentation's parser; reference ranges are memoised per item."""
     n = len(texts)
     item = np.zeros(n, dtype=np.int64)
@@ -123,8 +124,14 @@ def item_statistics(item: np.ndarray, quantity: np.ndarray, weights: np.ndarray,
     return median, scale, count
 
 
-def numeric_features(texts: list[str], sources: list[str | None], codes: list[str | None], weights: np.ndarray,
-                     lookup: KnowledgeLookup, stats_from: str = "train pairs") -> tuple[np.ndarray, dict]:
+def numeric_features(
+    texts: list[str],
+    sources: list[str | None],
+    codes: list[str | None],
+    weights: np.ndarray,
+    lookup: KnowledgeLookup,
+    stats_from: str = "train pairs",
+) -> tuple[np.ndarray, dict]:
     """(N x K float32 features in `FEATURES` order, attrs describing them) for the unique texts of one run."""
     p = parse_numbers(texts, sources, codes, lookup)
     weights = np.asarray(weights)
@@ -148,11 +155,19 @@ def numeric_features(texts: list[str], sources: list[str | None], codes: list[st
         "clip": CLIP,
         "stats_from": stats_from,
         "n_items": n_items_with_values,
-        "n_items_without_stats": int(n_items_with_values - (count[np.unique(p.item[has])] > 0).sum()) if has.any() else 0,
+        "n_items_without_stats": int(n_items_with_values - (count[np.unique(p.item[has])] > 0).sum())
+        if has.any()
+        else 0,
     }
-    log.info("numeric features: %d of %d texts carry a number, %d items (%d without %s values), %d flagged",
-             int(has.sum()), len(texts), attrs["n_items"], attrs["n_items_without_stats"], stats_from,
-             int((out[:, 3] != 0).sum()))
+    log.info(
+        "numeric features: %d of %d texts carry a number, %d items (%d without %s values), %d flagged",
+        int(has.sum()),
+        len(texts),
+        attrs["n_items"],
+        attrs["n_items_without_stats"],
+        stats_from,
+        int((out[:, 3] != 0).sum()),
+    )
     return out, attrs
 
 

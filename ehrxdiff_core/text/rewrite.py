@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ehrxdiff_core.config import RewriteConfig
 from ehrxdiff_core import set_offline_flags
+from ehrxdiff_core.config import RewriteConfig
 from ehrxdiff_core.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ def rewrite_id(cfg: RewriteConfig) -> str | None:
 
 def _folder(cfg: RewriteConfig) -> Path:
     if cfg.model_path is None:
-        raise ValueError("text.rewrite.enabled is true but text.rewrite.model_path is not set (a local causal LM folder)")
+        raise ValueError(
+            "text.rewrite.enabled is true but text.rewrite.model_path is not set (a local causal LM folder)"
+        )
     folder = Path(cfg.model_path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"text.rewrite.model_path: no causal LM folder with a config.json at {folder}")
@@ -59,13 +61,15 @@ class Rewriter:
     def rewrite(self, texts: list[str]) -> list[str]:
         """One sentence per text; an empty generation keeps the input text."""
         out: list[str] = []
-        for s in tqdm(range(0, len(texts), self.batch_size), desc="rewrite", unit="batch",
-                      disable=len(texts) <= self.batch_size):
+        for s in tqdm(
+            range(0, len(texts), self.batch_size), desc="rewrite", unit="batch", disable=len(texts) <= self.batch_size
+        ):
             chunk = texts[s : s + self.batch_size]
             enc = self.tok([PROMPT.format(text=t) for t in chunk], return_tensors="pt", padding=True).to(self.device)
-            gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.cfg.max_new_tokens,
-                                      pad_token_id=self.tok.pad_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            gen = self.model.generate(
+                **enc, do_sample=False, max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.tok.pad_token_id
+            )
+            new = gen[:, enc["input_ids"].shape[1] :]
             for t, g in zip(chunk, self.tok.batch_decode(new, skip_special_tokens=True)):
                 g = " ".join(g.split())
                 out.append(g if g else t)
