@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-from datetime import datetime
 
 import duckdb
 import h5py
@@ -52,6 +51,7 @@ from ehrxdiff_core.text.embed import embed_events
 from ehrxdiff_core.text.index import build_rag_index
 from ehrxdiff_core.text.knowledge import build_knowledge, read_knowledge
 from ehrxdiff_core.text.numeric import FEATURES
+from test_data_events import write_triplets
 from toy_text import write_demo_dictionaries
 
 torch.set_num_threads(1)
@@ -238,22 +238,8 @@ def _add_toy_items(d_items_parquet):
 
 
 def _write_triplets(path):
-    pq.write_table(
-        pa.table(
-            {
-                "pair_id": ["b_a"],
-                "subject_id": pa.array([10000001], pa.int64()),
-                "hadm_id": pa.array([HADM], pa.int64()),
-                "prev_dicom_id": ["a"],
-                "trg_dicom_id": ["b"],
-                "prev_time": pa.array([datetime(2150, 1, 1, 8)], pa.timestamp("us")),
-                "trg_time": pa.array([datetime(2150, 1, 1, 20)], pa.timestamp("us")),
-                "gap_hours": [12.0],
-                "split": ["train"],
-            }
-        ),
-        path,
-    )
+    """One pair (b_a) of admission HADM, 08:00 → 20:00 on 2150-01-01 (a complete cohort/triplets.parquet)."""
+    write_triplets(path, [("b_a", HADM, 0, 12)])
 
 
 def test_a_registered_table_flows_from_its_csv_to_the_embeddings(toy, tmp_path):

@@ -1,6 +1,6 @@
 """The `evaluate` stage: every method's predictions scored by the evaluator -> `eval/metrics.json`.
 
-metrics.json: the typed layout of `evaluation/schema.py` (`MetricsFile`): `methods` (one object per
+metrics.json: the typed layout of `artifacts/metrics.py` (`MetricsFile`): `methods` (one object per
 method: the model, its controls, the real-target and oracle ceilings), `comparisons` (model minus each
 control on the headline metrics, with paired patient-level bootstrap intervals and a verdict),
 `label_sets` (fixed before scoring), `truth` and `settings`.
