@@ -7,6 +7,8 @@ No value here may contain a comma: the CSV writer does not quote (as in the Phys
 
 from __future__ import annotations
 
+from ehrxdiff_core.labels import CHEXPERT_LABELS
+
 # ------------------------------------------------------------- column orders (as the PhysioNet CSVs)
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -213,24 +215,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "cxr_split": ("dicom_id", "study_id", "subject_id", "split"),
 }
 
-CHEXPERT_HEADER: tuple[str, ...] = (
-    "subject_id",
-    "study_id",
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
+CHEXPERT_HEADER: tuple[str, ...] = ("subject_id", "study_id", *CHEXPERT_LABELS)
 COLUMNS["cxr_chexpert"] = CHEXPERT_HEADER
 COLUMNS["cxr_negbio"] = CHEXPERT_HEADER
 
