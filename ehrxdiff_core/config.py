@@ -368,6 +368,10 @@ class LdmConfig(Section):
         "hybrid"  # demo: hybrid (learns the change in a CPU budget); paper: crossattn
     )
     hybrid_latent_scaled: bool = True  # hybrid concat uses scaled mode latent; False: unscaled (original code)
+    # What the U-Net denoises: `image` = the target latent (paper); `residual` = the target latent minus the
+    # previous image's, scaled to unit std on the training pairs, added back to the previous latent when sampling
+    # (a deviation: a model that predicts no change reproduces the previous image through the autoencoder)
+    target: Literal["image", "residual"] = "image"
     beta_start: float = Field(0.0015, gt=0, lt=1)
     beta_end: float = Field(0.0295, gt=0, lt=1)
     num_train_timesteps: int = Field(1000, ge=2)

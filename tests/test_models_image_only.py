@@ -183,7 +183,7 @@ def test_guidance_branches_differ_only_by_the_events():
     full = _tiny(False, "masked")
     batch = _batch()
     cfg = SampleConfig(guidance_scale=3.0)
-    (ctx_c, attn_c, cat_c), (ctx_u, attn_u, cat_u) = condition_batch(full, batch, cfg)
+    (ctx_c, attn_c, cat_c), (ctx_u, attn_u, cat_u), _ = condition_batch(full, batch, cfg)
     n_img = full.adapter.out_tokens - ME  # ViT + VAE tokens, after the event tokens
     assert torch.equal(ctx_c[:, -n_img:], ctx_u[:, -n_img:]) and torch.equal(cat_c, cat_u)
     assert not attn_u[:, :-n_img].any() and attn_u[:, -n_img:].all()  # no event attended

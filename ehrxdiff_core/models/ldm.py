@@ -5,7 +5,8 @@ with plain MSE (`prediction_type: v_prediction` is an option), uniform timesteps
 scale, adapter VAE tokens from the unscaled mode latent, CLIP encoders trained jointly, cross-attention-only
 conditioning (`crossattn`). Options: `hybrid` (previous latent concatenated → 2·C input channels; scaled by
 default, `hybrid_latent_scaled: false` = original's unscaled), w_null augmentation and target affine jitter,
-condition dropout (events replaced by the null table) for classifier-free guidance. Choice: EMA covers U-Net
+condition dropout (events replaced by the null table) for classifier-free guidance, and `target: residual`
+(the U-Net denoises the change from the previous latent; `to_diffused` / `from_diffused`). Choice: EMA covers U-Net
 *and* adapter (the original kept EMA of the U-Net only and sampled without it), so sampling with EMA uses a
 consistent pair. Demo defaults (the config classes): `hybrid` + `v_prediction` + masked adapter, which learn
 the event-driven change within a CPU budget; `configs/paper.yaml`: `crossattn` + ε as the original.
@@ -93,10 +94,12 @@ class LatentDiffusion(nn.Module):
         vae: AutoencoderKL,
         train_clip: bool | None = None,
         mask_events: bool = False,
+        residual_scale: float = 1.0,
     ):
         super().__init__()
         self.cfg, self.unet, self.adapter, self.vae = cfg, unet, adapter, vae
         self.mask_events = mask_events
+        self.residual_scale = float(residual_scale)  # 1 / std of the scaled latent change (`target: residual`)
         self.vae.requires_grad_(False)
         self.scale = float(vae.config.scaling_factor)
         self.scheduler = noise_scheduler(cfg)
@@ -113,6 +116,38 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def encode_prev(self, prev: torch.Tensor) -> torch.Tensor:
         return encode_gray(self.vae, prev).mode()
+
+    def to_diffused(self, z_trg: torch.Tensor, prev_mode: torch.Tensor) -> torch.Tensor:
+        """The scaled target latent → what the U-Net denoises: itself (`target: image`) or its change from
+        the previous image's latent, divided by the change's std on the training pairs (`target: residual`)."""
+        if self.cfg.target == "image":
+            return z_trg
+        return (z_trg - prev_mode * self.scale) * self.residual_scale
+
+    def from_diffused(self, z: torch.Tensor, prev_mode: torch.Tensor) -> torch.Tensor:
+        """Inverse of `to_diffused`, unscaled for the decoder: the latent the autoencoder decodes."""
+        if self.cfg.target == "image":
+            return z / self.scale
+        return prev_mode + z / (self.residual_scale * self.scale)
+
+    @torch.no_grad()
+    def fit_residual_scale(self, batches) -> float:
+        """Set `residual_scale` = 1 / std of the scaled latent change (target mode − previous mode) over
+        `batches` (dicts with `prev` and `trg`), as LDM scales its latents by their std; returns it."""
+        total, sq, n = 0.0, 0.0, 0
+        for batch in batches:
+            d = (encode_gray(self.vae, batch["trg"]).mode() - self.encode_prev(batch["prev"])).double() * self.scale
+            total, sq, n = total + float(d.sum()), sq + float((d * d).sum()), n + d.numel()
+        if n == 0:
+            raise ValueError("ldm.target: residual needs training pairs to measure the latent change's std")
+        std = math.sqrt(max(sq / n - (total / n) ** 2, 0.0))
+        if std < 1e-6:
+            raise ValueError(
+                "ldm.target: residual: the previous and target latents of the training pairs are identical "
+                "(no change to learn); use ldm.target: image"
+            )
+        self.residual_scale = 1.0 / std
+        return self.residual_scale
 
     def condition(self, batch: dict, prev_mode: torch.Tensor, null: torch.Tensor):
         """(context, attention mask or None, concat latent or None) for a batch; `null` rows get the null table."""
@@ -147,6 +182,7 @@ class LatentDiffusion(nn.Module):
         ctx, attn, concat = self.condition(batch, prev_mode, null)
         t = torch.randint(0, self.cfg.num_train_timesteps, (b,), generator=generator, device=z0.device)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        z0 = self.to_diffused(z0, prev_mode)
         z_t = self.scheduler.add_noise(z0, noise, t)
         target = noise if self.cfg.prediction_type == "epsilon" else self.scheduler.get_velocity(z0, noise, t)
         loss = F.mse_loss(self.eps(z_t, t, ctx, attn, concat).float(), target.float())
@@ -167,6 +203,7 @@ class LatentDiffusion(nn.Module):
             "image_size": h * 2 ** (len(self.vae.config.block_out_channels) - 1),
             "scaling_factor": self.scale,
             "mask_events": self.mask_events,
+            "residual_scale": self.residual_scale,
         }
 
     def save(self, folder: str | Path) -> None:
@@ -201,6 +238,13 @@ def load_ldm(ldm_dir: str | Path, vae: AutoencoderKL, use_ema: bool) -> LatentDi
         raise FileNotFoundError(f"sample.use_ema: {ldm_dir} has no EMA weights (unet_ema/); set sample.use_ema: false")
     unet = UNet2DConditionModel.from_pretrained(ldm_dir / f"unet{suffix}")
     adapter.load_state_dict(load_file(ldm_dir / f"adapter{suffix}" / "model.safetensors"))
-    model = LatentDiffusion(cfg, unet, adapter, vae, mask_events=bool(spec.get("mask_events", False)))
+    model = LatentDiffusion(
+        cfg,
+        unet,
+        adapter,
+        vae,
+        mask_events=bool(spec.get("mask_events", False)),
+        residual_scale=float(spec.get("residual_scale", 1.0)),
+    )
     model.eval()
     return model

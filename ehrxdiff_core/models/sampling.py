@@ -39,9 +39,11 @@ def make_scheduler(sample: SampleConfig, ldm: LdmConfig):
 
 
 @torch.no_grad()
-def condition_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig) -> tuple[tuple, tuple | None]:
-    """The conditional inputs of a batch and, under guidance, the unconditional ones (null events, same
-    previous image); computed once and shared by every seed of the batch."""
+def condition_batch(
+    model: LatentDiffusion, batch: dict, sample: SampleConfig
+) -> tuple[tuple, tuple | None, torch.Tensor]:
+    """The conditional inputs of a batch, under guidance the unconditional ones (null events, same previous
+    image), and the previous image's latent; computed once and shared by every seed of the batch."""
     model.eval()
     prev_mode = model.encode_prev(batch["prev"])
     null = torch.zeros(prev_mode.shape[0], dtype=torch.bool, device=prev_mode.device)
@@ -49,7 +51,7 @@ def condition_batch(model: LatentDiffusion, batch: dict, sample: SampleConfig) -
     uncond = None
     if sample.guidance_scale != 1.0 and not model.mask_events:  # image-only: both branches are the same input
         uncond = model.condition(batch, prev_mode, torch.ones_like(null))
-    return cond, uncond
+    return cond, uncond, prev_mode
 
 
 @torch.no_grad()
@@ -57,11 +59,13 @@ def denoise(
     model: LatentDiffusion,
     cond: tuple,
     uncond: tuple | None,
+    prev_mode: torch.Tensor,
     sample: SampleConfig,
     seeds: list[int],
     device: torch.device,
 ) -> np.ndarray:
-    """uint8 images (B, S, S) from conditioned inputs; `seeds[i]` drives every random draw of pair i."""
+    """uint8 images (B, S, S) from conditioned inputs and the previous latents (added back under
+    `ldm.target: residual`); `seeds[i]` drives every random draw of pair i."""
     sched = make_scheduler(sample, model.cfg)
     sched.set_timesteps(sample.steps, device=device)
     gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
@@ -80,7 +84,7 @@ def denoise(
         if isinstance(sched, DDIMScheduler):
             kwargs = {"eta": sample.eta, "generator": gens}
         z = _step(sched, eps, t, z, kwargs, gens)
-    x = decode_gray(model.vae, z / model.scale).clamp(-1, 1)
+    x = decode_gray(model.vae, model.from_diffused(z, prev_mode)).clamp(-1, 1)
     return ((x[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
 
 
@@ -88,8 +92,8 @@ def sample_batch(
     model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device
 ) -> np.ndarray:
     """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
-    cond, uncond = condition_batch(model, batch, sample)
-    return denoise(model, cond, uncond, sample, seeds, device)
+    cond, uncond, prev_mode = condition_batch(model, batch, sample)
+    return denoise(model, cond, uncond, prev_mode, sample, seeds, device)
 
 
 def _step(sched, eps, t, z, kwargs, gens):
@@ -107,11 +111,11 @@ def sample_seeds(
     """(images, seconds) per seed list of one batch: conditioned once, denoised once per list; each list's
     seconds include an equal share of the conditioning."""
     t0 = time.perf_counter()
-    cond, uncond = condition_batch(model, batch, sample)
+    cond, uncond, prev_mode = condition_batch(model, batch, sample)
     share = (time.perf_counter() - t0) / len(seed_lists)
     out = []
     for seeds in seed_lists:
         t1 = time.perf_counter()
-        imgs = denoise(model, cond, uncond, sample, seeds, device)
+        imgs = denoise(model, cond, uncond, prev_mode, sample, seeds, device)
         out.append((imgs, share + time.perf_counter() - t1))
     return out

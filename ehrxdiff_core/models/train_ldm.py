@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -22,6 +23,8 @@ from ehrxdiff_core.models.ldm import LatentDiffusion, build_unet
 from ehrxdiff_core.models.runs import default_work_dir, make_batch_fn, prepare_data, publish, summary
 from ehrxdiff_core.models.training import run_training, trainable_params
 from ehrxdiff_core.models.vae import load_vae
+
+RESIDUAL_SCALE_PAIRS = 512  # training pairs (evenly spread over the table) whose latent change sets `residual_scale`
 
 
 def build_latent_diffusion(
@@ -74,6 +77,10 @@ def train_ldm(
     cached = prepare_data(data, image_cache_fraction, info)
     torch.manual_seed(cfg.train.seed)
     model = build_latent_diffusion(cfg, vae, clip, store.size, max_events, mask_events)
+    if cfg.target == "residual":
+        idx = np.unique(np.linspace(0, len(data) - 1, min(len(data), RESIDUAL_SCALE_PAIRS)).round().astype(int))
+        b = cfg.train.batch_size
+        model.fit_residual_scale(data.get(idx[i : i + b], with_events=False) for i in range(0, len(idx), b))
     if cfg.train.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     run_config = {**cfg.model_dump(mode="json"), "max_events": max_events, "vae_scale": model.scale}
@@ -90,6 +97,8 @@ def train_ldm(
         "unet_params": sum(p.numel() for p in model.unet.parameters()),
         "adapter_trainable_params": sum(p.numel() for p in trainable_params(model.adapter)),
         "images_cached": cached,
+        "target": cfg.target,
+        "residual_scale": model.residual_scale if cfg.target == "residual" else None,
     }
     if info.is_main:
         live = res.model.cpu().eval()
