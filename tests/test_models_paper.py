@@ -321,5 +321,6 @@ def test_paper_preset_trains_through_the_stages_on_cpu(tmp_path, caplog):
     spec = json.loads((models / "ldm" / "ldm_config.json").read_text())
     assert spec["latent_shape"] == [3, 64, 64] and spec["scaling_factor"] == pytest.approx(CHEFF_SCALE)
     assert spec["ldm"]["adapter"]["mode"] == "paper" and spec["ldm"]["conditioning"] == "crossattn"
+    assert spec["ldm"]["target"] == "image" and spec["residual_scale"] == 1.0  # the target latent, as the paper
     assert spec["clip_spec"]["vision_init"] == "random"
     assert not (models / "ldm.work").exists()

@@ -4,6 +4,7 @@ contracts, and the exact set of jobs each kind of change reruns."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import time
@@ -73,6 +74,9 @@ def test_every_artifact_obeys_its_contract(full_run):
         assert all((res / folder / p).exists() for p in manifest["path"]), folder
         assert set(manifest["pair_id"]) <= set(triplets.loc[triplets["split"] == "test", "pair_id"])
     assert sorted(pd.read_parquet(res / "samples/test/manifest.parquet")["seed_index"].unique()) == [0, 1]
+    for ldm in ("ldm", "ldm_image_only"):  # the tiny config denoises the change, as the demo does
+        spec = json.loads((res / "models" / ldm / "ldm_config.json").read_text())
+        assert spec["ldm"]["target"] == "residual" and spec["residual_scale"] > 0, ldm
     metrics = check_metrics(
         res / "eval/metrics.json", ("previous_image", "previous_vae", "previous_blur", "image_only")
     )
