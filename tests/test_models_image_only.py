@@ -231,12 +231,18 @@ W_LDM = LdmConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
+def toy_vae_and_clip(root):
+    """The toy world under `root`, with its autoencoder (`root/vae`) and CLIP (`root/clip`) trained."""
     w = write_world(root, n_pairs=24, size=16, dim=DIM, max_len=ME)
     train_vae(w["images"], w["triplets"], W_VAE, root / "vae")
     train_clip(w["images"], w["embeddings"], w["triplets"], W_CLIP, ME, root / "clip")
+    return w
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    w = toy_vae_and_clip(root)
     for name, flag in (("ldm", False), ("ldm_image_only", True)):
         w[name] = train_ldm(
             w["images"],

@@ -7,16 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_models_image_only import DIM, ME, W_CLIP, W_LDM, W_VAE, _batch, _tiny
+from test_models_image_only import ME, W_LDM, _batch, _tiny, toy_vae_and_clip
 
 from ehrxdiff_core.config import LdmConfig, SampleConfig, load_config
 from ehrxdiff_core.models.ldm import load_ldm
 from ehrxdiff_core.models.sampling import sample_batch
-from ehrxdiff_core.models.train_clip import train_clip
 from ehrxdiff_core.models.train_ldm import train_ldm
-from ehrxdiff_core.models.train_vae import train_vae
 from ehrxdiff_core.models.vae import decode_gray, load_vae
-from toy_world import write_world
 
 torch.set_num_threads(1)
 
@@ -85,7 +82,8 @@ def test_a_model_predicting_no_change_returns_the_previous_image_through_the_aut
     batch = _batch()
     cfg = SampleConfig(sampler="ddim", steps=10, eta=0.0)
     seeds = list(range(6))
-    through_vae = decode_gray(_tiny(False).vae, _tiny(False).encode_prev(batch["prev"])).clamp(-1, 1)
+    copy = _tiny(False)
+    through_vae = decode_gray(copy.vae, copy.encode_prev(batch["prev"])).clamp(-1, 1)
     through_vae = ((through_vae[:, 0].numpy() + 1) * 127.5).round()
     residual = _no_change_sampler(_with_target(_tiny(False), "residual"))
     residual.fit_residual_scale([_batch(6, 1)])
@@ -100,9 +98,7 @@ def test_a_model_predicting_no_change_returns_the_previous_image_through_the_aut
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("residual")
-    w = write_world(root, n_pairs=24, size=16, dim=DIM, max_len=ME)
-    train_vae(w["images"], w["triplets"], W_VAE, root / "vae")
-    train_clip(w["images"], w["embeddings"], w["triplets"], W_CLIP, ME, root / "clip")
+    w = toy_vae_and_clip(root)
     cfg = W_LDM.model_copy(update={"target": "residual"})
     info = train_ldm(w["images"], w["embeddings"], w["triplets"], root / "vae", root / "clip", cfg, ME, root / "ldm")
     return root, info

@@ -133,14 +133,15 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def fit_residual_scale(self, batches) -> float:
         """Set `residual_scale` = 1 / std of the scaled latent change (target mode − previous mode) over
-        `batches` (dicts with `prev` and `trg`), as LDM scales its latents by their std; returns it."""
-        total, sq, n = 0.0, 0.0, 0
-        for batch in batches:
-            d = (encode_gray(self.vae, batch["trg"]).mode() - self.encode_prev(batch["prev"])).double() * self.scale
-            total, sq, n = total + float(d.sum()), sq + float((d * d).sum()), n + d.numel()
-        if n == 0:
+        `batches` (dicts with `prev` and `trg`), as LDM scales its latents by their std (`estimate_scale`);
+        returns it."""
+        changes = [
+            (encode_gray(self.vae, b["trg"]).mode() - self.encode_prev(b["prev"])).double().flatten() * self.scale
+            for b in batches
+        ]
+        if not changes:
             raise ValueError("ldm.target: residual needs training pairs to measure the latent change's std")
-        std = math.sqrt(max(sq / n - (total / n) ** 2, 0.0))
+        std = float(torch.cat(changes).std(correction=0))
         if std < 1e-6:
             raise ValueError(
                 "ldm.target: residual: the previous and target latents of the training pairs are identical "
