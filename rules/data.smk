@@ -102,8 +102,6 @@ rule cohort:
     params:
         cohort=sec("cohort"),
         duck=sec("data.duckdb"),
-        # training, the autoencoder gate and sampling read these; an empty one fails here
-        required_splits=sorted({"train", "valid", CFG.sample.split}),
     script:
         "../workflow_scripts/cohort.py"
 

@@ -179,6 +179,22 @@ def test_evaluation_setting_reruns_only_evaluate_and_report(full_run):
     assert set(planned_jobs(work, cfg)) == {"evaluate", "report"} | CONFIG_RECORD
 
 
+def test_sampling_another_split_retrains_nothing(full_run):
+    # the cohort checks that the sampled split has pairs, but that check must not make it a param:
+    # a changed param rebuilds the cohort, and with it every model
+    work, _, _, mimic = full_run
+    cfg = write_config(work.parent / "split.yaml", {**mimic, "sample": {"split": "valid"}})
+    sampling = {"sample", "sample_image_only", "control_previous_vae", "control_previous_blur"}
+    assert set(planned_jobs(work, cfg)) == sampling | {"evaluate", "report"} | CONFIG_RECORD
+
+
+def test_sampler_setting_reruns_only_sampling_and_what_reads_it(full_run):
+    work, _, _, mimic = full_run
+    cfg = write_config(work.parent / "eta.yaml", {**mimic, "sample": {"eta": 0.0}})
+    sampling = {"sample", "sample_image_only", "control_previous_blur"}
+    assert set(planned_jobs(work, cfg)) == sampling | {"evaluate", "report"} | CONFIG_RECORD
+
+
 def _jobs_after_editing(work, cfg, rel: str) -> set[str]:
     module = REPO / "ehrxdiff_core" / rel
     source, before = module.read_bytes(), module.stat()
