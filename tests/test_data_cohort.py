@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, TRIPLETS
 from ehrxdiff_core.config import CohortConfig, DuckDBSettings, SplitConfig
 from ehrxdiff_core.data import DataError
-from ehrxdiff_core.data.cohort import build_cohort
+from ehrxdiff_core.data.cohort import build_cohort, required_splits
 from ehrxdiff_core.labels import LABEL_COLUMNS
 
 DUCK = DuckDBSettings(memory_limit="512MB", threads=1)
@@ -289,3 +290,11 @@ def test_an_empty_required_split_is_an_error_at_the_cohort_stage(tmp_path):
             required_splits=("train", "valid", "test"),
         )
     assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "i.parquet").exists()
+
+
+def test_required_splits_are_train_valid_and_the_sampled_one():
+    assert required_splits({}) == ("train", "valid", "test")
+    assert required_splits({"sample": {"split": "valid"}}) == ("train", "valid")
+    assert required_splits({"sample": {"split": "train", "eta": 0.0}, "ldm": {}}) == ("train", "valid")
+    with pytest.raises(ValidationError, match="split"):
+        required_splits({"sample": {"split": "holdout"}})

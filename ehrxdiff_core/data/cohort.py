@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ehrxdiff_core.artifacts.cohort import COHORT_IMAGES, PREV, SPLITS, TRG, TRIPLETS, label_columns
 from ehrxdiff_core.atomic import atomic_path
-from ehrxdiff_core.config import CohortConfig, DuckDBSettings
+from ehrxdiff_core.config import CohortConfig, DuckDBSettings, SampleConfig
 from ehrxdiff_core.data.duck import close, connect, copy_to_parquet, sql_list, sql_str
 from ehrxdiff_core.data.errors import DataError
 from ehrxdiff_core.data.split import read_key_file, split_subjects
@@ -49,6 +49,17 @@ def _label_exprs(alias: str, prefix: str) -> dict[str, str]:
         col: f"CASE WHEN {alias}.{c} IN (0, 1) THEN {alias}.{c} END"
         for col, c in zip(label_columns(prefix), LABEL_COLUMNS)
     }
+
+
+def required_splits(config: dict) -> tuple[str, ...]:
+    """The splits the later stages read: train (every model), valid (the autoencoder gate) and
+    `sample.split`, from the run's config with its defaults.
+
+    The check these feed changes nothing the cohort writes, so the split reaches the cohort job through
+    the run's config and not through the rule's params: sampling another split must not rebuild the
+    cohort and, with it, retrain every model."""
+    split = SampleConfig.model_validate((config or {}).get("sample") or {}).split
+    return tuple(dict.fromkeys(("train", "valid", split)))
 
 
 def build_cohort(
