@@ -310,6 +310,11 @@ class VaeConfig(Section):
     block_out_channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [32, 64, 64]
     layers_per_block: int = Field(1, ge=1)
     kl_weight: float = Field(1e-6, ge=0)
+    # > 0: a patch discriminator trains beside the autoencoder (hinge loss; generator term weighted as in LDM,
+    # adaptively, times this); 0: L1 + KL only (the default). LDM's and Cheff's value is 0.5
+    discriminator_weight: float = Field(0.0, ge=0)
+    discriminator_start: int = Field(0, ge=0)  # the step from which the discriminator trains and is used (LDM: 50001)
+    discriminator_layers: int = Field(2, ge=1)  # stride-2 convolutions of the patch discriminator (pix2pix: 3)
     # latent scale of an imported autoencoder (vae.pretrained) only; None: a Cheff/LDM checkpoint file gets
     # the Cheff constant 0.18215, a diffusers folder its own config's value. A self-trained autoencoder's
     # scale is always estimated from its data (1 / std of the latents), so setting it without vae.pretrained

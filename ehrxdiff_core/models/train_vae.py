@@ -58,10 +58,13 @@ def train_vae(
     vae = build_vae(cfg, store.size)
     if cfg.train.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    trainer = VaeTrainer(vae, cfg.kl_weight)
+    trainer = VaeTrainer(
+        vae, cfg.kl_weight, cfg.discriminator_weight, cfg.discriminator_start, cfg.discriminator_layers
+    )
+    batches = make_batch_fn(data, cfg.train, False)
     res = run_training(
         trainer,
-        make_batch_fn(data, cfg.train, False),
+        lambda step, micro, rank, world: {**batches(step, micro, rank, world), "step": step},
         cfg.train,
         work_dir,
         cfg.model_dump(mode="json"),

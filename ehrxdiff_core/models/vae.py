@@ -1,9 +1,11 @@
 """KL autoencoder (diffusers `AutoencoderKL`): build, train loss, scale estimate, Cheff/LDM import.
 
-Training uses reconstruction (L1) + `kl_weight`·KL only: Cheff's LPIPS and patch-GAN terms need
-pretrained weights we cannot download, so a trained demo VAE is blurrier than Cheff's. For the
-paper setting import Cheff's checkpoint (`vae.pretrained`); its LDM key layout is converted to
-diffusers' with diffusers' own single-file conversion helper.
+Training uses reconstruction (L1) + `kl_weight`·KL, and optionally (`vae.discriminator_weight` > 0)
+the adversarial half of Cheff's/LDM's autoencoder loss: a patch discriminator with a hinge loss and
+LDM's adaptive generator weight. Cheff's LPIPS term needs ImageNet VGG weights that cannot be
+downloaded here, so it is not offered. For the paper setting import Cheff's checkpoint
+(`vae.pretrained`); its LDM key layout is converted to diffusers' with diffusers' own single-file
+conversion helper.
 """
 
 from __future__ import annotations
@@ -41,12 +43,58 @@ def build_vae(cfg: VaeConfig, sample_size: int) -> AutoencoderKL:
     )
 
 
-class VaeTrainer(torch.nn.Module):
-    """Wraps the autoencoder so that forward(batch, generator) = (loss, logs) for the training loop."""
+class PatchDiscriminator(torch.nn.Module):
+    """pix2pix's PatchGAN, the discriminator of LDM's autoencoder loss: 4×4 convolutions, `layers` of them with
+    stride 2, LeakyReLU(0.2), one logit per overlapping patch. GroupNorm replaces BatchNorm so that a patch's
+    logit does not depend on the rest of the batch (nor on how DDP splits it)."""
 
-    def __init__(self, vae: AutoencoderKL, kl_weight: float):
+    def __init__(self, in_channels: int = 1, width: int = 64, layers: int = 2):
+        super().__init__()
+        mods: list[torch.nn.Module] = [torch.nn.Conv2d(in_channels, width, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+        ch = width
+        for i in range(1, layers + 1):
+            out = width * min(2**i, 8)
+            stride = 2 if i < layers else 1
+            mods += [
+                torch.nn.Conv2d(ch, out, 4, stride, 1, bias=False),
+                torch.nn.GroupNorm(min(32, out), out),
+                torch.nn.LeakyReLU(0.2),
+            ]
+            ch = out
+        mods.append(torch.nn.Conv2d(ch, 1, 4, 1, 1))
+        self.net = torch.nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class VaeTrainer(torch.nn.Module):
+    """Wraps the autoencoder so that forward(batch, generator) = (loss, logs) for the training loop.
+
+    With `discriminator_weight` > 0 a `PatchDiscriminator` trains beside the autoencoder in the same
+    optimiser step: from `batch["step"]` ≥ `discriminator_start` the loss adds the discriminator's hinge
+    loss on real images and detached reconstructions (its gradient reaches the discriminator only) and the
+    generator term −D(reconstruction), computed with the discriminator's weights detached (its gradient
+    reaches the autoencoder only), weighted as in LDM: ‖∇L1‖ / ‖∇generator term‖ at the decoder's last
+    layer, times `discriminator_weight`. Before the start both terms are weighted 0.
+    """
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        kl_weight: float,
+        discriminator_weight: float = 0.0,
+        discriminator_start: int = 0,
+        discriminator_layers: int = 2,
+    ):
         super().__init__()
         self.vae, self.kl_weight = vae, kl_weight
+        self.discriminator_weight, self.discriminator_start = discriminator_weight, discriminator_start
+        self.discriminator = (
+            PatchDiscriminator(vae.config.in_channels, layers=discriminator_layers)
+            if discriminator_weight > 0
+            else None
+        )
 
     def forward(self, batch: dict, generator: torch.Generator):
         x = batch["trg"]
@@ -55,7 +103,28 @@ class VaeTrainer(torch.nn.Module):
         rec = self.vae.decode(z).sample
         l1 = F.l1_loss(rec.float(), x.float())
         kl = post.kl().mean() / x[0].numel()  # per-pixel KL, as LDM's kl_weight expects a sum over latents ÷ pixels
-        return l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
+        loss, logs = l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
+        if self.discriminator is None:
+            return loss, logs
+        on = float(batch["step"] >= self.discriminator_start)
+        frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+        g_loss = -torch.func.functional_call(self.discriminator, frozen, (rec,)).float().mean()
+        d_loss = 0.5 * (
+            F.relu(1.0 - self.discriminator(x).float()).mean()
+            + F.relu(1.0 + self.discriminator(rec.detach()).float()).mean()
+        )
+        weight = self._adaptive_weight(l1, g_loss) * self.discriminator_weight * on
+        logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), g_weight=torch.as_tensor(weight))
+        return loss + weight * g_loss + on * d_loss, logs
+
+    def _adaptive_weight(self, rec_loss: torch.Tensor, g_loss: torch.Tensor) -> float:
+        """LDM's balance: the generator term's gradient at the decoder's last layer scaled to the L1 term's."""
+        if not torch.is_grad_enabled():
+            return 0.0
+        last = self.vae.decoder.conv_out.weight
+        g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        return float((g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4))
 
 
 @torch.no_grad()
