@@ -311,7 +311,7 @@ class VaeConfig(Section):
     layers_per_block: int = Field(1, ge=1)
     kl_weight: float = Field(1e-6, ge=0)
     # > 0: a patch discriminator trains beside the autoencoder (hinge loss; generator term weighted as in LDM,
-    # adaptively, times this); 0: L1 + KL only (the default). LDM's and Cheff's value is 0.5
+    # adaptively, times this); 0: L1 + KL only (the default). LDM's KL-autoencoder configs use 0.5
     discriminator_weight: float = Field(0.0, ge=0)
     discriminator_start: int = Field(0, ge=0)  # the step from which the discriminator trains and is used (LDM: 50001)
     discriminator_layers: int = Field(2, ge=1)  # stride-2 convolutions of the patch discriminator (pix2pix: 3)
