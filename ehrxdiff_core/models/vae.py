@@ -106,6 +106,8 @@ class VaeTrainer(torch.nn.Module):
         loss, logs = l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
         if self.discriminator is None:
             return loss, logs
+        # before the start both terms are computed and weighted 0, so that every parameter still gets a
+        # gradient (DDP expects one) while the decoder-gradient balance below is skipped
         on = float(batch["step"] >= self.discriminator_start)
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
         g_loss = -torch.func.functional_call(self.discriminator, frozen, (rec,)).float().mean()
@@ -113,8 +115,8 @@ class VaeTrainer(torch.nn.Module):
             F.relu(1.0 - self.discriminator(x).float()).mean()
             + F.relu(1.0 + self.discriminator(rec.detach()).float()).mean()
         )
-        weight = self._adaptive_weight(l1, g_loss) * self.discriminator_weight * on
-        logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), g_weight=torch.as_tensor(weight))
+        weight = self._adaptive_weight(l1, g_loss) * self.discriminator_weight if on else 0.0
+        logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), g_weight=weight)
         return loss + weight * g_loss + on * d_loss, logs
 
     def _adaptive_weight(self, rec_loss: torch.Tensor, g_loss: torch.Tensor) -> float:
