@@ -122,6 +122,9 @@ class SyntheticConfig(Section):
     # the patient's state (a randomised trial inside the world), so the events tell what the previous image
     # cannot; 0 = every decision from the state (docs/synthetic_world.md has the measured effect)
     randomized_treatment: float = Field(0.6, ge=0, le=1)
+    # scale of each film's pose (rotation, scale, shift) and exposure (gamma) change: 1 = the full range,
+    # 0 = every film of a patient and view in the same position and exposure (a diagnostic world)
+    nuisance: float = Field(1.0, ge=0, le=1)
     label_noise: float = Field(0.05, ge=0, le=0.5)  # share of certain labels flipped
     uncertain_band: float = Field(0.08, ge=0, le=0.5)  # half-width of the band around a threshold ...
     uncertain_rate: float = Field(0.5, ge=0, le=1)  # ... inside which a label is -1 (uncertain) this often

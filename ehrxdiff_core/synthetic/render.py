@@ -3,7 +3,8 @@
 Shapes are analytic in normalised coordinates, so an image at 64 px and at 256 px shows the same
 findings. The patient's fixed anatomy (body, lungs, ribs, where a consolidation would sit, device
 paths) is computed once per patient and view and cached; each image then adds its findings and is
-rotated, scaled, shifted, exposed and noised differently (AP films are magnified and flatter).
+rotated, scaled, shifted, exposed and noised differently (AP films are magnified and flatter); the
+synthetic `nuisance` setting scales the pose and exposure changes.
 """
 
 from __future__ import annotations
@@ -138,13 +139,31 @@ def _static(an: Anatomy, ap: bool, px: int) -> _Static:
     )
 
 
-def render_chest(state: np.ndarray, anatomy: Anatomy, view: str, px: int, rng: np.random.Generator) -> np.ndarray:
-    """Return a uint8 (px, px) radiograph of the findings `state` (7,) seen in `view`."""
-    ang = rng.uniform(-5, 5)
-    scale = rng.uniform(0.92, 1.05) * (1.08 if view == "AP" else 1.0)
-    dx, dy = rng.uniform(-0.05, 0.05, 2)
-    gamma = rng.uniform(0.8, 1.25)
+def acquisition(rng: np.random.Generator, view: str, nuisance: float = 1.0) -> tuple[float, ...]:
+    """One film's (angle in degrees, scale, dx, dy, gamma, noise sd).
+
+    `nuisance` scales the pose (rotation up to 5 degrees, scale 0.92-1.05, shift up to 5 %) and the
+    exposure (gamma 0.8-1.25) about the neutral pose and exposure: 1 is the full range, 0 takes every
+    film of a patient and view in the same position and exposure. The same draws are made at every value,
+    and 1 gives exactly the films drawn before the setting existed (1 + k * (u - 1) is u at k = 1 for u in
+    [0.5, 2]: the subtraction and the sum are exact). Pixel noise is not scaled.
+    """
+    ang = nuisance * rng.uniform(-5, 5)
+    scale = (1.0 + nuisance * (rng.uniform(0.92, 1.05) - 1.0)) * (1.08 if view == "AP" else 1.0)
+    dx, dy = nuisance * rng.uniform(-0.05, 0.05, 2)
+    gamma = 1.0 + nuisance * (rng.uniform(0.8, 1.25) - 1.0)
     noise_sd = rng.uniform(0.01, 0.035)
+    return float(ang), float(scale), float(dx), float(dy), float(gamma), float(noise_sd)
+
+
+def render_chest(
+    state: np.ndarray, anatomy: Anatomy, view: str, px: int, rng: np.random.Generator, nuisance: float = 1.0
+) -> np.ndarray:
+    """Return a uint8 (px, px) radiograph of the findings `state` (7,) seen in `view`.
+
+    `nuisance` scales the film's pose and exposure change (`acquisition`).
+    """
+    ang, scale, dx, dy, gamma, noise_sd = acquisition(rng, view, nuisance)
 
     if view in ("LATERAL", "LL"):
         img = _lateral(state, anatomy, px)

@@ -838,7 +838,9 @@ class _Patient:
             rel = f"{rel_dir}/{dicom}.jpg"
             s.image_names.write(rel + "\n")
             if cfg.write_images:
-                img = render_chest(st, self.anatomy, view, cfg.image_px, np.random.default_rng(render_seed))
+                img = render_chest(
+                    st, self.anatomy, view, cfg.image_px, np.random.default_rng(render_seed), cfg.nuisance
+                )
                 path = s.cxr_root / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img).save(path, format="JPEG", quality=95)
