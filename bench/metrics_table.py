@@ -56,7 +56,19 @@ def main() -> None:
             cells.append("–" if e.delta is None else f"{e.delta:+.3f} {ci} {e.verdict}")
         print(f"| {metric} | " + " | ".join(cells) + " |")
     n_boot = next((e.n_boot for es in mf.comparisons.values() for e in es), 0)
-    print(f"\n({n_boot} paired patient-level bootstrap resamples)")
+    print(f"\n({n_boot} paired patient-level bootstrap resamples)\n")
+    print("| metric: value [95 % interval] | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for metric in mf.headline_metrics:
+        cells = []
+        for n in names:
+            iv = mf.interval(n, metric)
+            if iv is None or iv.value is None:
+                cells.append("–")
+            else:
+                ci = "no interval" if iv.ci95 is None else f"[{iv.ci95[0]:.3f}, {iv.ci95[1]:.3f}]"
+                cells.append(f"{iv.value:.3f} {ci}")
+        print(f"| {metric} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

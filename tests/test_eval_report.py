@@ -182,10 +182,15 @@ def test_report_verdicts_follow_the_interval(tmp_path):
     m = json.loads(inputs.metrics.read_text())
     for e in m["comparisons"]["ehrxdiff_vs_previous_image"]:
         e.update(delta=0.034, ci95=[-0.041, 0.149], verdict="no significant difference")
+    m["methods"]["real_target"]["intervals"]["auroc_all_macro"].update(value=0.904, ci95=[0.809, 0.967])
+    m["methods"]["ehrxdiff"]["intervals"]["auroc_all_macro"].update(ci95=None, reason="a reason shown on hover")
     inputs.metrics.write_text(json.dumps(m))
     build_report(inputs, CFG, tmp_path / "r.html")
     doc = (tmp_path / "r.html").read_text()
     assert "no significant difference" in doc and "[-0.041, +0.149]" in doc
+    # each method's own interval, unsigned, and a missing one with its reason
+    assert "Headline metrics of every method, with 95 % intervals" in doc and "0.904<br>[0.809, 0.967]" in doc
+    assert 'title="a reason shown on hover">no interval' in doc
     assert 'class="better"' not in doc and "beats" not in doc
 
 

@@ -270,6 +270,16 @@ def test_evaluate_scores_methods_side_by_side(trained):
     assert m["real_target"].sex_auroc.value > 0.9
     assert m["real_target"].age_pearson_r.value > 0.5
     assert "NaN" not in out.read_text()
+    # every method, the ceilings included, carries its own interval for each headline metric
+    for name, v in m.items():
+        assert set(v.intervals) == set(mf.headline_metrics), name
+        for metric, iv in v.intervals.items():
+            assert iv.value == mf.value(name, metric) and iv.n_boot == 200
+            if iv.value is not None:
+                assert iv.ci95[0] <= iv.value <= iv.ci95[1], (name, metric, iv)
+    assert m["oracle"].intervals["truth_partial_r_macro"].ci95 == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert m["previous_image"].intervals["truth_partial_r_macro"].ci95 == [0.0, 0.0]
+    assert m["real_target"].intervals["auroc_diff_macro"].ci95[0] > 0.8
 
 
 def test_evaluate_without_truth_says_why(trained, tmp_path):

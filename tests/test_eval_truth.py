@@ -136,3 +136,49 @@ def test_one_patient_gives_no_interval():
     boot = comparisons.bootstrap(data, methods, groups, 50, seed=0)
     e = comparisons.compare("target", ["copy"], v, boot, 50, 1)["target_vs_copy"][0]
     assert e["ci95"] is None and e["verdict"] == "not computable" and "fewer than 2 patients" in e["reason"]
+
+
+def test_each_method_gets_its_own_interval():
+    """The target (an oracle) has partial r 1 on every resample, the copy 0; every interval holds its value."""
+    prev, trg, yp, yt, groups, truth, rng = world()
+    sets = comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 20, 20)
+    data = comparisons.HeadlineData(LABELS, yt, yp, sets, truth, comparisons.truth_label_sets(truth, 20, 20))
+    noisy = np.clip(trg + rng.normal(0, 0.15, trg.shape), 0, 1)
+    methods = {"target": (trg, trg - prev), "copy": (prev, np.zeros_like(prev)), "noisy": (noisy, noisy - prev)}
+    v = {n: comparisons.headline_values(data, p, c, np.arange(len(prev))) for n, (p, c) in methods.items()}
+    boot = comparisons.bootstrap(data, methods, groups, 300, seed=0)
+    iv = comparisons.intervals(v, boot, 300, 120)
+    assert set(iv) == set(methods) and all(set(x) == set(comparisons.HEADLINE_METRICS) for x in iv.values())
+    pr = iv["target"]["truth_partial_r_macro"]
+    assert pr["ci95"] == [pytest.approx(1.0), pytest.approx(1.0)] and pr["n_valid"] == 300 and pr["n_boot"] == 300
+    assert iv["copy"]["truth_partial_r_macro"]["ci95"] == [0.0, 0.0]
+    assert iv["copy"]["truth_crossing_auroc_macro"]["ci95"] == [0.0, 0.0]
+    for name, per_metric in iv.items():
+        for metric, e in per_metric.items():
+            assert e["value"] == v[name][metric]
+            assert e["ci95"][0] <= e["value"] <= e["ci95"][1], (name, metric, e)
+    # a noisy predictor: a real spread, narrower with more patients (the interval is patient-level)
+    lo, hi = iv["noisy"]["truth_crossing_auroc_macro"]["ci95"]
+    assert 0 < hi - lo < 0.2 and lo > 0.5
+    # the comparisons are unchanged by scoring more methods on the same resamples (paired draws)
+    pair_only = comparisons.bootstrap(data, {k: methods[k] for k in ("target", "copy")}, groups, 300, seed=0)
+    assert np.array_equal(pair_only["copy"]["auroc_all_macro"], boot["copy"]["auroc_all_macro"])
+
+
+def test_intervals_say_why_when_missing():
+    prev, trg, yp, yt, groups, truth, _ = world()
+    sets = comparisons.fixed_label_sets(yt, yp, LABELS, truth.dynamic, 20, 20)
+    data = comparisons.HeadlineData(LABELS, yt, yp, sets, truth, comparisons.truth_label_sets(truth, 20, 20))
+    methods = {"target": (trg, trg - prev)}
+    v = {"target": comparisons.headline_values(data, trg, trg - prev, np.arange(len(prev)))}
+    off = comparisons.intervals(v, comparisons.bootstrap(data, methods, groups, 0, seed=0), 0, 120)
+    e = off["target"]["auroc_diff_macro"]
+    assert e["value"] == 1.0 and e["ci95"] is None and "evaluate.bootstrap: 0" in e["reason"]
+    one = comparisons.intervals(v, comparisons.bootstrap(data, methods, np.zeros(len(prev)), 50, seed=0), 50, 1)
+    assert "fewer than 2 patients" in one["target"]["auroc_all_macro"]["reason"]
+    # a metric undefined on the full sample (no truth) has no value and says so
+    no_truth = comparisons.HeadlineData(LABELS, yt, yp, sets)
+    v2 = {"target": comparisons.headline_values(no_truth, trg, None, np.arange(len(prev)))}
+    b2 = comparisons.bootstrap(no_truth, {"target": (trg, None)}, groups, 50, seed=0)
+    e2 = comparisons.intervals(v2, b2, 50, 120)["target"]["truth_partial_r_macro"]
+    assert e2["value"] is None and e2["ci95"] is None and e2["reason"] == "undefined on the full sample"

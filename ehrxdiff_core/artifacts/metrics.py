@@ -1,7 +1,8 @@
 """The typed layout of `eval/metrics.json`: the evaluate stage writes through it, the report and the
 tests read through it, so a renamed or missing key fails where it is produced, not in a table later.
 
-Layout: `methods` holds one object per method (the model, its controls, the ceilings), `comparisons`
+Layout: `methods` holds one object per method (the model, its controls, the ceilings; each with its
+headline metrics' own 95 % `intervals`), `comparisons`
 one list per `<model>_vs_<control>` (one entry per headline metric), `label_sets` the label sets fixed
 before scoring, `truth` how the synthetic world's hidden state was used (or why it was not), and
 `settings` what was scored and how. Every number that cannot be computed is null with a `reason`.
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class _Strict(BaseModel):
@@ -91,6 +92,17 @@ class Undefined(_Strict):
     reason: str
 
 
+class Interval(_Strict):
+    """A headline metric of one method with its own 95 % patient-level bootstrap interval."""
+
+    value: float | None
+    ci95: list[float] | None
+    n_boot: int
+    n_valid: int
+    reason: str | None = None
+    note: str | None = None
+
+
 class MethodMetrics(_Strict):
     kind: Literal["model", "control", "ceiling"]
     description: str
@@ -103,6 +115,7 @@ class MethodMetrics(_Strict):
     age_mae_years: float | None
     fid: dict[str, Fid]
     truth: TruthMetrics
+    intervals: dict[str, Interval]  # headline metric -> value and 95 % interval (same resamples as comparisons)
 
 
 class Comparison(_Strict):
@@ -139,7 +152,7 @@ class TruthInfo(_Strict):
 
 
 class MetricsFile(_Strict):
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     model: str
     methods: dict[str, MethodMetrics]
     comparisons: dict[str, list[Comparison]]
@@ -155,6 +168,10 @@ class MetricsFile(_Strict):
             return m.auroc[metric.split("_")[1]].macro.value
         macro = getattr(m.truth, metric.removeprefix("truth_"), None) if m.truth.computed else None
         return None if macro is None else macro.value
+
+    def interval(self, method: str, metric: str) -> Interval | None:
+        """A headline metric of one method with its 95 % interval (None when the metric is not headline)."""
+        return self.methods[method].intervals.get(metric)
 
     def comparison(self, control: str, metric: str) -> Comparison | None:
         for entry in self.comparisons.get(f"{self.model}_vs_{control}", []):

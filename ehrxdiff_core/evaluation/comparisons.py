@@ -150,6 +150,56 @@ def bootstrap(
     return out
 
 
+def _percentile_interval(
+    draws: np.ndarray, value: float | None, undefined: str | None, n_boot: int, n_patients: int, defined_for: str
+) -> dict:
+    """The 2.5-97.5 % percentile interval of the finite `draws`, or a reason why there is none.
+
+    Returns `ci95` (None with a `reason` when not computable), `n_valid` (resamples where the quantity
+    was defined) and a `note` when the full-sample `value` falls outside its own interval.
+    """
+    d = draws[np.isfinite(draws)]
+    out: dict = {"ci95": None, "n_valid": int(len(d))}
+    if undefined is not None:
+        out["reason"] = undefined
+    elif n_boot == 0:
+        out["reason"] = "bootstrap disabled (evaluate.bootstrap: 0)"
+    elif n_patients < 2:
+        out["reason"] = f"fewer than 2 patients ({n_patients}): no patient-level interval"
+    elif len(d) < max(10, n_boot // 2):
+        out["reason"] = f"only {len(d)} of {n_boot} resamples had the metric defined{defined_for}"
+    else:
+        out["ci95"] = [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
+        if not out["ci95"][0] <= value <= out["ci95"][1]:
+            out["note"] = "the full-sample value lies outside the percentile interval (a skewed bootstrap)"
+    return out
+
+
+def intervals(
+    values: dict[str, dict[str, float | None]],
+    boot: dict[str, dict[str, np.ndarray]],
+    n_boot: int,
+    n_patients: int,
+) -> dict[str, dict[str, dict]]:
+    """Per method and headline metric: the full-sample value and its own 95 % patient-level interval.
+
+    The same resamples as the comparisons (`bootstrap`), so an aim such as "the real-target ceiling
+    reaches 0.9" can be read against the spread that the number of test patients allows.
+    """
+    out: dict[str, dict[str, dict]] = {}
+    for name, draws in boot.items():
+        out[name] = {}
+        for metric in HEADLINE_METRICS:
+            v = values[name][metric]
+            undefined = None if v is not None else "undefined on the full sample"
+            out[name][metric] = {
+                "value": v,
+                "n_boot": n_boot,
+                **_percentile_interval(draws[metric], v, undefined, n_boot, n_patients, ""),
+            }
+    return out
+
+
 def verdict(ci95: list[float] | None) -> str:
     """'better' / 'worse' only when the whole 95 % interval is on one side of 0."""
     if ci95 is None:
@@ -189,23 +239,11 @@ def compare(
                 "fraction_delta_le_0": None,
             }
             d = boot[model][metric] - boot[control][metric]
-            d = d[np.isfinite(d)]
-            entry["n_valid"] = int(len(d))
+            undefined = None
             if entry["delta"] is None:
-                entry["reason"] = f"undefined for {model if a is None else control} on the full sample"
-            elif n_boot == 0:
-                entry["reason"] = "bootstrap disabled (evaluate.bootstrap: 0)"
-            elif n_patients < 2:
-                entry["reason"] = f"fewer than 2 patients ({n_patients}): no patient-level interval"
-            elif len(d) < max(10, n_boot // 2):
-                entry["reason"] = f"only {len(d)} of {n_boot} resamples had the metric defined for both methods"
-            else:
-                entry["ci95"] = [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
-                entry["fraction_delta_le_0"] = float((d <= 0).mean())
-                if not entry["ci95"][0] <= entry["delta"] <= entry["ci95"][1]:
-                    entry["note"] = (
-                        "the full-sample difference lies outside the percentile interval (a skewed bootstrap)"
-                    )
+                undefined = f"undefined for {model if a is None else control} on the full sample"
+            entry.update(_percentile_interval(d, entry["delta"], undefined, n_boot, n_patients, " for both methods"))
+            entry["fraction_delta_le_0"] = None if entry["ci95"] is None else float((d[np.isfinite(d)] <= 0).mean())
             entry["verdict"] = verdict(entry["ci95"])
             entries.append(entry)
         out[f"{model}_vs_{control}"] = entries

@@ -3,7 +3,8 @@
 metrics.json: the typed layout of `artifacts/metrics.py` (`MetricsFile`): `methods` (one object per
 method: the model, its controls, the real-target and oracle ceilings), `comparisons` (model minus each
 control on the headline metrics, with paired patient-level bootstrap intervals and a verdict),
-`label_sets` (fixed before scoring), `truth` and `settings`.
+`label_sets` (fixed before scoring), `truth` and `settings`. Each method also carries `intervals`: its
+headline metrics with their own 95 % interval from the same resamples (the ceilings included).
 """
 
 from __future__ import annotations
@@ -332,10 +333,13 @@ def evaluate(
     controls = [n for n in order if kinds[n] == "control"]
     t_boot = time.time()
     boot = comparisons.bootstrap(
-        data, {n: (preds[n]["probs"], changes[n]) for n in [model_name, *controls]}, groups, cfg.bootstrap, cfg.seed
+        data, {n: (preds[n]["probs"], changes[n]) for n in order}, groups, cfg.bootstrap, cfg.seed
     )
     log.info("evaluate: %d paired patient-level resamples in %.1f s", cfg.bootstrap, time.time() - t_boot)
-    comps = comparisons.compare(model_name, controls, values, boot, cfg.bootstrap, int(len(np.unique(groups))))
+    n_patients = int(len(np.unique(groups)))
+    comps = comparisons.compare(model_name, controls, values, boot, cfg.bootstrap, n_patients)
+    for name, per_metric in comparisons.intervals(values, boot, cfg.bootstrap, n_patients).items():
+        methods[name]["intervals"] = per_metric
 
     truth_info: dict = {"used": pt is not None}
     if pt is None:

@@ -208,10 +208,11 @@ def _cohort_section(inputs: ReportInputs) -> str:
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def _ci(entry) -> str:
+def _ci(entry, signed: bool = True) -> str:
     if entry.ci95 is None:
         return f'<span class="undef" title="{html.escape(str(entry.reason))}">no interval</span>'
-    return f"[{entry.ci95[0]:+.3f}, {entry.ci95[1]:+.3f}]"
+    fmt = "+.3f" if signed else ".3f"
+    return f"[{entry.ci95[0]:{fmt}}, {entry.ci95[1]:{fmt}}]"
 
 
 def _verdict(entry) -> str:
@@ -241,6 +242,28 @@ def _comparisons_table(mf: MetricsFile) -> str:
         + f"<p>Δ = {html.escape(mf.model)} − control; 95 % interval from {n_boot} paired patient-level "
         f"bootstrap resamples of {n_pat} patients (the same resamples for every method). The verdict reads "
         "the interval: <i>better</i> / <i>worse</i> only when it excludes 0.</p>"
+    )
+
+
+def _intervals_table(mf: MetricsFile) -> str:
+    """Every method's headline metrics with their own 95 % interval (ceilings included), to read aims."""
+    names = list(mf.methods)
+    rows = []
+    for metric, text in mf.headline_metrics.items():
+        row = [f"{html.escape(text)}<br><small>{html.escape(metric)}</small>"]
+        for n in names:
+            iv = mf.interval(n, metric)
+            if iv is None or iv.value is None:
+                reason = "not computed" if iv is None else iv.reason
+                row.append(f'<span class="undef" title="{html.escape(str(reason))}">undefined</span>')
+            else:
+                row.append(f"{iv.value:.3f}<br>{_ci(iv, signed=False)}")
+        rows.append(row)
+    n_boot = next((iv.n_boot for m in mf.methods.values() for iv in m.intervals.values()), 0)
+    return _table(["metric", *names], rows) + (
+        f"<p>Each method's own 95 % interval from the same {n_boot} patient-level bootstrap resamples as the "
+        "comparisons. An aim on one number (for instance the real-target ceiling) holds only where its "
+        "interval lies on the right side.</p>"
     )
 
 
@@ -300,6 +323,7 @@ def _metrics_section(inputs: ReportInputs) -> str:
         f"{st.get('n_patients')} patients; subsets: {html.escape(str(st.get('subsets', '')))}.</p>"
     ]
     parts.append("<h3>Headline: the model against each control</h3>" + _comparisons_table(mf))
+    parts.append("<h3>Headline metrics of every method, with 95 % intervals</h3>" + _intervals_table(mf))
     ls = mf.label_sets
     sets = [
         *((f"AUROC, {s.capitalize()}", ls.auroc[s]) for s in ("diff", "all", "same")),
