@@ -253,9 +253,8 @@ def _intervals_table(mf: MetricsFile) -> str:
         row = [f"{html.escape(text)}<br><small>{html.escape(metric)}</small>"]
         for n in names:
             iv = mf.interval(n, metric)
-            if iv is None or iv.value is None:
-                reason = "not computed" if iv is None else iv.reason
-                row.append(f'<span class="undef" title="{html.escape(str(reason))}">undefined</span>')
+            if iv is None or iv.value is None:  # _fmt shows the reason of an undefined value
+                row.append(_fmt({"value": None} if iv is None else iv.model_dump()))
             else:
                 row.append(f"{iv.value:.3f}<br>{_ci(iv, signed=False)}")
         rows.append(row)
