@@ -30,6 +30,7 @@ def main() -> None:
     from ehrxdiff_core.config import load_config, read_config_files
     from ehrxdiff_core.evaluation import comparisons, metrics
     from ehrxdiff_core.evaluation.common import evaluator_and_images
+    from ehrxdiff_core.evaluation.evaluate import fixed_sets, oracle_and_true_change
     from ehrxdiff_core.evaluation.evaluator import predict
     from ehrxdiff_core.evaluation.inputs import label_matrix, read_triplets
     from ehrxdiff_core.evaluation.truth import pair_truth
@@ -60,20 +61,9 @@ def main() -> None:
     truth_path = res / "synthetic/truth.parquet"
     pt = pair_truth(truth_path, trip, labels) if truth_path.exists() else None
     trg, prev = label_matrix(trip, "trg_", labels), label_matrix(trip, "prev_", labels)
-    candidates = pt.dynamic if pt is not None else list(labels)
-    sets = comparisons.fixed_label_sets(trg, prev, labels, candidates, ev.min_label_positives, ev.min_label_negatives)
-    truth_sets = (
-        comparisons.truth_label_sets(pt, ev.min_label_positives, ev.min_label_negatives)
-        if pt is not None
-        else {m: [] for m in comparisons.TRUTH_METRICS}
-    )
+    _, sets, truth_sets = fixed_sets(trg, prev, labels, pt, ev)
     if pt is not None:
-        oracle = np.full(preds["real_target"].shape, np.nan)
-        true_change = np.full(preds["real_target"].shape, np.nan)
-        for f in pt.findings:
-            j, k = labels.index(f), pt.column(f)
-            oracle[:, j], true_change[:, j] = pt.trg[:, k], pt.trg[:, k] - pt.prev[:, k]
-        preds["oracle"], changes["oracle"] = oracle, true_change
+        preds["oracle"], changes["oracle"] = oracle_and_true_change(pt, labels)
     data = comparisons.HeadlineData(labels, trg, prev, sets, pt, truth_sets)
     everything = np.arange(len(trip))
     values = {n: comparisons.headline_values(data, preds[n], changes[n], everything) for n in preds}

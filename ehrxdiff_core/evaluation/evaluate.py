@@ -142,6 +142,30 @@ def _check_same_values(methods: dict, values: dict) -> None:
                 raise AssertionError(f"evaluate: {name}.{metric} is {v} in its block but {w} in the comparisons")
 
 
+def fixed_sets(trg, prev, labels, pt: PairTruth | None, cfg: EvaluateConfig):
+    """The candidates, the AUROC label sets and the truth label sets, fixed from labels and truth alone."""
+    candidates = pt.dynamic if pt is not None else list(labels)
+    label_sets = comparisons.fixed_label_sets(
+        trg, prev, labels, candidates, cfg.min_label_positives, cfg.min_label_negatives
+    )
+    truth_sets = (
+        comparisons.truth_label_sets(pt, cfg.min_label_positives, cfg.min_label_negatives)
+        if pt is not None
+        else {m: [] for m in comparisons.TRUTH_METRICS}
+    )
+    return candidates, label_sets, truth_sets
+
+
+def oracle_and_true_change(pt: PairTruth, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle's scores (the target's hidden severities) and the true change, (N, L), NaN elsewhere."""
+    oracle = np.full((len(pt.prev), len(labels)), np.nan)
+    true_change = np.full_like(oracle, np.nan)
+    for f in pt.findings:
+        j, k = labels.index(f), pt.column(f)
+        oracle[:, j], true_change[:, j] = pt.trg[:, k], pt.trg[:, k] - pt.prev[:, k]
+    return oracle, true_change
+
+
 def evaluate(
     samples: dict[str, Path],
     images_h5,
@@ -222,15 +246,7 @@ def evaluate(
         pt = pair_truth(truth, trip, labels)
         if pt.n_pairs_with_truth == 0:
             pt, truth_reason = None, f"{truth}: no scored pair has hidden severities for both images"
-    candidates = pt.dynamic if pt is not None else list(labels)
-    label_sets = comparisons.fixed_label_sets(
-        trg, prev, labels, candidates, cfg.min_label_positives, cfg.min_label_negatives
-    )
-    truth_sets = (
-        comparisons.truth_label_sets(pt, cfg.min_label_positives, cfg.min_label_negatives)
-        if pt is not None
-        else {m: [] for m in comparisons.TRUTH_METRICS}
-    )
+    candidates, label_sets, truth_sets = fixed_sets(trg, prev, labels, pt, cfg)
     rule = (
         f"{'dynamic findings' if pt is not None else 'all evaluator labels (no ground truth to tell dynamic ones)'}"
         " with "
@@ -240,18 +256,13 @@ def evaluate(
     )
     log.info("evaluate: label sets %s; truth sets %s", label_sets, truth_sets)
     if pt is not None:
-        oracle = np.full((len(ids), len(labels)), np.nan)
-        for f in pt.findings:
-            oracle[:, labels.index(f)] = pt.trg[:, pt.column(f)]
+        oracle, true_change = oracle_and_true_change(pt, labels)
         preds["oracle"] = {"probs": oracle}
 
     data = comparisons.HeadlineData(labels, trg, prev, label_sets, pt, truth_sets)
     base = preds["previous_image"]["probs"]
     changes = {name: p["probs"] - base for name, p in preds.items()}
     if pt is not None:
-        true_change = np.full((len(ids), len(labels)), np.nan)
-        for f in pt.findings:
-            true_change[:, labels.index(f)] = pt.trg[:, pt.column(f)] - pt.prev[:, pt.column(f)]
         changes["oracle"] = true_change
 
     feats = {"evaluator": {k: preds[k]["features"] for k in images}}
