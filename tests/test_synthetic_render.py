@@ -66,3 +66,32 @@ def test_world_nuisance_setting_reaches_the_renderer(tmp_path):
     assert full.keys() == still.keys() and full  # the same studies: nothing but the films changes
     assert films("default", nuisance=1.0) == full
     assert sum(full[k] != still[k] for k in full) == len(full)
+
+
+def _atel_film(an: Anatomy, atel: float, effusion: float = 0.0) -> np.ndarray:
+    state = np.zeros(7)
+    state[[0, 3, 4, 6]] = effusion, 0.5, atel, 0.02  # effusion, cardiomegaly, atelectasis, devices
+    return render_chest(state, an, "PA", 64, np.random.default_rng(3), nuisance=0.0).astype(float)
+
+
+@pytest.mark.parametrize("effusion", [0.0, 0.4])
+def test_atelectasis_makes_its_own_lung_base_airless_and_pulls_the_heart_towards_it(effusion):
+    for seed in range(6):
+        an = Anatomy.draw(np.random.default_rng(seed), age=60)
+        diff = _atel_film(an, 0.5, effusion) - _atel_film(an, 0.0, effusion)  # same pose and noise: state only
+        left = an.atel_side < 0  # image-left
+        base = slice(38, 52)  # lower lung zone, y 0.2 to 0.6
+        own, other = (slice(4, 18), slice(48, 60)) if left else (slice(48, 60), slice(4, 18))  # lateral to the heart
+        assert diff[base, own].mean() > 8  # grey levels: the collapsed base is visibly denser ...
+        assert abs(diff[base, other].mean()) < 1  # ... on its own side only
+        # the heart moves towards the collapse: its edge on that side denser, on the other more lucent
+        near, far = (slice(18, 28), slice(38, 48)) if left else (slice(38, 48), slice(18, 28))
+        heart = slice(42, 50)
+        assert diff[heart, near].mean() > 0 > diff[heart, far].mean()
+
+
+def test_a_small_atelectasis_change_is_larger_than_the_pixel_noise_of_its_region():
+    # what a crossing of the 0.35 label threshold looks like: 0.32 -> 0.38 on the same film
+    an = Anatomy.draw(np.random.default_rng(2), age=60)
+    diff = _atel_film(an, 0.38) - _atel_film(an, 0.32)
+    assert np.abs(diff).sum() > 0.035 * 255 * 64  # summed change > the largest noise sd over a 64-pixel row

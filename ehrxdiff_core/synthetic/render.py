@@ -87,7 +87,6 @@ class _Static:
     lh: float
     edema: np.ndarray
     consolidation: np.ndarray
-    atelectasis: np.ndarray
     line: np.ndarray
     chest_tube: np.ndarray
     ett: np.ndarray
@@ -122,7 +121,6 @@ def _static(an: Anatomy, ap: bool, px: int) -> _Static:
     cx = 0.38 * an.cons_side * an.body_width
     blob = np.exp(-(((x - cx) / 0.15) ** 2 + ((y - an.cons_y) / 0.17) ** 2))
     texture = 1 - 0.25 * (np.sin(x * 55) * np.sin(y * 47) > 0.6)
-    band = _soft(np.abs(y - 0.32 - 0.15 * x * an.atel_side) - 0.05, 0.03)
     hw = 0.018
     return _Static(
         base=img,
@@ -132,7 +130,6 @@ def _static(an: Anatomy, ap: bool, px: int) -> _Static:
         lh=lh,
         edema=lung_any * (0.42 * hil + 0.12),
         consolidation=lung_any * blob * texture * 0.65,
-        atelectasis=lung_any * band * (np.abs(x - 0.4 * an.atel_side) < 0.22) * 0.5,
         line=_segment(x, y, (-0.5, -0.75), (-0.04, -0.15), hw),
         chest_tube=_segment(x, y, (0.75, 0.5), (0.45, -0.4), hw),
         ett=_segment(x, y, (0.0, -1.0), (0.0, -0.3), hw * 1.3),
@@ -209,13 +206,21 @@ def _frontal(st: np.ndarray, an: Anatomy, ap: bool, px: int) -> np.ndarray:
             rim = lung * (1 - inner)
             img -= rim * (0.42 + S.markings) * 0.95
             img += 0.25 * rim * _soft(np.abs(inner - 0.5) - 0.45, 0.05)  # visible pleural line
+        fluid = 0.0
         if st[EF] > 0.02:  # dependent fluid, meniscus rising laterally, blunted costophrenic angle
             level = cy + S.lh - 1.1 * S.lh * st[EF]
             meniscus = level - 0.25 * st[EF] * ((x - cx) * side / rx).clip(0, 1) ** 2
-            img += lung * _soft(meniscus - y, 0.06) * (0.42 * min(1.0, 0.6 + st[EF]))
+            fluid = lung * _soft(meniscus - y, 0.06) * (0.42 * min(1.0, 0.6 + st[EF]))
+        collapse = 0.0
+        if side == an.atel_side and st[AT] > 0.02:  # lower-lobe collapse: airless base rising medially
+            level = cy + S.lh - 0.9 * S.lh * st[AT]
+            edge = level - 0.6 * S.lh * st[AT] * ((cx - x) * side / rx).clip(0, 1)
+            collapse = lung * _soft(edge - y, 0.05) * (0.42 * min(1.0, 0.6 + st[AT]))
+        img += fluid + collapse  # fluid and airless lung at the same base: their densities add
     heart_w = (0.2 + 0.22 * st[CM]) * (1.1 if ap else 1.0) * an.body_width  # AP magnifies the heart
-    img += _ellipse(x, y, 0.07, 0.3, heart_w, 0.24) * (0.2 + 0.25 * S.lung_any).clip(0.2, 0.45)
-    img += st[ED] * S.edema + st[CO] * S.consolidation + st[AT] * S.atelectasis
+    shift = 0.12 * st[AT] * an.atel_side * an.body_width  # volume loss pulls the heart towards the collapse
+    img += _ellipse(x, y, 0.07 + shift, 0.3, heart_w, 0.24) * (0.2 + 0.25 * S.lung_any).clip(0.2, 0.45)
+    img += st[ED] * S.edema + st[CO] * S.consolidation
     if st[SD] > 0.5:  # a central line, then a chest tube, then an endotracheal tube as the level rises
         img += 0.5 * np.clip((st[SD] - 0.6) * 10, 0, 1) * S.line
         img += 0.55 * np.clip((st[SD] - 0.8) * 20, 0, 1) * S.chest_tube
