@@ -63,7 +63,7 @@ def main() -> None:
         pairs.append(b - a)
         level.append(s[idx])
         change.append((s2 - s)[idx])
-        sides.append([1 if side is None else getattr(an, side) for _, side in findings.values()])
+        sides.append([-1 if side is None else getattr(an, side) for _, side in findings.values()])  # -1: as drawn
     films, pairs = np.stack(films), np.stack(pairs)
     level, change, sides = np.array(level), np.array(change), np.array(sides)
     n_train = int(0.75 * args.n)
