@@ -1,17 +1,19 @@
 """How visible each dynamic finding is in the synthetic world's rendered radiographs.
 
 The evaluator can only score a finding that the images show, so this measures the renderer alone, with no
-model: frontal films of random anatomies and random hidden states are drawn with the renderer the world uses
+model, for the four findings of the science run's truth macro (effusion, edema, consolidation, atelectasis):
+frontal films of random anatomies and random hidden states are drawn with the renderer the world uses
 (full pose, exposure and pixel noise), and a linear read-out (ridge regression, penalty chosen by
 cross-validation on the training films) predicts from the pixels
 
 - **level**: the finding's severity from one film;
 - **change**: the severity change from the difference of two films of the same patient and view, drawn
-  with every dynamic finding moved by +/- `--delta` (the pose, exposure and noise of each film drawn anew).
+  with each of the four moved by +/- `--delta` (the pose, exposure and noise of each film drawn anew).
 
 Focal findings sit on one side of the chest per patient; each film is mirrored so that finding's side is
 image-left before its read-out, so a linear model can reach it (the side is anatomy, not state). Prints the
-Pearson r on held-out films per finding: a finding with a low r is one no evaluator can be expected to read.
+Pearson r on held-out films per finding. A low r flags a finding the films may show poorly; it is a lower
+bound, since a non-linear reader (the evaluator's CNN) can see what a linear one cannot.
 
     python bench/world_visibility.py                  # 64 px, 4,000 films, delta 0.05
     python bench/world_visibility.py --px 64 --n 6000 --delta 0.1
