@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     from ehrxdiff_core.config import load_config, read_config_files
-    from ehrxdiff_core.evaluation import comparisons, metrics
+    from ehrxdiff_core.evaluation import comparisons
     from ehrxdiff_core.evaluation.common import evaluator_and_images
-    from ehrxdiff_core.evaluation.evaluate import fixed_sets, oracle_and_true_change
+    from ehrxdiff_core.evaluation.evaluate import fixed_sets, oracle_and_true_change, truth_block
     from ehrxdiff_core.evaluation.evaluator import predict
     from ehrxdiff_core.evaluation.inputs import label_matrix, read_triplets
     from ehrxdiff_core.evaluation.truth import pair_truth
@@ -96,14 +96,12 @@ def main() -> None:
         return
     print("\n| real target, per finding | partial r | crossing AUROC | crossings up / down |")
     print("|---|---:|---:|---|")
-    for f in pt.findings:
-        j, k = labels.index(f), pt.column(f)
-        sp, st = pt.prev[:, k], pt.trg[:, k]
-        r = metrics.partial_correlation(changes["real_target"][:, j], st - sp, sp)["value"]
-        a = metrics.crossing_auroc(preds["real_target"][:, j], sp, st, pt.thresholds[f])
+    per = truth_block(pt, None, data, preds["real_target"], changes["real_target"], truth_sets)["per_finding"]
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    for f, m in per.items():
         c = pt.change[f]
-        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"| {f} | {fmt(r)} | {fmt(a['value'])} | {c['n_cross_up']} / {c['n_cross_down']} |")
+        r, a = m["partial_r"]["value"], m["crossing_auroc"]["value"]
+        print(f"| {f} | {fmt(r)} | {fmt(a)} | {c['n_cross_up']} / {c['n_cross_down']} |")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def _seed_averaged(
     return averaged, seed0, {"min": int(count.min()), "max": int(count.max())}
 
 
-def _truth_block(
+def truth_block(
     truth: PairTruth | None,
     truth_reason: str | None,
     data: comparisons.HeadlineData,
@@ -108,6 +108,8 @@ def _truth_block(
     change: np.ndarray | None,
     label_sets: dict[str, list[str]],
 ) -> dict:
+    """One method's truth metrics: per finding, the partial r of `change` against the true change given the
+    previous severity and the crossing AUROC of `probs`, and their macros over the fixed `label_sets`."""
     if truth is None:
         return {"computed": False, "reason": truth_reason}
     per = {}
@@ -335,7 +337,7 @@ def evaluate(
             if image_based and np.isfinite(ages).any()
             else None,
             "fid": fid,
-            "truth": _truth_block(pt, truth_reason, data, p["probs"], changes[name], truth_sets),
+            "truth": truth_block(pt, truth_reason, data, p["probs"], changes[name], truth_sets),
         }
 
     groups = trip["subject_id"].to_numpy()
