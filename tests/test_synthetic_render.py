@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ehrxdiff_core.synthetic.process import AT, CM, EF, SD
 from ehrxdiff_core.synthetic.render import Anatomy, acquisition, render_chest
 
 
@@ -70,7 +71,7 @@ def test_world_nuisance_setting_reaches_the_renderer(tmp_path):
 
 def _atel_film(an: Anatomy, atel: float, effusion: float = 0.0) -> np.ndarray:
     state = np.zeros(7)
-    state[[0, 3, 4, 6]] = effusion, 0.5, atel, 0.02  # effusion, cardiomegaly, atelectasis, devices
+    state[[EF, CM, AT, SD]] = effusion, 0.5, atel, 0.02
     return render_chest(state, an, "PA", 64, np.random.default_rng(3), nuisance=0.0).astype(float)
 
 
