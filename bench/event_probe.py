@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--split", default="test", help="the split scored (the probes are fitted on train)")
     args = ap.parse_args()
+    if args.split == "train":
+        sys.exit("--split: the probes are fitted on train; score valid or test")
     cfg = load_config(read_config_files(args.configfile), check_paths=False)
     ev, res = cfg.evaluate, args.results
     truth_path = res / "synthetic/truth.parquet"
@@ -128,8 +130,6 @@ def main() -> None:
     t0 = time.time()
     meta = res / "eval/evaluator/config.json"  # evaluate scores the evaluator's labels
     labels = tuple(json.loads(meta.read_text())["labels"]) if meta.exists() else tuple(label_thresholds())
-    if args.split == "train":
-        sys.exit("--split: the probes are fitted on train; score valid or test")
     store = read_embedding_store(res / "embeddings/events.h5")
     reader = open_embedding_reader(res / "embeddings/events.h5")
     trip = read_triplets(res / "events/triplets.parquet", labels)
@@ -137,7 +137,6 @@ def main() -> None:
     parts = {s: trip[trip["split"] == s].sort_values("pair_id").reset_index(drop=True) for s in ("train", args.split)}
     truth = {s: pair_truth(truth_path, parts[s], labels) for s in parts}
     pt = truth[args.split]
-    findings = pt.findings
     sets = comparisons.truth_label_sets(pt, ev.min_label_positives, ev.min_label_negatives)
     ok = {s: ~np.isnan(truth[s].prev).any(1) & ~np.isnan(truth[s].trg).any(1) for s in parts}
 
@@ -181,7 +180,7 @@ def main() -> None:
         pred = np.full((n_te, len(labels)), np.nan)
         per[name] = {}
         for f in sets["partial_r"]:
-            k = findings.index(f)
+            k = pt.column(f)
             model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
             model.fit(feats["train"][name][ok["train"]], change["train"][ok["train"], k])
             pred[:, labels.index(f)] = model.predict(feats[args.split][name])
