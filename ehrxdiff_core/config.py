@@ -388,6 +388,9 @@ class LdmConfig(Section):
     )
     null_augmentation: bool = False
     target_affine: bool = False  # RandomAffine(±10°, scale 0.9–1.1) on targets (the original's w_null runs)
+    # Move each training target onto its previous image (rotation, scale, shift; `models/registration.py`) so the
+    # model predicts the next film in the previous film's position (a deviation: the paper trains on raw targets)
+    register_target: bool = False
     cond_dropout: float = Field(0.0, ge=0, le=1)
     train_clip: bool = True  # CLIP encoders trained jointly with the U-Net (paper); False: frozen
     adapter: AdapterConfig = AdapterConfig()
@@ -402,6 +405,11 @@ class LdmConfig(Section):
             )
         if self.beta_end <= self.beta_start:
             raise ValueError(f"beta_end ({self.beta_end}) must be larger than beta_start ({self.beta_start})")
+        if self.register_target and self.target_affine:
+            raise ValueError(
+                "register_target and target_affine contradict each other: one moves each target onto its previous "
+                "image, the other jitters it away again; set one of them to false"
+            )
         return self
 
 

@@ -203,16 +203,30 @@ def pair_seed(seed: int, pair_id: str) -> int:
 
 
 class PairBatches:
-    """Builds batches (prev, trg, events, mask, null) for rows of a pair table; opens readers lazily."""
+    """Builds batches (prev, trg, events, mask, null) for rows of a pair table; opens readers lazily.
 
-    def __init__(self, pairs: pd.DataFrame, images_h5: str | Path, embeddings_h5: str | Path | None, max_events: int):
+    `register_targets=True` (`ldm.register_target`) gives each pair's target moved onto its previous
+    image (`models.registration.register`); while the images are cached in memory the registered
+    targets are kept too, so each pair is registered once per process.
+    """
+
+    def __init__(
+        self,
+        pairs: pd.DataFrame,
+        images_h5: str | Path,
+        embeddings_h5: str | Path | None,
+        max_events: int,
+        register_targets: bool = False,
+    ):
         self.pairs = pairs.reset_index(drop=True)
         if "null" not in self.pairs:
             self.pairs["null"] = False
         self.images_h5, self.embeddings_h5, self.max_events = images_h5, embeddings_h5, max_events
+        self.register_targets = register_targets
         self._images: ImageSource | None = None
         self._events: EventSource | None = None
         self._cache: dict[str, np.ndarray] | None = None
+        self._registered: dict[tuple[str, str], np.ndarray] = {}  # (prev, trg dicom_id) → registered target (uint8)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -243,12 +257,15 @@ class PairBatches:
         (`train.num_workers`) can do ahead of the step.
         """
         ids = sorted(set(self.pairs["prev_dicom_id"]) | set(self.pairs["trg_dicom_id"]))
-        need = len(ids) * self.images.size**2
+        n_kept = len(ids) + (
+            len(self.pairs[["prev_dicom_id", "trg_dicom_id"]].drop_duplicates()) if self.register_targets else 0
+        )
+        need = n_kept * self.images.size**2
         if need > max_bytes:
             log.info(
                 "images not cached: %d images need %.2f GiB, over this process's budget of %.2f GiB "
                 "(compute.image_cache_fraction); batches read them from %s",
-                len(ids),
+                n_kept,
                 need / 2**30,
                 max_bytes / 2**30,
                 self.images_h5,
@@ -265,12 +282,32 @@ class PairBatches:
             return np.stack([self._cache[i] for i in ids])
         return self.images.load(ids)
 
+    def _targets(self, rows: pd.DataFrame, prev: np.ndarray) -> np.ndarray:
+        """The target pixels of `rows`: as stored, or moved onto `prev` (the rows' previous pixels)."""
+        trg = self._pixels(rows["trg_dicom_id"].tolist())
+        if not self.register_targets:
+            return trg
+        from ehrxdiff_core.models.registration import register
+
+        keys = list(zip(rows["prev_dicom_id"], rows["trg_dicom_id"]))
+        todo = [i for i, k in enumerate(keys) if k not in self._registered]
+        if todo:
+            moved = register(to_unit_range(trg[todo]), to_unit_range(prev[todo]))
+            moved = ((moved[:, 0].numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+            if self._cache is None:  # not cached: registered afresh for every batch
+                trg = trg.copy()
+                trg[todo] = moved
+                return trg
+            self._registered.update(zip((keys[i] for i in todo), moved))
+        return np.stack([self._registered[k] for k in keys])
+
     def get(self, idx: np.ndarray, with_events: bool = True) -> dict:
         rows = self.pairs.iloc[np.asarray(idx)]
+        prev = self._pixels(rows["prev_dicom_id"].tolist())
         out = {
             "pair_id": rows["pair_id"].tolist(),
-            "prev": to_unit_range(self._pixels(rows["prev_dicom_id"].tolist())),
-            "trg": to_unit_range(self._pixels(rows["trg_dicom_id"].tolist())),
+            "prev": to_unit_range(prev),
+            "trg": to_unit_range(self._targets(rows, prev)),
             "null": torch.tensor(rows["null"].to_numpy(dtype=bool)),
         }
         if with_events and self.embeddings_h5 is not None:

@@ -55,7 +55,8 @@ def train_ldm(
     """Train the conditional U-Net and the fusion adapter (CLIP encoders from `clip_dir`, trained jointly).
 
     `mask_events=True` trains the image-only control: same pairs, architecture, budget and seed, with
-    every row given the null condition (its batches carry no event embeddings).
+    every row given the null condition (its batches carry no event embeddings). `cfg.register_target`
+    trains on targets moved onto their previous images (`PairBatches`), for both.
     """
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
@@ -73,7 +74,9 @@ def train_ldm(
     if cfg.null_augmentation:
         pairs = add_null_samples(pairs)
     with_events = cfg.adapter.use_ehr and not mask_events
-    data = PairBatches(pairs, images_h5, embeddings_h5 if with_events else None, max_events)
+    data = PairBatches(
+        pairs, images_h5, embeddings_h5 if with_events else None, max_events, register_targets=cfg.register_target
+    )
     cached = prepare_data(data, image_cache_fraction, info)
     torch.manual_seed(cfg.train.seed)
     model = build_latent_diffusion(cfg, vae, clip, store.size, max_events, mask_events)
