@@ -117,3 +117,16 @@ def test_registration_and_affine_jitter_are_refused_together():
     with pytest.raises(ValueError, match="register_target and target_affine"):
         LdmConfig(register_target=True, target_affine=True)
     assert LdmConfig(register_target=True).register_target
+
+
+def test_a_large_film_is_fitted_small_and_warped_at_full_size():
+    rng = np.random.default_rng(3)
+    anatomy = Anatomy.draw(rng, age=60.0)
+    still = to_unit_range(np.stack([render_chest(STATE, anatomy, "PA", 256, np.random.default_rng(0), 0.0)]))
+    known = torch.tensor([[0.05, 0.04, -0.04, 0.03]])
+    moved = warp(still, known)
+    fitted = fit_similarity(moved, still)
+    np.testing.assert_allclose(fitted.numpy(), -known.numpy(), atol=0.015)
+    out = register(moved, still)
+    assert out.shape == still.shape  # full size, not the fitting size
+    assert normalised_correlation(out, still) > normalised_correlation(moved, still) + 0.05
