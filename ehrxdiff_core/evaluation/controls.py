@@ -117,6 +117,7 @@ def write_control_folder(
 @torch.no_grad()
 def previous_vae_images(vae, images: np.ndarray, device: str = "cpu", batch_size: int = VAE_BATCH) -> np.ndarray:
     """uint8 (N, S, S) through the autoencoder: encode, posterior mode, decode, clamp to [-1, 1], round."""
+    from ehrxdiff_core.models.datasets import from_unit_range
     from ehrxdiff_core.models.vae import decode_gray, encode_gray
 
     device = resolve_device(device)
@@ -131,7 +132,7 @@ def previous_vae_images(vae, images: np.ndarray, device: str = "cpu", batch_size
                 f"autoencoder returns {tuple(y.shape[-2:])} px for {tuple(x.shape[-2:])} px input: "
                 "images.size must be a multiple of its downsampling factor"
             )
-        out[start : start + len(x)] = ((y[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        out[start : start + len(x)] = from_unit_range(y)
     return out
 
 

@@ -183,6 +183,11 @@ def to_unit_range(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels).float().div_(127.5).sub_(1.0).unsqueeze(1)
 
 
+def from_unit_range(x: torch.Tensor) -> np.ndarray:
+    """float (B, 1, S, S) in [-1, 1] → uint8 (B, S, S): the inverse of `to_unit_range`, rounded to the nearest level."""
+    return ((x[:, 0].float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
 def step_indices(n: int, global_batch: int, step: int, seed: int) -> np.ndarray:
     """Row indices of optimizer step `step`: a stream of per-epoch permutations, cut into global batches."""
     start = step * global_batch
@@ -292,8 +297,7 @@ class PairBatches:
         keys = list(zip(rows["prev_dicom_id"], rows["trg_dicom_id"]))
         todo = [i for i, k in enumerate(keys) if k not in self._registered]
         if todo:
-            moved = register(to_unit_range(trg[todo]), to_unit_range(prev[todo]))
-            moved = ((moved[:, 0].numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+            moved = from_unit_range(register(to_unit_range(trg[todo]), to_unit_range(prev[todo])))
             if self._cache is None:  # not cached: registered afresh for every batch
                 trg = trg.copy()
                 trg[todo] = moved

@@ -18,6 +18,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ehrxdiff_core.config import LdmConfig, SampleConfig
+from ehrxdiff_core.models.datasets import from_unit_range
 from ehrxdiff_core.models.ldm import LatentDiffusion
 from ehrxdiff_core.models.vae import decode_gray
 
@@ -85,7 +86,7 @@ def denoise(
             kwargs = {"eta": sample.eta, "generator": gens}
         z = _step(sched, eps, t, z, kwargs, gens)
     x = decode_gray(model.vae, model.from_diffused(z, prev_mode)).clamp(-1, 1)
-    return ((x[:, 0].float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+    return from_unit_range(x)
 
 
 def sample_batch(
