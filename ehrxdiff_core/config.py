@@ -391,6 +391,9 @@ class LdmConfig(Section):
     # Move each training target onto its previous image (rotation, scale, shift; `models/registration.py`) so the
     # model predicts the next film in the previous film's position (a deviation: the paper trains on raw targets)
     register_target: bool = False
+    # With register_target: also match each moved target's exposure to its previous image (one power law per
+    # film, `registration.fit_gamma`), so the model need not draw the exposure change either
+    register_exposure: bool = False
     cond_dropout: float = Field(0.0, ge=0, le=1)
     train_clip: bool = True  # CLIP encoders trained jointly with the U-Net (paper); False: frozen
     adapter: AdapterConfig = AdapterConfig()
@@ -409,6 +412,11 @@ class LdmConfig(Section):
             raise ValueError(
                 "register_target and target_affine contradict each other: one moves each target onto its previous "
                 "image, the other jitters it away again; set one of them to false"
+            )
+        if self.register_exposure and not self.register_target:
+            raise ValueError(
+                "register_exposure matches the exposure of a target already moved onto its previous image: "
+                "it needs register_target: true"
             )
         return self
 

@@ -1,5 +1,6 @@
 """`ldm.register_target`: each training target is moved onto its previous image by a fitted rotation,
-scale and shift, so the model learns the next film in the previous film's position."""
+scale and shift, so the model learns the next film in the previous film's position;
+`ldm.register_exposure`: its exposure is matched to the previous film's too."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import torch
 
 from ehrxdiff_core.config import LdmConfig
 from ehrxdiff_core.models.datasets import PairBatches, to_unit_range
-from ehrxdiff_core.models.registration import fit_similarity, normalised_correlation, register, warp
+from ehrxdiff_core.models.registration import (
+    apply_gamma,
+    fit_gamma,
+    fit_similarity,
+    normalised_correlation,
+    register,
+    warp,
+)
 from ehrxdiff_core.synthetic.render import Anatomy, render_chest
 
 STATE = np.full(7, 0.3, np.float32)
@@ -78,7 +86,7 @@ class Store:
         return np.stack([self.films[i] for i in ids])
 
 
-def _batches(register_targets: bool) -> PairBatches:
+def _batches(register_targets: bool, register_exposure: bool = False) -> PairBatches:
     prev, trg = _films(4, 1.0, 0), _films(4, 1.0, 100)
     films = {**{f"p{i}": f for i, f in enumerate(prev)}, **{f"t{i}": f for i, f in enumerate(trg)}}
     pairs = pd.DataFrame(
@@ -88,7 +96,9 @@ def _batches(register_targets: bool) -> PairBatches:
             "trg_dicom_id": ["t0", "t1", "t2", "t3", "p0"],  # the last row: the w_null sample of pair a
         }
     )
-    data = PairBatches(pairs, "unused.h5", None, 1, register_targets=register_targets)
+    data = PairBatches(
+        pairs, "unused.h5", None, 1, register_targets=register_targets, register_exposure=register_exposure
+    )
     data._images = Store(films)
     return data
 
@@ -130,3 +140,53 @@ def test_a_large_film_is_fitted_small_and_warped_at_full_size():
     out = register(moved, still)
     assert out.shape == still.shape  # full size, not the fitting size
     assert normalised_correlation(out, still) > normalised_correlation(moved, still) + 0.05
+
+
+def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().flatten(1).mean(1)
+
+
+def test_a_known_exposure_change_is_found_and_undone():
+    still = to_unit_range(_films(4, 0.0, 0))
+    known = torch.tensor([0.8, 0.9, 1.12, 1.25])
+    exposed = apply_gamma(still, known)
+    fitted = fit_gamma(exposed, still)
+    # the power law that undoes g is 1 / g; the grid's step is 1 % in log
+    np.testing.assert_allclose(fitted.numpy(), 1 / known.numpy(), rtol=0.015)
+    assert (_l1(apply_gamma(exposed, fitted), still) < 0.2 * _l1(exposed, still)).all()
+
+
+def test_a_regional_finding_barely_moves_the_exposure_fit():
+    # a bright opacity over a sixth of the film (an effusion, say) on an exposure change: the fitted power law
+    # stays within 3 % of the exposure's own, so the match leaves the finding for the model to predict
+    still = to_unit_range(_films(4, 0.0, 0))
+    finding = still.clone()
+    finding[..., 40:56, 8:40] = (finding[..., 40:56, 8:40] + 0.6).clamp(max=1.0)
+    known = torch.tensor([0.85, 1.0, 1.2, 1.1])
+    fitted = fit_gamma(apply_gamma(finding, known), still)
+    np.testing.assert_allclose(fitted.numpy(), 1 / known.numpy(), rtol=0.03)
+    matched = apply_gamma(apply_gamma(finding, known), fitted)
+    region = (matched - still)[..., 40:56, 8:40].mean((1, 2, 3))
+    assert (region > 0.3).all()  # the opacity is still there after the match
+
+
+def test_an_exposure_fit_onto_itself_is_the_identity():
+    x = to_unit_range(_films(3, 1.0, 0))
+    assert (fit_gamma(x, x) == 1.0).all()
+    with pytest.raises(ValueError, match="exposure matching needs"):
+        fit_gamma(x, x[:2])
+
+
+def test_pair_batches_match_the_exposure_of_registered_targets():
+    reg, both = _batches(True), _batches(True, register_exposure=True)
+    idx = np.arange(5)
+    a, b = reg.get(idx, with_events=False), both.get(idx, with_events=False)
+    # two films of a patient drawn with their own exposure: matching it brings the target closer to the previous
+    assert _l1(b["trg"][:4], b["prev"][:4]).mean() < _l1(a["trg"][:4], a["prev"][:4]).mean()
+    torch.testing.assert_close(b["trg"][4], b["prev"][4], atol=1 / 127.5, rtol=0)  # the null row is unchanged
+
+
+def test_exposure_matching_needs_registration():
+    with pytest.raises(ValueError, match="register_exposure .* needs register_target: true"):
+        LdmConfig(register_exposure=True)
+    assert LdmConfig(register_target=True, register_exposure=True).register_exposure

@@ -212,7 +212,8 @@ class PairBatches:
 
     `register_targets=True` (`ldm.register_target`) gives each pair's target moved onto its previous
     image (`models.registration.register`); while the images are cached in memory the registered
-    targets are kept too, so each pair is registered once per process.
+    targets are kept too, so each pair is registered once per process. `register_exposure=True`
+    (`ldm.register_exposure`) also matches each registered target's exposure to its previous image.
     """
 
     def __init__(
@@ -222,12 +223,14 @@ class PairBatches:
         embeddings_h5: str | Path | None,
         max_events: int,
         register_targets: bool = False,
+        register_exposure: bool = False,
     ):
         self.pairs = pairs.reset_index(drop=True)
         if "null" not in self.pairs:
             self.pairs["null"] = False
         self.images_h5, self.embeddings_h5, self.max_events = images_h5, embeddings_h5, max_events
         self.register_targets = register_targets
+        self.register_exposure = register_exposure
         self._images: ImageSource | None = None
         self._events: EventSource | None = None
         self._cache: dict[str, np.ndarray] | None = None
@@ -297,7 +300,9 @@ class PairBatches:
         keys = list(zip(rows["prev_dicom_id"], rows["trg_dicom_id"]))
         todo = [i for i, k in enumerate(keys) if k not in self._registered]
         if todo:
-            moved = from_unit_range(register(to_unit_range(trg[todo]), to_unit_range(prev[todo])))
+            moved = from_unit_range(
+                register(to_unit_range(trg[todo]), to_unit_range(prev[todo]), self.register_exposure)
+            )
             if self._cache is None:  # not cached: registered afresh for every batch
                 trg = trg.copy()
                 trg[todo] = moved

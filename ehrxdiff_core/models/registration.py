@@ -5,9 +5,12 @@ a magnification and a shift that no EHR event can predict. A model trained to pr
 in its own position has to draw that change, and an under-trained one draws it as a blur. With
 `ldm.register_target: true` each training target is first moved onto its previous image by the
 similarity transform (rotation, isotropic scale, shift) that maximises their normalised
-cross-correlation, so the model learns the next film in the previous film's position. Only geometry
-is fitted: exposure and findings stay as the target shows them, and the normalised correlation is
-blind to a global gain and offset, so a change in exposure does not pull the fit.
+cross-correlation, so the model learns the next film in the previous film's position. The
+normalised correlation is blind to a global gain and offset, so a change in exposure does not pull
+the geometric fit. With `ldm.register_exposure: true` the moved target's exposure is matched to the
+previous film's too (`fit_gamma`): one power law on the whole film, fitted in mean absolute
+difference, so a finding that changes part of the lungs moves it little; what is left is the findings'
+change and the films' pixel noise.
 
 The fit is gradient ascent (Adam) on the four parameters of every pair at once, through
 `torch.nn.functional.affine_grid` / `grid_sample`, coarse to fine (box-filtered at 1/4, 1/2 and full
@@ -30,6 +33,8 @@ LR = 0.02
 MAX_ANGLE = 0.35  # radians (20 degrees): the fit is clamped to poses a film plausibly differs by
 MAX_LOG_SCALE = 0.25  # scale within [0.78, 1.28]
 MAX_SHIFT = 0.3  # a fraction of the half-width
+# exposure candidates (`fit_gamma`): power laws 0.67-1.49 on [0, 1] intensities, log-spaced, 1 among them
+GAMMA_GRID = torch.exp(torch.linspace(-0.4, 0.4, 81, dtype=torch.float64)).float()
 
 
 def similarity_theta(params: torch.Tensor) -> torch.Tensor:
@@ -90,9 +95,37 @@ def fit_similarity(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     return params.detach()
 
 
+def apply_gamma(images: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (B, C, H, W) through the power law `gamma` (B,) on their [0, 1] intensities."""
+    unit = ((images.float().clamp(-1, 1) + 1) / 2).clamp_min(1e-6)
+    return (unit ** gamma.to(unit)[:, None, None, None]) * 2 - 1
+
+
 @torch.no_grad()
-def register(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    """`moving` (B, 1, H, W) resampled onto `fixed`: the target of a pair in its previous image's position.
+def fit_gamma(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """Per pair, the power law (B,) from `GAMMA_GRID` that brings `moving`'s intensities closest to
+    `fixed`'s (both (B, 1, H, W) in [-1, 1], already aligned) in mean absolute difference.
+
+    A grid search: one parameter, the global minimum among the candidates, and the identity (1) is one
+    of them, so the match never ends further from `fixed` than it started. Mean absolute difference
+    rather than squared: a finding that brightens one region pulls the fit less.
+    """
+    if moving.shape != fixed.shape or moving.dim() != 4:
+        raise ValueError(
+            f"exposure matching needs two (B, C, H, W) batches of one shape, got {moving.shape} and {fixed.shape}"
+        )
+    m, f = moving.float(), fixed.float()
+    if m.shape[-1] > FIT_SIZE:
+        m, f = F.adaptive_avg_pool2d(m, FIT_SIZE), F.adaptive_avg_pool2d(f, FIT_SIZE)
+    grid = GAMMA_GRID.to(m.device)
+    err = torch.stack([(apply_gamma(m, g.expand(len(m))) - f).abs().flatten(1).mean(1) for g in grid], 1)
+    return grid[err.argmin(1)]
+
+
+@torch.no_grad()
+def register(moving: torch.Tensor, fixed: torch.Tensor, exposure: bool = False) -> torch.Tensor:
+    """`moving` (B, 1, H, W) resampled onto `fixed`: the target of a pair in its previous image's position
+    (and, with `exposure`, at its exposure: `fit_gamma`; images then in [-1, 1]).
 
     A pair the fit leaves less correlated than it started (a safeguard: gradient ascent from the identity
     does not go downhill, but clamping to the plausible poses can end there) keeps its unregistered target.
@@ -101,4 +134,6 @@ def register(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     moved = warp(moving.float(), params)
     worse = normalised_correlation(moved, fixed.float()) < normalised_correlation(moving.float(), fixed.float())
     moved[worse] = moving.float()[worse]
+    if exposure:
+        moved = apply_gamma(moved, fit_gamma(moved, fixed))
     return moved.to(moving.dtype)

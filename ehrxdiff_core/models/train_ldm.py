@@ -56,7 +56,8 @@ def train_ldm(
 
     `mask_events=True` trains the image-only control: same pairs, architecture, budget and seed, with
     every row given the null condition (its batches carry no event embeddings). `cfg.register_target`
-    trains on targets moved onto their previous images (`PairBatches`), for both.
+    trains on targets moved onto their previous images (`PairBatches`), for both (`cfg.register_exposure`:
+    at their previous images' exposure too).
     """
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
@@ -75,7 +76,12 @@ def train_ldm(
         pairs = add_null_samples(pairs)
     with_events = cfg.adapter.use_ehr and not mask_events
     data = PairBatches(
-        pairs, images_h5, embeddings_h5 if with_events else None, max_events, register_targets=cfg.register_target
+        pairs,
+        images_h5,
+        embeddings_h5 if with_events else None,
+        max_events,
+        register_targets=cfg.register_target,
+        register_exposure=cfg.register_exposure,
     )
     cached = prepare_data(data, image_cache_fraction, info)
     torch.manual_seed(cfg.train.seed)
