@@ -12,6 +12,8 @@ from ehrxdiff_core.artifacts.metrics import read_metrics
 
 
 def fmt(v, digits: int = 3) -> str:
+    if isinstance(v, list):  # one entry per seed
+        return " / ".join(fmt(e.value, digits) for e in v) if v else "–"
     return "–" if v is None else f"{v:.{digits}f}"
 
 
@@ -35,6 +37,7 @@ def main() -> None:
     rows = {
         "sex AUROC": lambda m: m.sex_auroc.value,
         "age r": lambda m: m.age_pearson_r.value,
+        "age r, single seeds": lambda m: m.age_pearson_r_per_seed,
         "FD evaluator": lambda m: m.fid["evaluator"].value if "evaluator" in m.fid else None,
     }
     for label, get in rows.items():

@@ -184,6 +184,8 @@ def test_report_verdicts_follow_the_interval(tmp_path):
         e.update(delta=0.034, ci95=[-0.041, 0.149], verdict="no significant difference")
     m["methods"]["real_target"]["intervals"]["auroc_all_macro"].update(value=0.904, ci95=[0.809, 0.967])
     m["methods"]["ehrxdiff"]["intervals"]["auroc_all_macro"].update(ci95=None, reason="a reason shown on hover")
+    assert len(m["methods"]["ehrxdiff"]["age_pearson_r_per_seed"]) == 1  # one seed: nothing printed beside it
+    m["methods"]["ehrxdiff"]["age_pearson_r_per_seed"] = [{"value": 0.612, "n": 9}, {"value": 0.547, "n": 9}]
     inputs.metrics.write_text(json.dumps(m))
     build_report(inputs, CFG, tmp_path / "r.html")
     doc = (tmp_path / "r.html").read_text()
@@ -192,6 +194,7 @@ def test_report_verdicts_follow_the_interval(tmp_path):
     assert "Headline metrics of every method, with 95 % intervals" in doc and "0.904<br>[0.809, 0.967]" in doc
     assert 'title="a reason shown on hover">no interval' in doc
     assert 'class="better"' not in doc and "beats" not in doc
+    assert doc.count("single seeds: 0.612, 0.547") == 1  # the model's age r of single samples, beside the average
 
 
 @pytest.mark.parametrize("labelled", ["none", "some", "all"])

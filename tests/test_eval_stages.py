@@ -15,7 +15,8 @@ from PIL import Image
 from ehrxdiff_core.artifacts.metrics import read_metrics
 from ehrxdiff_core.config import EvaluateConfig, EvaluatorConfig, TrainLoop
 from ehrxdiff_core.evaluation.evaluate import evaluate
-from ehrxdiff_core.evaluation.inputs import InputError
+from ehrxdiff_core.evaluation.evaluator import load_evaluator, predict
+from ehrxdiff_core.evaluation.inputs import InputError, read_images
 from ehrxdiff_core.evaluation.train_evaluator import train_evaluator
 from ehrxdiff_core.labels import EVAL_LABELS, LABEL_COLUMNS
 
@@ -269,6 +270,21 @@ def test_evaluate_scores_methods_side_by_side(trained):
     assert "evaluate.xrv_weights" in m["ehrxdiff"].fid["xrv"].reason
     assert m["real_target"].sex_auroc.value > 0.9
     assert m["real_target"].age_pearson_r.value > 0.5
+    # the age r of single samples: each seed's own reads, beside the seed-averaged value
+    model, meta = load_evaluator(root / "eval/evaluator")
+    trip = pd.read_parquet(world["triplets"])
+    trip = trip[trip["split"] == "test"].sort_values("pair_id")
+    ages = trip["age"].to_numpy(float)
+    per_seed = m["ehrxdiff"].age_pearson_r_per_seed
+    assert len(per_seed) == 2
+    for k, entry in enumerate(per_seed):
+        rel = [f"{p}.png" if k == 0 else f"seed{k}/{p}.png" for p in trip["pair_id"]]
+        reads = predict(model, meta, read_images(samples["ehrxdiff"], rel, SIZE))["age"]
+        assert entry.value == pytest.approx(np.corrcoef(reads, ages)[0, 1], abs=1e-9) and entry.n == len(trip)
+    assert per_seed[0].value != per_seed[1].value  # the seeds are drawn with their own noise
+    one = m["image_only"].age_pearson_r_per_seed  # one seed: its r is the averaged one
+    assert len(one) == 1 and one[0].value == pytest.approx(m["image_only"].age_pearson_r.value, abs=1e-12)
+    assert m["previous_image"].age_pearson_r_per_seed is None and m["oracle"].age_pearson_r_per_seed is None
     assert "NaN" not in out.read_text()
     # every method, the ceilings included, carries its own interval for each headline metric
     for name, v in m.items():

@@ -73,12 +73,14 @@ def _seed_averaged(
     """Evaluator outputs averaged over every seed of each pair, the seed-0 images, and seeds per pair.
 
     Averaging the scores of several samples of one pair estimates the evaluator's expectation under the
-    model's distribution for that pair, instead of one draw's noise.
+    model's distribution for that pair, instead of one draw's noise. `age_per_seed` keeps each seed's age
+    reads apart (NaN where a pair lacks that seed), for the age r of single samples.
     """
     pos = {p: i for i, p in enumerate(ids)}
     man = manifest[manifest["pair_id"].isin(pos)]
     sums: dict[str, np.ndarray] = {}
     count = np.zeros(len(ids))
+    per_seed_age: list[np.ndarray] = []
     seed0 = None
     for k, rows in sorted(man.groupby("seed_index"), key=lambda kv: kv[0]):
         rows = rows.drop_duplicates("pair_id")
@@ -95,9 +97,25 @@ def _seed_averaged(
                 sums[key] = np.zeros((len(ids), *out[key].shape[1:]))
             np.add.at(sums[key], at, out[key])
         count[at] += 1
+        age = np.full(len(ids), np.nan)
+        age[at] = out["age"]
+        per_seed_age.append(age)
     averaged = {key: v / count.reshape(-1, *[1] * (v.ndim - 1)) for key, v in sums.items()}
+    averaged["age_per_seed"] = per_seed_age
     averaged["features"] = features  # realism: one sample (seed 0) per pair, not an average of images
     return averaged, seed0, {"min": int(count.min()), "max": int(count.max())}
+
+
+def _age_r(predicted: np.ndarray, ages: np.ndarray) -> dict:
+    """Pearson r of the evaluator's age reads with the recorded ages, over the pairs that have both."""
+    n = int((np.isfinite(predicted) & np.isfinite(ages)).sum())
+    if n >= 3:
+        return metrics.pearson(predicted, ages)
+    return {
+        "value": None,
+        "reason": f"only {n} scored targets have an age and an age read (the input gives no age for the rest; "
+        "cohort.min_age: null keeps them)",
+    }
 
 
 def truth_block(
@@ -322,17 +340,8 @@ def evaluate(
             else None,
             "auroc": metrics.finding_aurocs(p["probs"], trg, prev, labels, label_sets),
             "sex_auroc": metrics.sex_auroc(p["p_male"], trip["gender"].to_numpy()) if image_based else na,
-            "age_pearson_r": (
-                metrics.pearson(p["age"], ages)
-                if np.isfinite(ages).sum() >= 3
-                else {
-                    "value": None,
-                    "reason": f"only {int(np.isfinite(ages).sum())} scored targets have an "
-                    "age (the input gives none for the rest; cohort.min_age: null keeps them)",
-                }
-            )
-            if image_based
-            else na,
+            "age_pearson_r": _age_r(p["age"], ages) if image_based else na,
+            "age_pearson_r_per_seed": [_age_r(a, ages) for a in p["age_per_seed"]] if "age_per_seed" in p else None,
             "age_mae_years": float(np.nanmean(np.abs(p["age"] - ages)))
             if image_based and np.isfinite(ages).any()
             else None,

@@ -121,6 +121,13 @@ def _fmt(entry, digits: int = 3) -> str:
     return html.escape(str(entry))
 
 
+def _per_seed(entries) -> str:
+    """Below a seed-averaged age r, each seed's own (single samples); nothing for one seed or none."""
+    if not entries or len(entries) < 2:
+        return ""
+    return "<br><small>single seeds: " + ", ".join(_fmt(e.model_dump()) for e in entries) + "</small>"
+
+
 def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
@@ -356,7 +363,7 @@ def _metrics_section(inputs: ReportInputs) -> str:
                 _fmt(t.partial_r_macro.model_dump()) if t.computed and t.partial_r_macro else "–",
                 _fmt(t.crossing_auroc_macro.model_dump()) if t.computed and t.crossing_auroc_macro else "–",
                 _fmt(r.sex_auroc.model_dump()),
-                _fmt(r.age_pearson_r.model_dump()),
+                _fmt(r.age_pearson_r.model_dump()) + _per_seed(r.age_pearson_r_per_seed),
                 _fmt(ev.value if ev else None, 2),
                 _fmt(ev.floor if ev else None, 2),
                 *[_fmt(r.fid[k].value if k in r.fid else None, 2) for k in ("inception", "xrv")],
@@ -377,7 +384,7 @@ def _metrics_section(inputs: ReportInputs) -> str:
                 "truth partial r",
                 "truth crossing AUROC",
                 "sex AUROC",
-                "age r",
+                "age r (seeds averaged)",
                 "FD evaluator",
                 "FD floor (real vs real)",
                 "Inception FID",
