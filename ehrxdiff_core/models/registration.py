@@ -66,16 +66,21 @@ def _clamp_(params: torch.Tensor) -> None:
     params[:, 2:].clamp_(-MAX_SHIFT, MAX_SHIFT)
 
 
+def _fitting_pair(moving: torch.Tensor, fixed: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both batches checked to share one (B, C, H, W) shape, as float, box-filtered to `FIT_SIZE` when larger
+    (the fitted parameters are size-free: fit small, apply at any size)."""
+    if moving.shape != fixed.shape or moving.dim() != 4:
+        raise ValueError(f"{what} needs two (B, C, H, W) batches of one shape, got {moving.shape} and {fixed.shape}")
+    moving, fixed = moving.detach().float(), fixed.detach().float()
+    if moving.shape[-1] > FIT_SIZE:
+        moving, fixed = F.adaptive_avg_pool2d(moving, FIT_SIZE), F.adaptive_avg_pool2d(fixed, FIT_SIZE)
+    return moving, fixed
+
+
 def fit_similarity(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     """The similarity transforms (B, 4) that carry each `moving` image onto its `fixed` one (both
     (B, 1, H, W), any intensity range), by maximising their normalised cross-correlation."""
-    if moving.shape != fixed.shape or moving.dim() != 4:
-        raise ValueError(
-            f"registration needs two (B, C, H, W) batches of one shape, got {moving.shape} and {fixed.shape}"
-        )
-    moving, fixed = moving.detach().float(), fixed.detach().float()
-    if moving.shape[-1] > FIT_SIZE:  # the parameters are in normalised units: fit small, apply at any size
-        moving, fixed = F.adaptive_avg_pool2d(moving, FIT_SIZE), F.adaptive_avg_pool2d(fixed, FIT_SIZE)
+    moving, fixed = _fitting_pair(moving, fixed, "registration")
     params = torch.zeros(moving.shape[0], 4, dtype=torch.float32, device=moving.device, requires_grad=True)
     with torch.enable_grad():
         for factor, iters in zip(LEVELS, ITERS):
@@ -95,9 +100,14 @@ def fit_similarity(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     return params.detach()
 
 
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as [0, 1] intensities, kept off 0 so every power law is defined."""
+    return ((images.float().clamp(-1, 1) + 1) / 2).clamp_min(1e-6)
+
+
 def apply_gamma(images: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] (B, C, H, W) through the power law `gamma` (B,) on their [0, 1] intensities."""
-    unit = ((images.float().clamp(-1, 1) + 1) / 2).clamp_min(1e-6)
+    unit = _unit(images)
     return (unit ** gamma.to(unit)[:, None, None, None]) * 2 - 1
 
 
@@ -110,15 +120,9 @@ def fit_gamma(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     of them, so the match never ends further from `fixed` than it started. Mean absolute difference
     rather than squared: a finding that brightens one region pulls the fit less.
     """
-    if moving.shape != fixed.shape or moving.dim() != 4:
-        raise ValueError(
-            f"exposure matching needs two (B, C, H, W) batches of one shape, got {moving.shape} and {fixed.shape}"
-        )
-    m, f = moving.float(), fixed.float()
-    if m.shape[-1] > FIT_SIZE:
-        m, f = F.adaptive_avg_pool2d(m, FIT_SIZE), F.adaptive_avg_pool2d(f, FIT_SIZE)
-    grid = GAMMA_GRID.to(m.device)
-    err = torch.stack([(apply_gamma(m, g.expand(len(m))) - f).abs().flatten(1).mean(1) for g in grid], 1)
+    m, f = _fitting_pair(moving, fixed, "exposure matching")
+    unit, grid = _unit(m), GAMMA_GRID.to(m.device)  # the conversion once, the candidates against it
+    err = torch.stack([((unit**g) * 2 - 1 - f).abs().flatten(1).mean(1) for g in grid], 1)
     return grid[err.argmin(1)]
 
 
