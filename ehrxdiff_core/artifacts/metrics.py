@@ -112,8 +112,9 @@ class MethodMetrics(_Strict):
     auroc: dict[Literal["all", "diff", "same"], SubsetAuroc]
     sex_auroc: Auroc | Undefined
     age_pearson_r: Correlation | Undefined
-    # generated methods: the age r of each seed's images alone, in seed order (`age_pearson_r` averages the
-    # evaluator's age over the seeds first); None for the other methods and in files written before it existed
+    # methods scored from a samples folder (the model and the image controls): the age r of each seed's images
+    # alone, in seed order (`age_pearson_r` averages the evaluator's age over the seeds first); None for
+    # previous_image, real_target and oracle, and in files written before it existed
     age_pearson_r_per_seed: list[Correlation | Undefined] | None = None
     age_mae_years: float | None
     fid: dict[str, Fid]
