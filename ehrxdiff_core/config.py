@@ -432,6 +432,11 @@ class SampleConfig(Section):
     use_ema: bool = True
     max_pairs: int | None = Field(None, ge=1)  # null: every pair of the split
     n_seeds: int = Field(2, ge=1)  # seeds per pair; the evaluation averages the evaluator's scores over them
+    # latent: the image is the decoded latent (paper). previous_plus_change: the previous film plus the decoded
+    # change, D(previous latent + change) - D(previous latent), so what does not change keeps the previous
+    # film's pixels instead of the autoencoder's reconstruction of them (a deviation; README)
+    compose: Literal["latent", "previous_plus_change"] = "latent"
+    change_blur_px: float = Field(0.0, ge=0)  # previous_plus_change: Gaussian sigma (pixels) on the decoded change
 
 
 class ControlsConfig(Section):
@@ -562,6 +567,11 @@ class PipelineConfig(Section):
         if self.clip.tab_width is not None and self.clip.tab_width % self.clip.tab_heads:
             problems.append(
                 f"clip.tab_heads: {self.clip.tab_heads} does not divide clip.tab_width {self.clip.tab_width}"
+            )
+        if self.sample.change_blur_px > 0 and self.sample.compose != "previous_plus_change":
+            problems.append(
+                f"sample.change_blur_px: {self.sample.change_blur_px} blurs the decoded change of "
+                f"sample.compose: previous_plus_change; sample.compose is {self.sample.compose}"
             )
         if self.sample.steps > self.ldm.num_train_timesteps:
             problems.append(

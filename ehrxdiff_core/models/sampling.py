@@ -5,12 +5,15 @@ manifest output (the samples-folder contract of `ehrxdiff_core.artifacts.samples
 The scheduler is the only thing that changes between samplers (diffusers' interchangeable
 `set_timesteps` / `step`). Each pair's initial noise and DDIM noise come from its own generator
 (seed + hash(pair_id)), so an image does not depend on which batch it was in. Latents are not
-clipped (as the original); decoding uses latents / scale and clamps pixels to [-1, 1]. Seed index k of a
-pair uses `pair_seed(sample.seed + k, pair_id)`, so index 0 is the one-seed image.
+clipped (as the original); decoding uses latents / scale and clamps pixels to [-1, 1]; under
+`sample.compose: previous_plus_change` the decoded change is added to the previous film instead
+(`compose_change`). Seed index k of a pair uses `pair_seed(sample.seed + k, pair_id)`, so index 0 is the
+one-seed image.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -64,9 +67,11 @@ def denoise(
     sample: SampleConfig,
     seeds: list[int],
     device: torch.device,
+    prev: torch.Tensor | None = None,
 ) -> np.ndarray:
     """uint8 images (B, S, S) from conditioned inputs and the previous latents (added back under
-    `ldm.target: residual`); `seeds[i]` drives every random draw of pair i."""
+    `ldm.target: residual`); `seeds[i]` drives every random draw of pair i. `prev` (the previous films in
+    [-1, 1]) is needed by `sample.compose: previous_plus_change` (`compose_change`)."""
     sched = make_scheduler(sample, model.cfg)
     sched.set_timesteps(sample.steps, device=device)
     gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
@@ -85,8 +90,27 @@ def denoise(
         if isinstance(sched, DDIMScheduler):
             kwargs = {"eta": sample.eta, "generator": gens}
         z = _step(sched, eps, t, z, kwargs, gens)
-    x = decode_gray(model.vae, model.from_diffused(z, prev_mode)).clamp(-1, 1)
-    return from_unit_range(x)
+    x = decode_gray(model.vae, model.from_diffused(z, prev_mode))
+    if sample.compose == "previous_plus_change":
+        if prev is None:
+            raise ValueError("sample.compose: previous_plus_change needs the previous films (prev)")
+        x = compose_change(prev, x, decode_gray(model.vae, prev_mode), sample.change_blur_px)
+    return from_unit_range(x.clamp(-1, 1))
+
+
+def compose_change(prev: torch.Tensor, decoded: torch.Tensor, decoded_prev: torch.Tensor, blur_px: float):
+    """The previous films plus the decoded change (`sample.compose: previous_plus_change`):
+    prev + G(decoded − decoded_prev), where decoded_prev is the previous latent decoded alone and G a
+    Gaussian blur of σ = `blur_px` pixels (none at 0). What the sample leaves unchanged keeps the
+    previous film's own pixels, so the autoencoder's reconstruction error cancels out of it; the blur
+    keeps only the change's coarser structure. All (B, 1, S, S) in [-1, 1]; not clamped."""
+    change = decoded - decoded_prev
+    if blur_px > 0:
+        from torchvision.transforms.functional import gaussian_blur
+
+        radius = max(1, math.ceil(3 * blur_px))
+        change = gaussian_blur(change, kernel_size=2 * radius + 1, sigma=blur_px)
+    return prev.to(change.dtype) + change
 
 
 def sample_batch(
@@ -94,7 +118,7 @@ def sample_batch(
 ) -> np.ndarray:
     """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
     cond, uncond, prev_mode = condition_batch(model, batch, sample)
-    return denoise(model, cond, uncond, prev_mode, sample, seeds, device)
+    return denoise(model, cond, uncond, prev_mode, sample, seeds, device, prev=batch["prev"])
 
 
 def _step(sched, eps, t, z, kwargs, gens):
@@ -117,6 +141,6 @@ def sample_seeds(
     out = []
     for seeds in seed_lists:
         t1 = time.perf_counter()
-        imgs = denoise(model, cond, uncond, prev_mode, sample, seeds, device)
+        imgs = denoise(model, cond, uncond, prev_mode, sample, seeds, device, prev=batch["prev"])
         out.append((imgs, share + time.perf_counter() - t1))
     return out
