@@ -260,6 +260,7 @@ def test_evaluate_scores_methods_side_by_side(trained):
     assert mf.truth.used and "pleural_effusion" in mf.truth.dynamic
     gen = m["ehrxdiff"].generation
     assert gen["seeds"] == [42] and gen["sampler"] == ["ddim"] and gen["seed_indices"] == [0, 1]
+    assert gen["compose"] is None  # a manifest written before the compose columns existed still reads
     assert m["previous_image"].generation is None
     # realism: the ceiling's distance is the floor itself; inception not configured -> recorded with the key
     fd = m["real_target"].fid["evaluator"]

@@ -116,6 +116,7 @@ def test_samplers_write_contract_pngs_and_manifest(world):
         test_pairs = pd.read_parquet(world["triplets"]).query("split == 'test'")
         assert len(man) == len(test_pairs) - 1  # the pair with a missing image is dropped
         assert set(man["sampler"]) == {sampler}
+        assert set(man["compose"]) == {"latent"} and set(man["change_blur_px"]) == {0.0}
         for pid in man["pair_id"]:
             img = Image.open(out / f"{pid}.png")
             assert img.mode == "L" and img.size == (16, 16)
@@ -156,6 +157,17 @@ def test_several_seeds_per_pair(world):
     assert sorted(p2) == sorted(p2b) == pairs
     assert all(np.array_equal(p1[k], p2[k]) for k in pairs)  # index 0 = today's image
     assert any(not np.array_equal(p2[k], p2b[k]) for k in pairs)  # another seed, another image
+
+
+def test_composed_sampling_records_its_setting_and_changes_the_images(world):
+    _, a = _sample(world, "latent", sampler="ddim")
+    info, b = _sample(world, "composed", sampler="ddim", compose="previous_plus_change", change_blur_px=1.0)
+    man = pd.read_parquet(b / "manifest.parquet")
+    MANIFEST.check_file(b / "manifest.parquet")
+    assert set(man["compose"]) == {"previous_plus_change"} and set(man["change_blur_px"]) == {1.0}
+    assert (info["compose"], info["change_blur_px"]) == ("previous_plus_change", 1.0)
+    pa, pb = _pixels(a), _pixels(b)
+    assert sorted(pa) == sorted(pb) and any(not np.array_equal(pa[k], pb[k]) for k in pa)
 
 
 def test_guidance_uses_null_condition(world):

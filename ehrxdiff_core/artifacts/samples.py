@@ -27,6 +27,8 @@ MANIFEST = ParquetArtifact(
             pa.field("steps", pa.int64(), nullable=False),
             pa.field("guidance", pa.float64()),
             pa.field("seconds", pa.float64(), nullable=False),
+            pa.field("compose", pa.string()),  # sample.compose of a generated image (null for a control)
+            pa.field("change_blur_px", pa.float64()),  # sample.change_blur_px (null for a control)
         ]
     ),
 )

@@ -52,7 +52,7 @@ def _manifest_settings(manifest: pd.DataFrame) -> dict:
         u = sorted(manifest[col].dropna().unique().tolist())
         return u if len(u) <= 10 else {"n_unique": len(u), "min": u[0], "max": u[-1]}
 
-    out = {k: values(k) for k in ("sampler", "steps", "guidance")}
+    out = {k: values(k) for k in ("sampler", "steps", "guidance", "compose", "change_blur_px")}
     first = manifest[manifest["seed_index"] == 0] if "seed_index" in manifest else manifest
     seeds = sorted(first["seed"].dropna().unique().tolist())
     out["seeds"] = seeds if len(seeds) <= 10 else {"n_unique": len(seeds), "min": seeds[0], "max": seeds[-1]}

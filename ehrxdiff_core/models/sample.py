@@ -68,6 +68,8 @@ def sample(
                             "steps": cfg.steps,
                             "guidance": cfg.guidance_scale,
                             "seconds": secs / len(idx),
+                            "compose": cfg.compose,
+                            "change_blur_px": cfg.change_blur_px,
                         }
                     )
         write_manifest(tmp, rows)
@@ -79,4 +81,6 @@ def sample(
         "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
         "sampler": cfg.sampler,
         "steps": cfg.steps,
+        "compose": cfg.compose,
+        "change_blur_px": cfg.change_blur_px,
     }
