@@ -67,11 +67,11 @@ def denoise(
     sample: SampleConfig,
     seeds: list[int],
     device: torch.device,
-    prev: torch.Tensor | None = None,
+    base: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> np.ndarray:
     """uint8 images (B, S, S) from conditioned inputs and the previous latents (added back under
-    `ldm.target: residual`); `seeds[i]` drives every random draw of pair i. `prev` (the previous films in
-    [-1, 1]) is needed by `sample.compose: previous_plus_change` (`compose_change`)."""
+    `ldm.target: residual`); `seeds[i]` drives every random draw of pair i. `base` (`composition_base`:
+    the previous films and their latents decoded alone) is needed by `sample.compose: previous_plus_change`."""
     sched = make_scheduler(sample, model.cfg)
     sched.set_timesteps(sample.steps, device=device)
     gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
@@ -92,10 +92,21 @@ def denoise(
         z = _step(sched, eps, t, z, kwargs, gens)
     x = decode_gray(model.vae, model.from_diffused(z, prev_mode))
     if sample.compose == "previous_plus_change":
-        if prev is None:
-            raise ValueError("sample.compose: previous_plus_change needs the previous films (prev)")
-        x = compose_change(prev, x, decode_gray(model.vae, prev_mode), sample.change_blur_px)
+        if base is None:
+            raise ValueError("sample.compose: previous_plus_change needs the previous films (composition_base)")
+        x = compose_change(base[0], x, base[1], sample.change_blur_px)
     return from_unit_range(x.clamp(-1, 1))
+
+
+@torch.no_grad()
+def composition_base(
+    model: LatentDiffusion, batch: dict, sample: SampleConfig, prev_mode: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(the previous films, their latents decoded alone) under `sample.compose: previous_plus_change`, else
+    None; computed once per batch and shared by every seed, like `condition_batch`."""
+    if sample.compose != "previous_plus_change":
+        return None
+    return batch["prev"], decode_gray(model.vae, prev_mode)
 
 
 def compose_change(prev: torch.Tensor, decoded: torch.Tensor, decoded_prev: torch.Tensor, blur_px: float):
@@ -118,7 +129,8 @@ def sample_batch(
 ) -> np.ndarray:
     """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
     cond, uncond, prev_mode = condition_batch(model, batch, sample)
-    return denoise(model, cond, uncond, prev_mode, sample, seeds, device, prev=batch["prev"])
+    base = composition_base(model, batch, sample, prev_mode)
+    return denoise(model, cond, uncond, prev_mode, sample, seeds, device, base=base)
 
 
 def _step(sched, eps, t, z, kwargs, gens):
@@ -137,10 +149,11 @@ def sample_seeds(
     seconds include an equal share of the conditioning."""
     t0 = time.perf_counter()
     cond, uncond, prev_mode = condition_batch(model, batch, sample)
+    base = composition_base(model, batch, sample, prev_mode)
     share = (time.perf_counter() - t0) / len(seed_lists)
     out = []
     for seeds in seed_lists:
         t1 = time.perf_counter()
-        imgs = denoise(model, cond, uncond, prev_mode, sample, seeds, device, prev=batch["prev"])
+        imgs = denoise(model, cond, uncond, prev_mode, sample, seeds, device, base=base)
         out.append((imgs, share + time.perf_counter() - t1))
     return out
