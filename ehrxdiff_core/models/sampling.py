@@ -128,9 +128,7 @@ def sample_batch(
     model: LatentDiffusion, batch: dict, sample: SampleConfig, seeds: list[int], device: torch.device
 ) -> np.ndarray:
     """uint8 images (B, S, S) for one batch; `seeds[i]` drives every random draw of pair i."""
-    cond, uncond, prev_mode = condition_batch(model, batch, sample)
-    base = composition_base(model, batch, sample, prev_mode)
-    return denoise(model, cond, uncond, prev_mode, sample, seeds, device, base=base)
+    return sample_seeds(model, batch, sample, [seeds], device)[0][0]
 
 
 def _step(sched, eps, t, z, kwargs, gens):
